@@ -1,0 +1,242 @@
+"""DAQ rows: columns, dtypes, CSV decoding and the channel -> chamber/layer/cell map.
+
+Formulas and numbers follow the MAPD-B course PDF ("MAPD-B distributed processing exam -
+default projects", rev. 08-06-2023), section 4.2 (data format, mapping, timing), as
+summarised in ``../shared/docs/minidt-domain.md``.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+COLUMNS: tuple[str, ...] = ("HEAD", "FPGA", "TDC_CHANNEL", "ORBIT_CNT", "BX_COUNTER", "TDC_MEAS")
+"""CSV columns of a DAQ file, in file order."""
+
+HIT_SCHEMA = pa.schema(
+    [
+        ("HEAD", pa.int8()),  # 3 bits: 2 = TDC hit, 0/1/3/4/5 = ancillary trigger words
+        ("FPGA", pa.int8()),  # 3 bits
+        ("TDC_CHANNEL", pa.int16()),  # 9 bits; 0-127 chamber cells, >127 special (scintillator)
+        ("ORBIT_CNT", pa.int64()),  # 32-bit unsigned counter, up to ~3.39e9 in the genuine rows
+        ("BX_COUNTER", pa.int32()),  # 0-3563 for hits; HEAD 3 carries a 24-bit pattern here
+        ("TDC_MEAS", pa.float64()),  # 1-30 counts for hits; a half-precision float for HEAD 4/5
+    ]
+)
+"""Arrow schema of decoded DAQ rows. A row whose every column is null is a malformed row."""
+
+HEAD_HIT = 2
+N_CHAMBERS = 4
+CELLS_PER_CHAMBER = 64
+N_LAYERS = 4
+CELLS_PER_LAYER = 16
+MAX_CHAMBER_CHANNEL = 127
+
+BX_PER_ORBIT = 3564
+BX_NS = 25.0
+TDC_PER_BX = 30
+
+# Valid value ranges, inclusive (raw 64-bit word layout, PDF section 4.2.1).
+_RANGES = {
+    "HEAD": (0, 7),
+    "FPGA": (0, 7),
+    "TDC_CHANNEL": (0, 511),
+    "ORBIT_CNT": (0, 2**32 - 1),
+    "BX_COUNTER": (0, 2**24 - 1),
+}
+
+
+class DecodeError(ValueError):
+    """Raised when a whole input cannot be decoded (not for single bad rows)."""
+
+
+@dataclass(frozen=True)
+class MalformedRow:
+    """One input line that could not be decoded; ``line`` is 1-based in its file."""
+
+    line: int
+    text: str
+    reason: str
+
+
+@dataclass
+class DecodedRows:
+    """Result of decoding a DAQ CSV file.
+
+    ``table`` has ``HIT_SCHEMA`` and one row per data line, in file order; malformed
+    lines are kept as all-null rows so they travel downstream and are counted there.
+    ``malformed`` lists them with line number and reason.
+    """
+
+    table: pa.Table
+    malformed: list[MalformedRow] = field(default_factory=list)
+
+
+def _has_header(data: bytes) -> bool:
+    return data.lstrip()[:4].upper() == b"HEAD"
+
+
+def _fast_decode(data: bytes, header: bool) -> pa.Table:
+    read_options = pacsv.ReadOptions(
+        column_names=None if header else list(COLUMNS),
+        skip_rows=0,
+        block_size=1 << 24,
+    )
+    convert_options = pacsv.ConvertOptions(
+        column_types={f.name: f.type for f in HIT_SCHEMA}, include_columns=list(COLUMNS), strings_can_be_null=False
+    )
+    table = pacsv.read_csv(io.BytesIO(data), read_options=read_options, convert_options=convert_options)
+    if table.schema.names != list(COLUMNS):
+        raise DecodeError(f"unexpected header {table.schema.names}")
+    for name in COLUMNS:
+        if table.column(name).null_count:
+            raise DecodeError(f"empty value in column {name}")
+    for name, (low, high) in _RANGES.items():
+        col = table.column(name)
+        if len(col) and (pc.min(col).as_py() < low or pc.max(col).as_py() > high):
+            raise DecodeError(f"{name} outside {low}..{high}")
+    return table.cast(HIT_SCHEMA)
+
+
+def _parse_line(text: str) -> tuple | str:
+    """Parse one CSV line; return the typed tuple, or the reason it is malformed."""
+    parts = text.split(",")
+    if len(parts) != len(COLUMNS):
+        return f"expected {len(COLUMNS)} fields, found {len(parts)}"
+    try:
+        ints = [int(p) for p in parts[:5]]
+        tdc = float(parts[5])
+    except ValueError as exc:
+        return f"not a number: {exc}"
+    for name, value in zip(COLUMNS[:5], ints):
+        low, high = _RANGES[name]
+        if not low <= value <= high:
+            return f"{name}={value} outside {low}..{high}"
+    if not np.isfinite(tdc):
+        return "TDC_MEAS is not finite"
+    return (*ints, tdc)
+
+
+def _slow_decode(data: bytes, header: bool) -> DecodedRows:
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    rows: list[tuple | None] = []
+    malformed: list[MalformedRow] = []
+    for number, text in enumerate(lines, start=1):
+        if number == 1 and header:
+            continue
+        stripped = text.strip()
+        if not stripped:
+            continue
+        parsed = _parse_line(stripped)
+        if isinstance(parsed, str):
+            malformed.append(MalformedRow(number, text[:200], parsed))
+            rows.append(None)
+        else:
+            rows.append(parsed)
+    columns = []
+    for i, f in enumerate(HIT_SCHEMA):
+        columns.append(pa.array([None if r is None else r[i] for r in rows], type=f.type))
+    return DecodedRows(pa.Table.from_arrays(columns, schema=HIT_SCHEMA), malformed)
+
+
+def decode_csv(data: bytes) -> DecodedRows:
+    """Decode DAQ CSV text (``HEAD,FPGA,TDC_CHANNEL,ORBIT_CNT,BX_COUNTER,TDC_MEAS``).
+
+    Accepts the file with or without its header line, LF or CRLF line ends, last
+    newline optional. Blank lines are skipped. A line with the wrong number of
+    fields, a non-number, or a value outside its bit width becomes an all-null row
+    and a ``MalformedRow`` entry; nothing raises for bad rows.
+
+    Args:
+        data: the file's bytes.
+    Returns:
+        ``DecodedRows`` with a table of N rows (``HIT_SCHEMA``).
+    """
+    header = _has_header(data)
+    if not data.strip():
+        return DecodedRows(HIT_SCHEMA.empty_table())
+    try:
+        return DecodedRows(_fast_decode(data, header))
+    except (pa.ArrowInvalid, DecodeError):
+        return _slow_decode(data, header)
+
+
+def encode_csv(table: pa.Table, header: bool = True) -> bytes:
+    """Write rows in the DAQ CSV layout (integers as integers, TDC_MEAS as the DAQ writes it).
+
+    Args:
+        table: rows with ``HIT_SCHEMA`` (no null rows).
+        header: write the ``HEAD,...`` header line first.
+    """
+    cols = [table.column(n).to_numpy() for n in COLUMNS]
+    out = io.StringIO()
+    if header:
+        out.write(",".join(COLUMNS) + "\n")
+    tdc = cols[5]
+    integral = np.equal(np.mod(tdc, 1), 0)
+    tdc_text = np.where(integral, np.char.mod("%d", tdc.astype(np.int64)), np.char.mod("%.6f", tdc))
+    lines = np.char.add(
+        np.char.add(
+            np.char.add(np.char.add(cols[0].astype(str), ","), np.char.add(cols[1].astype(str), ",")),
+            np.char.add(np.char.add(cols[2].astype(str), ","), np.char.add(cols[3].astype(str), ",")),
+        ),
+        np.char.add(np.char.add(cols[4].astype(str), ","), tdc_text),
+    )
+    if len(lines):
+        out.write("\n".join(lines.tolist()))
+        out.write("\n")
+    return out.getvalue().encode()
+
+
+def chamber_of(head: np.ndarray, fpga: np.ndarray, channel: np.ndarray) -> np.ndarray:
+    """Chamber index of each row (PDF section 4.2.2), -1 where the row is not a chamber hit.
+
+    chamber 0 = FPGA 0 channels 0-63, 1 = FPGA 0 channels 64-127,
+    chamber 2 = FPGA 1 channels 0-63, 3 = FPGA 1 channels 64-127.
+    Rows with HEAD != 2, another FPGA, or a channel > 127 (scintillator, trigger
+    channels) get -1.
+
+    Args:
+        head, fpga, channel: integer arrays of shape (N,).
+    Returns:
+        int8 array of shape (N,), values -1..3.
+    """
+    head = np.asarray(head)
+    fpga = np.asarray(fpga)
+    channel = np.asarray(channel)
+    valid = (head == HEAD_HIT) & (fpga >= 0) & (fpga <= 1) & (channel >= 0) & (channel <= MAX_CHAMBER_CHANNEL)
+    chamber = fpga.astype(np.int16) * 2 + (channel >= CELLS_PER_CHAMBER)
+    return np.where(valid, chamber, -1).astype(np.int8)
+
+
+def local_channel(channel: np.ndarray) -> np.ndarray:
+    """Channel inside its chamber, ``TDC_CHANNEL mod 64`` (0-63), shape (N,)."""
+    return np.asarray(channel) % CELLS_PER_CHAMBER
+
+
+def layer_of(local: np.ndarray) -> np.ndarray:
+    """Layer 1 (bottom) ... 4 (top) of a local channel (PDF figure, p. 19).
+
+    ``c % 4``: 0 -> layer 4, 2 -> layer 3, 1 -> layer 2, 3 -> layer 1. Shape (N,).
+    """
+    return np.array([4, 2, 3, 1])[np.asarray(local) % 4]
+
+
+def cell_of(local: np.ndarray) -> np.ndarray:
+    """Cell position along the layer, ``c // 4`` (0-15), shape (N,)."""
+    return np.asarray(local) // 4
+
+
+def hit_time_ns(orbit: np.ndarray, bx: np.ndarray, tdc: np.ndarray) -> np.ndarray:
+    """Absolute hit time in ns: ``25 * (ORBIT_CNT * 3564 + BX_COUNTER + TDC_MEAS / 30)``.
+
+    PDF section 4.2.4 (ABSOLUTETIME). float64 keeps sub-ns precision up to
+    ORBIT_CNT ~ 4e9 (3.6e14 ns). Shapes (N,) -> (N,).
+    """
+    orbit = np.asarray(orbit, dtype=np.float64)
+    return BX_NS * (orbit * BX_PER_ORBIT + np.asarray(bx, dtype=np.float64) + np.asarray(tdc, dtype=np.float64) / TDC_PER_BX)

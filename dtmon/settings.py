@@ -1,0 +1,77 @@
+"""One frozen settings model shared by every dtmon stage.
+
+Every field can be set from the environment with the ``DTMON_`` prefix, e.g.
+``DTMON_BOOTSTRAP_SERVERS=broker:9092`` or ``DTMON_TRIGGER_INTERVAL_S=1``.
+Command-line flags override the environment (see each stage's ``--help``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def find_shared_dir() -> Path | None:
+    """Return the ``shared/`` folder that sits beside the checkout, or None.
+
+    Looked up from the current directory first (``./../shared``), then from the
+    source tree of this package (``<repo>/../shared``).
+    """
+    candidates = [Path.cwd().parent / "shared", Path(__file__).resolve().parents[2] / "shared"]
+    for candidate in candidates:
+        if (candidate / "data" / "minidt").is_dir():
+            return candidate.resolve()
+    return None
+
+
+def default_genuine_source() -> str:
+    """Path of the genuine MiniDT rows (first 999 rows of ``data_000000.txt``).
+
+    Returns an empty string when ``../shared`` is not at hand.
+    """
+    shared = find_shared_dir()
+    if shared is None:
+        return ""
+    return str(shared / "data" / "minidt" / "merged__data_000000__rows0000-0998.csv")
+
+
+class Settings(BaseSettings):
+    """Configuration of broker, topics, producer, processor and dashboard.
+
+    Frozen: derive a changed copy with ``settings.model_copy(update={...})``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="DTMON_", frozen=True, extra="ignore")
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]")
+    raw_topic: str = Field("minidt-hits", description="topic the producer writes DAQ rows to")
+    results_topic: str = Field("minidt-results", description="topic with one results message per micro-batch")
+    raw_partitions: int = Field(1, ge=1, le=256, description="partitions of the raw topic when dtmon creates it")
+
+    source: str = Field(
+        default_factory=default_genuine_source,
+        description="DAQ files to stream: a file, a directory or s3://bucket/prefix",
+    )
+    s3_endpoint_url: str | None = Field(None, description="S3 endpoint for non-AWS S3 (CloudVeneto, moto), or None for AWS")
+    rate: float = Field(1000.0, ge=0, description="producer target rate in rows/s; 0 = as fast as possible")
+    rows_per_message: int = Field(
+        10_000, ge=1, le=1_000_000, description="largest number of DAQ rows packed in one Kafka message"
+    )
+    compression: str = Field("zstd", description="Arrow IPC body compression: zstd, lz4 or none")
+
+    trigger_interval_s: float = Field(2.0, gt=0, le=60, description="micro-batch trigger interval in s (1-5 is sensible)")
+    checkpoint_location: str = Field("var/checkpoint", description="Spark streaming checkpoint directory")
+    starting_offsets: str = Field("latest", description="where a new query starts in the raw topic: earliest or latest")
+    max_offsets_per_trigger: int | None = Field(None, ge=1, description="cap on Kafka messages read per micro-batch")
+    spark_master: str = Field("local[*]", description="Spark master URL, e.g. local[*] or spark://host:7077")
+    shuffle_partitions: int = Field(4, ge=1, description="spark.sql.shuffle.partitions for the per-batch aggregations")
+
+    dashboard_history: int = Field(300, ge=10, description="micro-batches kept for the time-series plots")
+    dashboard_refresh_ms: int = Field(500, ge=50, description="how often each browser session looks for new results")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with non-None ``overrides`` applied on top."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

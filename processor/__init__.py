@@ -1,0 +1,1 @@
+"""dtmon processor stage."""

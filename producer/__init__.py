@@ -1,0 +1,1 @@
+"""dtmon producer stage."""
