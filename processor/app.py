@@ -1,0 +1,238 @@
+"""The streaming query: raw topic -> Spark micro-batches -> one results message per batch.
+
+I/O only; the per-batch computation lives in ``processor.histograms``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
+
+from dtmon.schema import RESULTS_SCHEMA_ID, RESULTS_VERSION
+from dtmon.settings import Settings
+from processor.histograms import aggregate_batch, build_message
+from processor.kafka_source import SOURCE_NAME, KafkaDataSource
+
+log = logging.getLogger("dtmon.processor")
+
+
+def spark_session(settings: Settings, app_name: str = "dtmon-processor") -> SparkSession:
+    """Start (or get) the Spark session with the dtmon data source registered.
+
+    Python workers run this interpreter (``PYSPARK_PYTHON``), so they see the same
+    installed packages.
+    """
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    spark = (
+        SparkSession.builder.appName(app_name)
+        .master(settings.spark_master)
+        .config("spark.sql.shuffle.partitions", str(settings.shuffle_partitions))
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.streaming.stopGracefullyOnShutdown", "true")
+        .config("spark.executorEnv.PYSPARK_PYTHON", sys.executable)
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("WARN")
+    spark.dataSource.register(KafkaDataSource)
+    return spark
+
+
+def last_published_batch(bootstrap: str, topic: str, query_id: str, timeout_s: float = 10.0) -> int | None:
+    """Batch id of the newest results message that query ``query_id`` published, if it is the newest in the topic.
+
+    Reads the tail of the results topic up to the end-of-partition event (robust to
+    Tansu's ListOffsets answer, see ``processor.kafka_source``).
+    """
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "dtmon-processor-tail", "enable.partition.eof": True})
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            return None
+        newest: dict[int, tuple] = {}
+        positions = []
+        for p in metadata.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s, cached=False)
+            positions.append(TopicPartition(topic, p, max(low, high - 1, 0)))
+        consumer.assign(positions)
+        waiting = {tp.partition for tp in positions}
+        deadline = time.monotonic() + timeout_s
+        while waiting and time.monotonic() < deadline:
+            for msg in consumer.consume(100, timeout=0.5):
+                if msg.error() is not None:
+                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                        waiting.discard(msg.partition())
+                    continue
+                newest[msg.partition()] = (msg.timestamp()[1], dict(msg.headers() or []), msg.key())
+        if not newest:
+            return None
+        _, headers, key = max(newest.values(), key=lambda v: v[0])
+        if headers.get("dtmon-query-id", b"").decode() != query_id:
+            return None
+        return int(key)
+    finally:
+        consumer.close()
+
+
+class ResultsPublisher:
+    """Publishes results messages to Kafka; one per micro-batch, keyed by batch id.
+
+    Spark may run a micro-batch again after a restart (at-least-once ``foreachBatch``);
+    ``publish`` skips batch ids this query already published, so the results topic gets
+    each batch once.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, producer=None):
+        from confluent_kafka import Producer
+
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.errors = 0
+        self.query_id = ""
+        self.last_batch: int | None = None
+        self._producer = producer or Producer(
+            {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 0}
+        )
+
+    def _on_delivery(self, err, msg) -> None:
+        if err is not None:
+            self.errors += 1
+            log.error("results message for batch %s not delivered: %s", msg.key(), err)
+
+    def attach(self, query_id: str) -> None:
+        """Bind to a query (its id survives checkpoint restarts) and learn what it already published."""
+        self.query_id = query_id
+        self.last_batch = last_published_batch(self.bootstrap, self.topic, query_id)
+        if self.last_batch is not None:
+            log.info("query %s already published up to batch %d", query_id, self.last_batch)
+
+    def already_published(self, batch_id: int) -> bool:
+        """True if this query published ``batch_id`` before (a replayed micro-batch)."""
+        return self.last_batch is not None and batch_id <= self.last_batch
+
+    def publish(self, batch_id: int, value: bytes, timeout_s: float = 30.0) -> None:
+        """Send one message and wait for its delivery report.
+
+        Raises:
+            RuntimeError: the message was not acknowledged within ``timeout_s``.
+        """
+        headers = [
+            ("content-type", b"application/json"),
+            ("dtmon-schema", f"{RESULTS_SCHEMA_ID}/{RESULTS_VERSION}".encode()),
+            ("dtmon-query-id", self.query_id.encode()),
+        ]
+        self._producer.produce(self.topic, key=str(batch_id).encode(), value=value, headers=headers, on_delivery=self._on_delivery)
+        if self._producer.flush(timeout_s) > 0:
+            raise RuntimeError(f"results message for batch {batch_id} not acknowledged after {timeout_s} s")
+        self.last_batch = batch_id
+
+
+class ProgressLogger(StreamingQueryListener):
+    """Logs every micro-batch's duration, input rows and rates (Spark's own progress report)."""
+
+    def onQueryStarted(self, event) -> None:
+        log.info("query started: id=%s", event.id)
+
+    def onQueryProgress(self, event) -> None:
+        p = event.progress
+        if p.numInputRows:
+            log.info(
+                "micro-batch %d: %d rows, %.0f ms, %.0f rows/s processed",
+                p.batchId, p.numInputRows, p.batchDuration, p.processedRowsPerSecond or 0.0,
+            )
+
+    def onQueryIdle(self, event) -> None:
+        pass
+
+    def onQueryTerminated(self, event) -> None:
+        log.info("query terminated: %s", event.exception or "stopped")
+
+
+def start_query(spark: SparkSession, settings: Settings, publisher: ResultsPublisher) -> StreamingQuery:
+    """Start the streaming query reading ``settings.raw_topic`` and publishing results."""
+    reader = (
+        spark.readStream.format(SOURCE_NAME)
+        .option("kafka.bootstrap.servers", settings.bootstrap_servers)
+        .option("subscribe", settings.raw_topic)
+        .option("startingOffsets", settings.starting_offsets)
+        .option("minPartitions", str(spark.sparkContext.defaultParallelism))
+    )
+    if settings.max_offsets_per_trigger:
+        reader = reader.option("maxOffsetsPerTrigger", str(settings.max_offsets_per_trigger))
+    rows = reader.load()
+
+    def process(batch: DataFrame, batch_id: int) -> None:
+        if publisher.already_published(batch_id):
+            log.info("batch %d was published before the restart: not sent again", batch_id)
+            return
+        started = time.time()
+        agg = aggregate_batch(batch)
+        if agg.rows_read == 0:
+            return
+        message = build_message(
+            batch_id, agg, trigger_interval_s=settings.trigger_interval_s, batch_started=started, published=time.time()
+        )
+        publisher.publish(batch_id, message.to_json())
+        log.info(
+            "batch %d: %d rows, %d hits, %d malformed, chambers %s, %.2f s",
+            batch_id, agg.rows_read, agg.hits, agg.malformed_rows, message.hits_per_chamber, time.time() - started,
+        )
+
+    writer = (
+        rows.writeStream.foreachBatch(process)
+        .trigger(processingTime=f"{settings.trigger_interval_s} seconds")
+        .option("checkpointLocation", settings.checkpoint_location)
+        .queryName("dtmon")
+    )
+    query_id = read_query_id(settings.checkpoint_location)
+    if query_id:
+        publisher.attach(query_id)
+    query = writer.start()
+    if not query_id:
+        publisher.attach(query.id)
+    return query
+
+
+def read_query_id(checkpoint_location: str) -> str | None:
+    """The id Spark stored in a checkpoint's ``metadata`` file, or None for a new checkpoint."""
+    import json
+    from pathlib import Path
+
+    metadata = Path(checkpoint_location) / "metadata"
+    if not metadata.is_file():
+        return None
+    return json.loads(metadata.read_text().splitlines()[0]).get("id")
+
+
+def run_processor(settings: Settings) -> int:
+    """Run the processor until SIGINT/SIGTERM or a query failure; return an exit code."""
+    spark = spark_session(settings)
+    spark.streams.addListener(ProgressLogger())
+    publisher = ResultsPublisher(settings.bootstrap_servers, settings.results_topic)
+    query = start_query(spark, settings, publisher)
+    log.info(
+        "processor running: %s -> %s, trigger %.1f s, checkpoint %s",
+        settings.raw_topic, settings.results_topic, settings.trigger_interval_s, settings.checkpoint_location,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.is_set() and query.isActive:
+        stop.wait(0.5)
+    failure = query.exception()
+    if query.isActive:
+        query.stop()
+    spark.stop()
+    if failure is not None:
+        log.error("streaming query failed: %s", failure)
+        return 1
+    return 0

@@ -1,0 +1,376 @@
+"""A Kafka streaming source for Spark, written with Spark's Python Data Source API.
+
+Spark's built-in ``kafka`` format needs the spark-sql-kafka connector jars, which cannot
+be installed here (``../shared/docs/platform-notes.md``), so dtmon reads Kafka with
+confluent-kafka inside a ``pyspark.sql.datasource.DataSourceStreamReader``. It behaves
+like the built-in source where it matters:
+
+* options ``kafka.bootstrap.servers``, ``subscribe`` (comma-separated topics),
+  ``startingOffsets`` (``earliest``, ``latest`` or a JSON offset document),
+  ``maxOffsetsPerTrigger`` and ``minPartitions``;
+* the stream offset is ``{"topic": {"partition": next_offset}}`` per partition, so a
+  query restarted from its checkpoint resumes exactly where it stopped;
+* partitions that appear later are read from their start.
+
+Unlike the built-in source it decodes the raw-topic messages (``dtmon.wire``) straight
+into Arrow record batches of DAQ rows, plus the Kafka timestamp of the message each row
+came in (``produced_ms``) and the synthetic-data flag. A message that cannot be decoded
+becomes one all-null row (a malformed row, counted downstream), never a failed task.
+
+Log end offsets: on real Kafka, ListOffsets(latest) is the log end. Tansu 0.6 answers the
+last record batch's base offset + 1 instead, so the end is confirmed by reading from
+there to the PARTITION_EOF event, which is cheap (at most one record batch) and also
+correct on real Kafka.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
+from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMaxRows
+
+from dtmon.hits import HIT_SCHEMA, DecodeError, decode_csv
+from dtmon.wire import CONTENT_TYPE_CSV, decode_message, header_dict
+
+log = logging.getLogger(__name__)
+
+SOURCE_NAME = "dtmon-kafka"
+SPARK_SCHEMA = (
+    "HEAD tinyint, FPGA tinyint, TDC_CHANNEL smallint, ORBIT_CNT bigint, BX_COUNTER int, "
+    "TDC_MEAS double, produced_ms bigint, synthetic boolean"
+)
+"""Rows the source yields: the DAQ columns (``dtmon.hits.HIT_SCHEMA``), the Kafka
+timestamp of the message in ms since the epoch, and whether the rows are synthetic."""
+
+OUTPUT_SCHEMA = pa.schema(
+    list(HIT_SCHEMA) + [pa.field("produced_ms", pa.int64()), pa.field("synthetic", pa.bool_())]
+)
+
+Offsets = dict[str, dict[str, int]]
+
+
+@dataclass(frozen=True)
+class KafkaRange(InputPartition):
+    """Offsets ``[start, end)`` of one topic partition, read by one Spark task."""
+
+    topic: str
+    partition: int
+    start: int
+    end: int
+
+
+def _consumer_config(bootstrap: str, group: str = "dtmon-processor") -> dict:
+    return {
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+        "auto.offset.reset": "earliest",
+        "fetch.max.bytes": 64 << 20,
+        "max.partition.fetch.bytes": 16 << 20,
+        "socket.timeout.ms": 10000,
+    }
+
+
+def plan_ranges(start: Offsets, end: Offsets, min_partitions: int = 1) -> list[KafkaRange]:
+    """Split the offsets between two stream offsets into Spark input partitions.
+
+    One range per topic partition with new data; when there are fewer ranges than
+    ``min_partitions``, the largest are split into equal offset slices (as the built-in
+    source's ``minPartitions`` does).
+
+    Args:
+        start, end: stream offsets ``{topic: {partition: offset}}``; a partition missing
+            from ``start`` starts at 0.
+        min_partitions: least number of ranges wanted.
+    Returns:
+        ranges with ``start < end``, in topic/partition order.
+    """
+    ranges = []
+    for topic, ends in sorted(end.items()):
+        for part, stop in sorted(ends.items(), key=lambda kv: int(kv[0])):
+            first = start.get(topic, {}).get(part, 0)
+            if stop > first:
+                ranges.append(KafkaRange(topic, int(part), first, stop))
+    while ranges and len(ranges) < min_partitions:
+        biggest = max(ranges, key=lambda r: r.end - r.start)
+        if biggest.end - biggest.start < 2:
+            break
+        pieces = min(min_partitions - len(ranges) + 1, biggest.end - biggest.start)
+        bounds = np.linspace(biggest.start, biggest.end, pieces + 1).round().astype(int)
+        ranges.remove(biggest)
+        ranges += [KafkaRange(biggest.topic, biggest.partition, int(a), int(b)) for a, b in zip(bounds, bounds[1:])]
+        ranges.sort(key=lambda r: (r.topic, r.partition, r.start))
+    return ranges
+
+
+def cap_offsets(start: Offsets, latest: Offsets, max_messages: int) -> Offsets:
+    """Limit the step from ``start`` to ``latest`` to ``max_messages`` in total.
+
+    The budget is shared between partitions in proportion to their backlog (like the
+    built-in ``maxOffsetsPerTrigger``); every partition with a backlog advances by at
+    least one message so none starves.
+    """
+    backlog = {
+        (t, p): stop - start.get(t, {}).get(p, 0) for t, ends in latest.items() for p, stop in ends.items()
+    }
+    total = sum(max(b, 0) for b in backlog.values())
+    if total <= max_messages:
+        return latest
+    capped: Offsets = {t: {} for t in latest}
+    for (t, p), b in backlog.items():
+        first = start.get(t, {}).get(p, 0)
+        step = 0 if b <= 0 else max(1, int(b * max_messages / total))
+        capped[t][p] = first + min(step, max(b, 0))
+    return capped
+
+
+def decode_records(values: list[bytes], content_types: list[str | None], timestamps_ms: list[int], synthetic: list[bool]) -> pa.RecordBatch:
+    """Decode raw-topic message values into one record batch with ``OUTPUT_SCHEMA``.
+
+    Consecutive ``text/csv`` messages (one CSV line each, the peers' design) are decoded
+    together. A message that cannot be decoded gives one all-null row.
+
+    Args:
+        values, content_types, timestamps_ms, synthetic: per message, length M.
+    Returns:
+        record batch of N rows (N = rows in all messages, + 1 per undecodable message).
+    """
+    tables: list[pa.Table] = []
+    produced: list[np.ndarray] = []
+    flags: list[np.ndarray] = []
+
+    def add(table: pa.Table, ts: int | np.ndarray, syn: bool | np.ndarray) -> None:
+        tables.append(table)
+        produced.append(np.broadcast_to(np.asarray(ts, dtype=np.int64), (table.num_rows,)))
+        flags.append(np.broadcast_to(np.asarray(syn, dtype=bool), (table.num_rows,)))
+
+    i = 0
+    while i < len(values):
+        if content_types[i] == CONTENT_TYPE_CSV:
+            j = i
+            while j < len(values) and content_types[j] == CONTENT_TYPE_CSV:
+                j += 1
+            chunk = [v if v.endswith(b"\n") else v + b"\n" for v in values[i:j]]
+            table = decode_csv(b"".join(chunk)).table
+            if table.num_rows == j - i:
+                add(table, np.asarray(timestamps_ms[i:j]), np.asarray(synthetic[i:j]))
+            else:  # multi-line CSV messages: the per-row timestamp of the block's first message
+                add(table, timestamps_ms[i], synthetic[i])
+            i = j
+            continue
+        try:
+            add(decode_message(values[i], content_types[i]), timestamps_ms[i], synthetic[i])
+        except DecodeError as exc:
+            log.error("undecodable raw message (%s): counted as one malformed row", exc)
+            add(pa.Table.from_pylist([{}], HIT_SCHEMA), timestamps_ms[i], synthetic[i])
+        i += 1
+    if not tables:
+        return pa.RecordBatch.from_pylist([], OUTPUT_SCHEMA)
+    rows = pa.concat_tables(tables).combine_chunks()
+    columns = list(rows.columns) + [pa.array(np.concatenate(produced)), pa.array(np.concatenate(flags))]
+    return pa.RecordBatch.from_arrays([c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c for c in columns],
+                                      schema=OUTPUT_SCHEMA)
+
+
+def read_range(
+    bootstrap: str, rng: KafkaRange, bytes_per_batch: int = 16 << 20, stall_timeout_s: float = 60.0
+) -> Iterator[pa.RecordBatch]:
+    """Read offsets ``[rng.start, rng.end)`` of one partition as decoded record batches.
+
+    Messages are decoded together until about ``bytes_per_batch`` of message values (or
+    10 000 messages) are pending, so each yielded batch holds many DAQ rows.
+
+    Raises:
+        TimeoutError: no new message arrived for ``stall_timeout_s`` while offsets were
+            still missing (Spark then retries the task).
+        confluent_kafka.KafkaException: a fatal consumer error.
+    """
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    consumer = Consumer(_consumer_config(bootstrap))
+    consumer.assign([TopicPartition(rng.topic, rng.partition, rng.start)])
+    values: list[bytes] = []
+    ctypes: list[str | None] = []
+    stamps: list[int] = []
+    synthetic: list[bool] = []
+    pending_bytes = 0
+    next_offset = rng.start
+    last_progress = time.monotonic()
+    try:
+        while next_offset < rng.end:
+            messages = consumer.consume(min(rng.end - next_offset, 1000), timeout=1.0)
+            for msg in messages:
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    if err.fatal():
+                        raise RuntimeError(f"Kafka error reading {rng}: {err}")
+                    log.warning("Kafka error reading %s: %s", rng, err)
+                    continue
+                if msg.offset() >= rng.end:
+                    next_offset = rng.end
+                    break
+                next_offset = msg.offset() + 1
+                headers = header_dict(msg.headers())
+                values.append(msg.value() or b"")
+                ctypes.append(headers.get("content-type"))
+                stamps.append(msg.timestamp()[1])
+                synthetic.append(headers.get("dtmon-synthetic") == "1")
+                pending_bytes += len(values[-1])
+                last_progress = time.monotonic()
+                if pending_bytes >= bytes_per_batch or len(values) >= 10_000:
+                    yield decode_records(values, ctypes, stamps, synthetic)
+                    values, ctypes, stamps, synthetic, pending_bytes = [], [], [], [], 0
+            if time.monotonic() - last_progress > stall_timeout_s:
+                raise TimeoutError(f"no message for {stall_timeout_s} s at offset {next_offset} of {rng}")
+        if values:
+            yield decode_records(values, ctypes, stamps, synthetic)
+    finally:
+        consumer.close()
+
+
+class KafkaStreamReader(DataSourceStreamReader):
+    """Driver-side planning of micro-batches over Kafka partitions (see module docstring)."""
+
+    def __init__(self, options: dict[str, str]):
+        opts = {k.lower(): v for k, v in options.items()}
+        self.bootstrap = opts.get("kafka.bootstrap.servers") or "127.0.0.1:9092"
+        self.topics = [t.strip() for t in opts.get("subscribe", "").split(",") if t.strip()]
+        if not self.topics:
+            raise ValueError("option 'subscribe' (topic names) is required")
+        self.starting = opts.get("startingoffsets", "latest")
+        self.max_per_trigger = int(opts["maxoffsetspertrigger"]) if opts.get("maxoffsetspertrigger") else None
+        self.min_partitions = int(opts.get("minpartitions", "1"))
+        self._probe = None
+        self._known_end: dict[tuple[str, int], int] = {}
+
+    # -- Kafka look-ups (driver) ------------------------------------------------
+    def _consumer(self):
+        if self._probe is None:
+            from confluent_kafka import Consumer
+
+            self._probe = Consumer(_consumer_config(self.bootstrap))
+        return self._probe
+
+    def _partitions(self) -> dict[str, list[int]]:
+        metadata = self._consumer().list_topics(timeout=10)
+        found = {}
+        for topic in self.topics:
+            meta = metadata.topics.get(topic)
+            found[topic] = sorted(meta.partitions) if meta is not None and meta.error is None else []
+        return found
+
+    def _end_offsets(self, timeout_s: float = 10.0) -> Offsets:
+        """True log end offset of every partition (see module docstring)."""
+        from confluent_kafka import KafkaError, TopicPartition
+
+        consumer = self._consumer()
+        positions = []
+        for topic, parts in self._partitions().items():
+            for p in parts:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
+                start = max(low, high - 1, self._known_end.get((topic, p), 0))
+                positions.append(TopicPartition(topic, p, start))
+                self._known_end[(topic, p)] = max(self._known_end.get((topic, p), 0), high if high >= 0 else 0)
+        if not positions:
+            return {t: {} for t in self.topics}
+        consumer.assign(positions)
+        waiting = {(tp.topic, tp.partition) for tp in positions}
+        deadline = time.monotonic() + timeout_s
+        while waiting and time.monotonic() < deadline:
+            for msg in consumer.consume(500, timeout=0.5):
+                key = (msg.topic(), msg.partition())
+                err = msg.error()
+                if err is not None and err.code() == KafkaError._PARTITION_EOF:
+                    self._known_end[key] = max(self._known_end.get(key, 0), msg.offset())
+                    waiting.discard(key)
+                elif err is None:
+                    self._known_end[key] = max(self._known_end.get(key, 0), msg.offset() + 1)
+        if waiting:
+            log.warning("no end-of-partition answer for %s; using watermarks", sorted(waiting))
+        consumer.unassign()
+        return {t: {str(p): self._known_end[(t, p)] for (tt, p) in self._known_end if tt == t} for t in self.topics}
+
+    def _start_offsets(self) -> Offsets:
+        from confluent_kafka import TopicPartition
+
+        if self.starting == "latest":
+            return self._end_offsets()
+        if self.starting == "earliest":
+            consumer = self._consumer()
+            out: Offsets = {}
+            for topic, parts in self._partitions().items():
+                out[topic] = {}
+                for p in parts:
+                    low, _ = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
+                    out[topic][str(p)] = max(low, 0)
+            return out
+        try:
+            return {t: {str(p): int(o) for p, o in parts.items()} for t, parts in json.loads(self.starting).items()}
+        except (ValueError, AttributeError) as exc:
+            raise ValueError(f"startingOffsets must be earliest, latest or JSON, got {self.starting!r}") from exc
+
+    # -- DataSourceStreamReader API ---------------------------------------------
+    def initialOffset(self) -> dict:
+        return self._start_offsets()
+
+    def getDefaultReadLimit(self) -> ReadLimit:
+        return ReadMaxRows(self.max_per_trigger) if self.max_per_trigger else ReadAllAvailable()
+
+    def latestOffset(self, start: dict, limit: ReadLimit) -> dict:
+        latest = self._end_offsets()
+        for topic in latest:  # never step back behind the committed start
+            for part, off in start.get(topic, {}).items():
+                latest[topic][part] = max(latest[topic].get(part, off), off)
+        if isinstance(limit, ReadMaxRows):
+            return cap_offsets(start, latest, limit.max_rows)
+        return latest
+
+    def reportLatestOffset(self) -> dict | None:
+        return {t: {str(p): o for (tt, p), o in self._known_end.items() if tt == t} for t in self.topics}
+
+    def partitions(self, start: dict, end: dict) -> list[KafkaRange]:
+        return plan_ranges(start, end, self.min_partitions)
+
+    def read(self, partition: KafkaRange) -> Iterator[pa.RecordBatch]:
+        return read_range(self.bootstrap, partition)
+
+    def commit(self, end: dict) -> None:
+        """Record the processed offsets in consumer group ``dtmon-processor`` so tools can show consumer lag."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        offsets = [TopicPartition(t, int(p), o) for t, parts in end.items() for p, o in parts.items()]
+        if not offsets:
+            return
+        try:
+            self._consumer().commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            log.info("could not commit offsets for consumer-lag monitoring: %s", exc)
+
+    def stop(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
+
+
+class KafkaDataSource(DataSource):
+    """``spark.readStream.format("dtmon-kafka")``: DAQ rows from the raw Kafka topic."""
+
+    @classmethod
+    def name(cls) -> str:
+        return SOURCE_NAME
+
+    def schema(self) -> str:
+        return SPARK_SCHEMA
+
+    def streamReader(self, schema) -> KafkaStreamReader:
+        return KafkaStreamReader(self.options)

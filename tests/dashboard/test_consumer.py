@@ -1,0 +1,62 @@
+"""The results consumer against a real Tansu broker: missing topic, history replay,
+invalid messages, broker loss and recovery."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from dashboard.consumer import ResultsConsumer
+from dashboard.state import ResultsStore
+from dtmon.services import free_port, start_broker
+from tests.dashboard.factory import make_batch
+
+
+def wait_until(store: ResultsStore, predicate, what: str, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        snap = store.snapshot()
+        if predicate(snap):
+            return snap
+        time.sleep(0.1)
+    snap = store.snapshot()
+    raise AssertionError(f"{what} not seen in {timeout} s: broker={snap.broker_reachable} {snap.broker_detail!r}")
+
+
+@pytest.mark.integration
+def test_consumer_retries_replays_history_counts_invalid_and_tracks_broker(tmp_path):
+    port = free_port()
+    broker = start_broker(port=port, log=tmp_path / "tansu.log")
+    store = ResultsStore(history=10)
+    consumer = ResultsConsumer(store, broker.address, "results", history=10, retry_s=0.5, health_interval_s=1.0)
+    try:
+        consumer.start()
+        wait_until(store, lambda s: s.broker_reachable and "not found" in s.broker_detail, "missing topic")
+
+        admin = AdminClient({"bootstrap.servers": broker.address})
+        admin.create_topics([NewTopic("results", 1, 1)])["results"].result(30)
+        producer = Producer({"bootstrap.servers": broker.address})
+        batches = [make_batch(i, seed=i) for i in range(15)]
+        for b in batches:
+            producer.produce("results", b.message.to_json())
+        producer.produce("results", b"not json")
+        assert producer.flush(10) == 0
+
+        snap = wait_until(store, lambda s: s.last_batch_id == 14 and s.invalid_messages == 1, "batch 14")
+        assert snap.series["batch_id"] == list(range(5, 15))  # only the last `history` kept
+        assert snap.series["total_hits"] == [int(b.occupancy.sum()) for b in batches[5:]]
+        assert "offset 15" in snap.last_invalid and "Invalid JSON" in snap.last_invalid
+        assert snap.broker_reachable is True
+
+        broker.stop()
+        wait_until(store, lambda s: s.broker_reachable is False, "broker down")
+        broker = start_broker(port=port, log=tmp_path / "tansu2.log")  # empty again (memory storage)
+        wait_until(store, lambda s: s.broker_reachable is True, "broker back")
+        assert consumer._thread.is_alive()
+    finally:
+        consumer.stop()
+        broker.stop()
+    assert not consumer._thread.is_alive()

@@ -1,0 +1,107 @@
+"""Per-batch aggregation in Spark against an independent pandas computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from dtmon.schema import ResultsMessage
+from processor.histograms import BatchAggregates, aggregate_batch, build_message
+from dtmon.hits import HIT_SCHEMA
+from processor.kafka_source import OUTPUT_SCHEMA, SPARK_SCHEMA
+from tests.processor.conftest import expected_outputs
+
+
+def with_source_columns(table: pa.Table, produced_ms: int = 1_700_000_000_000) -> pa.Table:
+    """Add the columns the Kafka source adds (Kafka timestamp, synthetic flag)."""
+    n = table.num_rows
+    return pa.Table.from_arrays(
+        list(table.columns) + [pa.array(np.arange(n, dtype=np.int64) + produced_ms), pa.array(np.zeros(n, bool))],
+        schema=OUTPUT_SCHEMA,
+    )
+
+
+def as_frame(spark, table: pa.Table):
+    """A Spark DataFrame with the Kafka source's schema, built from Arrow (nulls stay nulls)."""
+    return spark.createDataFrame(with_source_columns(table), schema=SPARK_SCHEMA)
+
+
+def test_aggregate_genuine_rows_matches_pandas(spark, genuine_table):
+    frame = genuine_table.to_pandas()
+    expected = expected_outputs(frame)
+    agg = aggregate_batch(as_frame(spark, genuine_table))
+
+    assert agg.rows_read == len(frame)
+    assert agg.malformed_rows == 0
+    assert agg.hits == expected["hits"]
+    assert agg.hits_outside_chambers == expected["hits_outside_chambers"]
+    np.testing.assert_array_equal(agg.occupancy, expected["occupancy"])
+    np.testing.assert_array_equal(agg.multiplicity, expected["multiplicity"])
+    hits = frame[frame.HEAD == 2]
+    assert (agg.orbit_min, agg.orbit_max) == (hits.ORBIT_CNT.min(), hits.ORBIT_CNT.max())
+    assert agg.produced_first_ms == 1_700_000_000_000
+    assert agg.produced_last_ms == 1_700_000_000_000 + len(frame) - 1
+
+
+def test_known_counts_on_genuine_rows(spark, genuine_table):
+    """Hits per chamber of the 999 genuine rows as counted in shared/data/minidt/SOURCES.md."""
+    agg = aggregate_batch(as_frame(spark, genuine_table))
+    assert agg.occupancy.sum(axis=1).tolist() == [80, 171, 103, 143]
+    assert agg.hits == 499
+
+
+def test_malformed_rows_are_counted_not_used(spark, genuine_table):
+    nulls = pa.Table.from_pylist([{}, {}, {}], genuine_table.schema)
+    table = pa.concat_tables([genuine_table.slice(0, 100), nulls])
+    agg = aggregate_batch(as_frame(spark, table))
+    assert agg.rows_read == 103
+    assert agg.malformed_rows == 3
+    assert agg.hits == int((genuine_table.slice(0, 100).column("HEAD").to_numpy() == 2).sum())
+
+
+def test_multiplicity_counts_distinct_channels_per_orbit(spark):
+    # orbit 10: chamber 0 channels 1, 1 (repeat), 2 -> k=2; orbit 11: chamber 0 channel 5 -> k=1;
+    # orbit 10: chamber 3 (FPGA 1, ch 64+7) -> k=1; HEAD 0 row and channel 138 ignored.
+    rows = pd.DataFrame(
+        {
+            "HEAD": [2, 2, 2, 2, 2, 0, 2],
+            "FPGA": [0, 0, 0, 0, 1, 0, 1],
+            "TDC_CHANNEL": [1, 1, 2, 5, 71, 3, 138],
+            "ORBIT_CNT": [10, 10, 10, 11, 10, 10, 10],
+            "BX_COUNTER": [1] * 7,
+            "TDC_MEAS": [1.0] * 7,
+        }
+    )
+    table = pa.Table.from_pandas(rows, schema=HIT_SCHEMA, preserve_index=False)
+    agg = aggregate_batch(as_frame(spark, table))
+    assert agg.multiplicity[0, :3].tolist() == [1, 1, 0]
+    assert agg.multiplicity[3, 0] == 1
+    assert agg.multiplicity.sum() == 3
+    assert agg.occupancy[0, 1] == 2 and agg.occupancy[3, 7] == 1
+    assert agg.hits == 6 and agg.hits_outside_chambers == 1
+    assert agg.orbits_with_hits == 2
+
+
+def test_build_message_round_trips_and_validates():
+    agg = BatchAggregates(rows_read=10, hits=4, orbit_min=5, orbit_max=9, produced_first_ms=1000, produced_last_ms=3000)
+    agg.occupancy[2, 63] = 4
+    agg.multiplicity[2, 3] = 1
+    message = build_message(7, agg, trigger_interval_s=2.0, batch_started=100.0, published=101.5)
+    parsed = ResultsMessage.from_json(message.to_json())
+    assert parsed.batch_id == 7
+    assert parsed.hits_per_chamber == [0, 0, 4, 0]
+    assert parsed.chambers[2].occupancy.bin_counts[63] == 4
+    assert parsed.chambers[2].multiplicity.bin_counts[3] == 1
+    assert parsed.chambers[2].multiplicity.bin_edges[3:5] == [3.5, 4.5]
+    assert (parsed.produced_first, parsed.produced_last) == (1.0, 3.0)
+
+
+def test_message_rejects_wrong_histogram_shape():
+    agg = BatchAggregates()
+    message = build_message(0, agg, trigger_interval_s=1.0, batch_started=0.0, published=0.0)
+    document = message.model_dump(by_alias=True)
+    document["chambers"][0]["occupancy"]["bin_counts"] = [1, 2]
+    with pytest.raises(ValueError):
+        ResultsMessage.model_validate(document)
