@@ -167,30 +167,31 @@ def decode_csv(data: bytes) -> DecodedRows:
 
 
 def encode_csv(table: pa.Table, header: bool = True) -> bytes:
-    """Write rows in the DAQ CSV layout (integers as integers, TDC_MEAS as the DAQ writes it).
+    """DAQ CSV text of ``table`` as the DAQ writes it, vectorised in Arrow.
 
-    Args:
-        table: rows with ``HIT_SCHEMA`` (no null rows).
-        header: write the ``HEAD,...`` header line first.
+    Integers as integers; TDC_MEAS of HEAD 4/5 words (half floats) always as ``%.6f``
+    (also when integral, e.g. ``-37.000000``, as in the genuine file), other TDC_MEAS as
+    ``%d`` (``%.6f`` if not integral). Re-encoding the decoded genuine rows gives the
+    genuine bytes. Shape: N rows -> N lines (+ header), LF line ends.
     """
-    cols = [table.column(n).to_numpy() for n in COLUMNS]
-    out = io.StringIO()
+    n = table.num_rows
+    if n == 0:
+        return (",".join(COLUMNS) + "\n").encode() if header else b""
+    texts = [pc.cast(table.column(name), pa.string()) for name in COLUMNS[:5]]
+    tdc = table.column("TDC_MEAS").to_numpy()
+    head = table.column("HEAD").to_numpy()
+    as_float = (head == 4) | (head == 5) | ~np.equal(np.mod(tdc, 1), 0)
+    tdc_text = pc.cast(pa.array(np.where(as_float, 0, tdc).astype(np.int64)), pa.string())
+    if as_float.any():  # few distinct half floats: format each once, take() them into place
+        u_flt, inverse = np.unique(tdc[as_float], return_inverse=True)
+        floats = pa.array([f"{v:.6f}" for v in u_flt], pa.string()).take(pa.array(inverse.ravel()))
+        tdc_text = pc.replace_with_mask(tdc_text, pa.array(as_float), floats)
+    out = pa.Table.from_arrays([*texts, tdc_text], names=list(COLUMNS))
+    sink = io.BytesIO()
     if header:
-        out.write(",".join(COLUMNS) + "\n")
-    tdc = cols[5]
-    integral = np.equal(np.mod(tdc, 1), 0)
-    tdc_text = np.where(integral, np.char.mod("%d", tdc.astype(np.int64)), np.char.mod("%.6f", tdc))
-    lines = np.char.add(
-        np.char.add(
-            np.char.add(np.char.add(cols[0].astype(str), ","), np.char.add(cols[1].astype(str), ",")),
-            np.char.add(np.char.add(cols[2].astype(str), ","), np.char.add(cols[3].astype(str), ",")),
-        ),
-        np.char.add(np.char.add(cols[4].astype(str), ","), tdc_text),
-    )
-    if len(lines):
-        out.write("\n".join(lines.tolist()))
-        out.write("\n")
-    return out.getvalue().encode()
+        sink.write((",".join(COLUMNS) + "\n").encode())
+    pacsv.write_csv(out, sink, pacsv.WriteOptions(include_header=False, quoting_style="none", delimiter=","))
+    return sink.getvalue()
 
 
 def chamber_of(head: np.ndarray, fpga: np.ndarray, channel: np.ndarray) -> np.ndarray:

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import json
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dtmon.hits import CELLS_PER_CHAMBER, N_CHAMBERS
 
 RESULTS_SCHEMA_ID = "dtmon.results"
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2
+"""Version 2 adds the physics extras (PDF section 5.2.4), channel health and runs; every
+version-1 field is unchanged, and a version-1 message still parses (new fields default)."""
 
 
 class Histogram(BaseModel):
@@ -47,6 +51,47 @@ class ChamberHistograms(BaseModel):
         description="orbits by number of distinct active channels k; 64 unit bins centred on k=1..64, "
         "edges 0.5..64.5; orbits without hits in this chamber are not counted (task 4)"
     )
+    occupancy_scint: Histogram | None = Field(
+        None, description="v2, extra E1: occupancy using only orbits with a scintillator hit; edges 0..64"
+    )
+    drift_time: Histogram | None = Field(
+        None,
+        description="v2, extra E2: DRIFTIME = t_hit - t_scint + offset[chamber] in ns, for hits in orbits with a "
+        "scintillator hit (earliest one); should show the 0-390 ns time box",
+    )
+
+
+class ChannelRef(BaseModel):
+    """One chamber channel (local channel 0-63 = TDC_CHANNEL mod 64)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    chamber: int = Field(ge=0, lt=N_CHAMBERS)
+    channel: int = Field(ge=0, lt=CELLS_PER_CHAMBER)
+
+
+class ChannelHealth(BaseModel):
+    """Dead and noisy channels over the last ``window_batches`` micro-batches (version 2).
+
+    Dead: no hit in the window while its chamber had hits. Noisy: hits above
+    ``noisy_factor`` times the median of the chamber's channels in the window.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    window_batches: int = Field(ge=1)
+    noisy_factor: float = Field(gt=1)
+    dead: list[ChannelRef] = Field(default_factory=list)
+    noisy: list[ChannelRef] = Field(default_factory=list)
+
+
+class Scintillator(BaseModel):
+    """The channel used as the external t0 (course PDF: FPGA 1, TDC_CHANNEL 128)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    fpga: int = Field(ge=0, le=7)
+    channel: int = Field(ge=0, le=511)
 
 
 class ResultsMessage(BaseModel):
@@ -77,6 +122,19 @@ class ResultsMessage(BaseModel):
     orbits_with_hits: int = Field(0, ge=0, description="distinct ORBIT_CNT values among chamber hits")
     chambers: list[ChamberHistograms] = Field(min_length=N_CHAMBERS, max_length=N_CHAMBERS)
 
+    # --- version 2 -------------------------------------------------------------
+    detector_time_s: float | None = Field(
+        None, ge=0, description="v2: detector (orbit counter) time the batch's hits span, in s; "
+        "gaps longer than the processor's max orbit gap (counter resets, pauses) are left out"
+    )
+    orbit_jumps: int = Field(0, ge=0, description="v2: ORBIT_CNT gaps longer than the max orbit gap (e.g. a counter reset)")
+    scintillator: Scintillator | None = Field(None, description="v2: the t0 channel used for E1/E2")
+    orbits_with_scintillator: int = Field(0, ge=0, description="v2: distinct orbits with a scintillator hit")
+    channel_health: ChannelHealth | None = Field(None, description="v2: dead and noisy channels")
+    run: int | None = Field(None, ge=0, description="v2: run number from the producer (file name or flag)")
+    run_state: Literal["running", "ended"] | None = Field(None, description="v2: ended once the run's end marker is read")
+    run_started: float | None = Field(None, description="v2: wall-clock time the producer started the run (epoch s)")
+
     @property
     def hits_per_chamber(self) -> list[int]:
         """Hits in chambers 0..3, shape (4,)."""
@@ -95,6 +153,10 @@ class ResultsMessage(BaseModel):
         """
         return cls.model_validate_json(data)
 
+
+SCINT_CHAMBER_OFFSET_NS: tuple[float, ...] = (93.9, 101.4, 95.5, 92.4)
+"""Scintillator delay to subtract per chamber, ns: 95.0 - 1.1, 95.0 + 6.4, 95.0 + 0.5, 95.0 - 2.6
+(course PDF section 4.2.4); DRIFTIME = t_hit - t_scint + offset[chamber]."""
 
 OCCUPANCY_EDGES: list[float] = [float(i) for i in range(CELLS_PER_CHAMBER + 1)]
 MULTIPLICITY_EDGES: list[float] = [i + 0.5 for i in range(CELLS_PER_CHAMBER + 1)]
