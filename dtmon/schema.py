@@ -1,7 +1,7 @@
 """The results message: one JSON document per micro-batch on the results topic.
 
 This module is the single definition of that message. The JSON Schema in
-``schemas/results-v1.schema.json`` is generated from it (``dtmon schema``) and a test
+``schemas/results-v<VERSION>.schema.json`` is generated from it (``dtmon schema``) and a test
 checks the two agree. Outputs follow the MAPD-B course PDF section 5.2 (tasks 1-4);
 histograms carry ``bin_edges`` + ``bin_counts`` as suggested in its section 5.3.
 """
@@ -163,7 +163,7 @@ MULTIPLICITY_EDGES: list[float] = [i + 0.5 for i in range(CELLS_PER_CHAMBER + 1)
 
 
 def json_schema() -> str:
-    """The JSON Schema of ``ResultsMessage``, as stored in ``schemas/results-v1.schema.json``."""
+    """The JSON Schema of ``ResultsMessage``, as stored in ``schemas/results-v<VERSION>.schema.json``."""
     schema = ResultsMessage.model_json_schema(by_alias=True)
     schema["$id"] = f"{RESULTS_SCHEMA_ID}/{RESULTS_VERSION}"
     return json.dumps(schema, indent=2, sort_keys=True) + "\n"

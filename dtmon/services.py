@@ -64,6 +64,15 @@ def wait_for_port(host: str, port: int, timeout: float, process: subprocess.Pope
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout} s")
 
 
+def _wait_or_stop(process: subprocess.Popen, host: str, port: int, timeout: float) -> None:
+    """``wait_for_port``; if the port never opens, stop the child before raising."""
+    try:
+        wait_for_port(host, port, timeout, process)
+    except (TimeoutError, RuntimeError):
+        stop_process(process)
+        raise
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now."""
     with socket.socket() as sock:
@@ -107,7 +116,7 @@ def start_broker(host: str = "127.0.0.1", port: int = 9092, log: Path | None = N
     ]
     out = open(log, "ab") if log else subprocess.DEVNULL
     process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    wait_for_port(host, port, timeout, process)
+    _wait_or_stop(process, host, port, timeout)
     return Service("broker", process, f"{host}:{port}")
 
 
@@ -120,7 +129,7 @@ def start_s3(host: str = "127.0.0.1", port: int = 5000, log: Path | None = None,
     cmd = [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)]
     out = open(log, "ab") if log else subprocess.DEVNULL
     process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    wait_for_port(host, port, timeout, process)
+    _wait_or_stop(process, host, port, timeout)
     return Service("s3", process, f"http://{host}:{port}")
 
 

@@ -1,0 +1,781 @@
+"""The ``dtmon`` command: the whole stack in one command, or each embedded service on its own.
+
+``dtmon up`` starts, as child processes in their own process groups, the Tansu broker,
+a moto S3 server seeded with the DAQ files, the producer, the processor and the
+dashboard; Ctrl-C (or SIGTERM) stops them all in reverse order. ``dtmon broker`` and
+``dtmon s3`` run one embedded service in the foreground, so the embedded parts can be
+mixed with real ones. ``dtmon schema`` prints the results-message JSON Schema.
+
+Settings precedence everywhere: command-line flag > ``DTMON_*`` environment variable >
+default (``dtmon.settings``). Children get their settings as ``DTMON_*`` variables.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Callable, Iterator
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from dtmon.schema import RESULTS_VERSION
+from dtmon.services import Service, s3_client, start_broker, start_s3, stop_process
+from dtmon.settings import Settings, load_settings
+
+app = typer.Typer(
+    help="dtmon: live data-quality monitor for the MiniDT drift-tube telescope.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(highlight=False, soft_wrap=True)
+
+DEFAULT_BUCKET = "minidt-stream"
+SYNTHETIC_MANIFEST = "dtmon-synthetic.json"
+"""A directory or S3 prefix holding this file contains synthetic (generated) DAQ files."""
+SYNTHETIC_METADATA = {"dtmon-synthetic": "1"}
+"""S3 object metadata that marks a synthetic DAQ file."""
+DAQ_SUFFIXES = (".txt", ".csv")
+"""File suffixes of DAQ CSV files (named in error messages)."""
+SCHEMA_FILE = Path(f"schemas/results-v{RESULTS_VERSION}.schema.json")
+SYNTHETIC_ROWS = 200_000
+"""Rows ``dtmon up`` generates when no genuine rows are at hand (~3 s; 200 s of replay at 1000 rows/s)."""
+
+
+class UsageError(Exception):
+    """Bad input from the operator: printed as a one-line error, exit code 2."""
+
+
+class ChildDied(Exception):
+    """A child process exited while the stack was supposed to be running."""
+
+    def __init__(self, child: "Child") -> None:
+        super().__init__(f"{child.name} exited (code {child.process.returncode})")
+        self.child = child
+
+
+# ---------------------------------------------------------------- DAQ files and S3 seeding
+
+
+def daq_files(path: Path) -> list[Path]:
+    """The DAQ files at ``path``: the file itself, or those of a directory that the producer streams.
+
+    The selection and the order are the producer's (``producer.sources.select_daq_names``:
+    ``*.txt``/``*.csv``, not hidden, only ``data_*.txt`` if there are any, natural name
+    order), so the bucket holds exactly what will be streamed.
+
+    Raises:
+        UsageError: ``path`` does not exist, or the directory holds no DAQ file.
+    """
+    from producer.sources import select_daq_names
+
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise UsageError(f"no such file or directory: {path}")
+    names = select_daq_names([p.name for p in path.iterdir() if p.is_file()])
+    if not names:
+        raise UsageError(f"no DAQ files ({', '.join('*' + s for s in DAQ_SUFFIXES)}) in {path}")
+    return [path / name for name in names]
+
+
+def synthetic_manifest(path: Path) -> Path | None:
+    """The ``dtmon-synthetic.json`` manifest in directory ``path`` (or beside file ``path``), or None."""
+    folder = path if path.is_dir() else path.parent
+    manifest = folder / SYNTHETIC_MANIFEST
+    return manifest if manifest.is_file() else None
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One local file to put in the bucket: ``key`` is its object name, ``synthetic`` sets the metadata."""
+
+    path: Path
+    key: str
+    synthetic: bool
+
+
+def plan_uploads(paths: list[Path], prefix: str = "") -> list[Upload]:
+    """What seeding ``paths`` under ``prefix`` uploads: the DAQ files, plus the manifest of synthetic ones.
+
+    Raises:
+        UsageError: a path has no DAQ file; genuine and synthetic files would share the
+            prefix (the manifest would label the genuine rows synthetic); two files
+            would get the same key.
+    """
+    stem = prefix.strip("/")
+    uploads: list[Upload] = []
+    kinds = set()
+    for path in paths:
+        files = daq_files(path)
+        manifest = synthetic_manifest(path)
+        kinds.add(manifest is not None)
+        uploads += [Upload(f, f.name, manifest is not None) for f in files]
+        if manifest is not None and all(u.path != manifest for u in uploads):
+            uploads.append(Upload(manifest, manifest.name, True))
+    if len(kinds) > 1:
+        raise UsageError("genuine and synthetic DAQ files cannot share one bucket prefix: seed them separately")
+    uploads = [Upload(u.path, f"{stem}/{u.key}" if stem else u.key, u.synthetic) for u in uploads]
+    keys = [u.key for u in uploads]
+    duplicates = sorted({k for k in keys if keys.count(k) > 1})
+    if duplicates:
+        raise UsageError(f"two files would share the object name(s) {', '.join(duplicates)}")
+    return uploads
+
+
+def seed(endpoint_url: str, bucket: str, uploads: list[Upload]) -> None:
+    """Create ``bucket`` if needed and upload the files; synthetic ones get ``dtmon-synthetic: 1`` metadata."""
+    client = s3_client(endpoint_url)
+    if bucket not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
+        region = client.meta.region_name
+        extra = {} if region in (None, "us-east-1") else {"CreateBucketConfiguration": {"LocationConstraint": region}}
+        client.create_bucket(Bucket=bucket, **extra)
+    for upload in uploads:
+        extra_args = {"Metadata": dict(SYNTHETIC_METADATA)} if upload.synthetic else None
+        client.upload_file(str(upload.path), bucket, upload.key, ExtraArgs=extra_args)
+
+
+# ---------------------------------------------------------------- child processes
+
+
+@dataclass
+class Child:
+    """A child process dtmon started, in its own process group, and where its output goes."""
+
+    name: str
+    process: subprocess.Popen
+    address: str = ""
+    log: Path | None = None
+
+
+@dataclass
+class Stack:
+    """The child processes of one dtmon command, stopped in reverse start order."""
+
+    children: list[Child] = field(default_factory=list)
+
+    def start_service(self, start: Callable[[], Service], log: Path | None = None) -> Child:
+        """Start a service with a ``dtmon.services.start_*`` call and track it.
+
+        Ctrl-C/SIGTERM during the start is held until the service is tracked, so an
+        interrupted start still stops it.
+        """
+        with deferred_interrupts():
+            service = start()
+            child = Child(service.name, service.process, service.address, log)
+            self.children.append(child)
+        return child
+
+    def spawn(self, name: str, cmd: list[str], log: Path, env: dict[str, str], address: str = "") -> Child:
+        """Start ``cmd`` in a new session (own process group), stdout+stderr to ``log``, stdin closed."""
+        with deferred_interrupts(), open(log, "wb") as out:
+            process = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+            )
+            child = Child(name, process, address, log)
+            self.children.append(child)
+        return child
+
+    def first_dead(self) -> Child | None:
+        """The first child that has exited, or None while all run."""
+        return next((c for c in self.children if c.process.poll() is not None), None)
+
+    def check(self) -> None:
+        """Raises ChildDied if a child has exited."""
+        dead = self.first_dead()
+        if dead is not None:
+            raise ChildDied(dead)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM each child's process group (newest first), SIGKILL after ``timeout`` s.
+
+        Descendants that moved to a process group of their own (Spark's Python worker
+        daemon does) and outlive their child are terminated too.
+        """
+        for child in reversed(self.children):
+            if child.process.poll() is None:
+                console.print(f"stopping {child.name} (pid {child.process.pid})")
+            below = descendants(child.process.pid)
+            stop_process(child.process, timeout)
+            terminate(below, timeout)
+
+
+def _proc_state(pid: int) -> tuple[str, int] | None:
+    """(state letter, parent pid) of a process from /proc/<pid>/stat, or None if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    return fields[0], int(fields[1])
+
+
+def descendants(pid: int) -> set[int]:
+    """Pids of all processes below ``pid`` (children, grandchildren, ...), read from /proc."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        state = _proc_state(int(entry.name)) if entry.name.isdigit() else None
+        if state is not None:
+            parents[int(entry.name)] = state[1]
+    found: set[int] = set()
+    level = {pid}
+    while level:
+        level = {p for p, parent in parents.items() if parent in level} - found
+        found |= level
+    return found
+
+
+def running(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie."""
+    state = _proc_state(pid)
+    return state is not None and state[0] != "Z"
+
+
+def terminate(pids: set[int], timeout: float) -> None:
+    """SIGTERM the processes of ``pids`` still running, SIGKILL those left after ``timeout`` s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        left = [p for p in pids if running(p)]
+        for pid in left:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout
+        while left and time.monotonic() < deadline:
+            time.sleep(0.1)
+            left = [p for p in left if running(p)]
+        if not left:
+            return
+
+
+def tail(path: Path | None, lines: int = 25) -> str:
+    """The last ``lines`` lines of a log file ('' if there is none)."""
+    if path is None or not path.is_file():
+        return ""
+    with open(path, "rb") as fh:
+        fh.seek(0, 2)
+        fh.seek(max(0, fh.tell() - 64_000))
+        text = fh.read().decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _interrupt(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Turn SIGINT, SIGTERM and SIGHUP into KeyboardInterrupt while the block runs.
+
+    SIGINT is handled even when the shell started us with it ignored (``cmd &`` in a
+    script); SIGHUP is left alone when ignored (``nohup``).
+    """
+    wanted = [signal.SIGINT, signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        wanted.append(signal.SIGHUP)
+    old = {s: signal.signal(s, _interrupt) for s in wanted}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+@contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Hold Ctrl-C/SIGTERM/SIGHUP while the block runs; raise KeyboardInterrupt at its end if one came.
+
+    Used around "start a child and record it", so no interrupt can fall in between.
+    """
+    pending: list[int] = []
+    watched = [signal.SIGINT, signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        watched.append(signal.SIGHUP)
+    old = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in watched}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    if pending:
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def signals_ignored() -> Iterator[None]:
+    """Ignore Ctrl-C/SIGTERM/SIGHUP so a second Ctrl-C cannot cut the shutdown short."""
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def report_death(error: ChildDied) -> None:
+    """Print which child died, its exit code and the end of its log."""
+    child = error.child
+    code = child.process.returncode
+    how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+    console.print(f"[bold red]{child.name} {how} unexpectedly[/]")
+    text = tail(child.log)
+    if text:
+        console.print(Panel(text, title=f"last lines of {child.log}", border_style="red"), markup=False)
+
+
+def run_until_interrupted(stack: Stack) -> int:
+    """Block until Ctrl-C/SIGTERM (exit code 0) or until a child dies (reported, exit code 1)."""
+    try:
+        while True:
+            stack.check()
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        console.print("interrupted: stopping")
+        return 0
+    except ChildDied as error:
+        report_death(error)
+        return 1
+
+
+def _connect_host(host: str) -> str:
+    """Where to reach a server bound to ``host`` from this machine."""
+    return "127.0.0.1" if host in ("", "0.0.0.0") else host
+
+
+def ensure_port_free(host: str, port: int, what: str, hint: str) -> None:
+    """Raises UsageError when something already listens on ``host:port``."""
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        busy = sock.connect_ex((_connect_host(host), port)) == 0
+    if busy:
+        raise UsageError(f"port {port} for the {what} is already in use (choose another with {hint})")
+
+
+def serve(start: Callable[[], Service], ready: Callable[[], None]) -> None:
+    """Run one embedded service in the foreground: start it, make it ready, wait for Ctrl-C, stop it."""
+    stack = Stack()
+    code = 0
+    with interruptible():
+        try:
+            stack.start_service(start)
+            ready()
+            code = run_until_interrupted(stack)
+        except KeyboardInterrupt:
+            console.print("interrupted: stopping")
+        except UsageError as error:
+            console.print(f"[bold red]error:[/] {error}")
+            code = 2
+        except Exception as error:  # noqa: BLE001 - report, then stop what was started
+            console.print(f"[bold red]error:[/] {type(error).__name__}: {error}")
+            code = 1
+        finally:
+            with signals_ignored():
+                stack.stop()
+    raise typer.Exit(code)
+
+
+# ---------------------------------------------------------------- dtmon broker / s3 / schema / synth
+
+
+@app.command()
+def broker(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Kafka port")] = 9092,
+    log: Annotated[Path | None, typer.Option(help="file for the broker's output (default: discarded)")] = None,
+) -> None:
+    """Run the embedded Tansu Kafka broker (in-memory storage) until Ctrl-C."""
+    def start() -> Service:
+        ensure_port_free(host, port, "broker", "--port")
+        return start_broker(host, port, log)
+
+    serve(
+        start,
+        lambda: console.print(f"Tansu broker on [bold]{host}:{port}[/] (in memory; Ctrl-C stops it)"),
+    )
+
+
+@app.command("s3")
+def s3_server(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port")] = 5000,
+    seed_paths: Annotated[
+        list[Path] | None,
+        typer.Option("--seed", help="DAQ file or directory to upload to the bucket (repeatable)"),
+    ] = None,
+    bucket: Annotated[str, typer.Option(help="bucket to create and seed")] = DEFAULT_BUCKET,
+    prefix: Annotated[str, typer.Option(help="key prefix for the seeded files")] = "",
+    log: Annotated[Path | None, typer.Option(help="file for the server's output (default: discarded)")] = None,
+    ready_file: Annotated[
+        Path | None, typer.Option(help="file created once the bucket is seeded (for container healthchecks)")
+    ] = None,
+) -> None:
+    """Run a moto S3 server until Ctrl-C, optionally seeded with DAQ files."""
+    try:
+        uploads = plan_uploads(list(seed_paths or []), prefix)
+    except UsageError as error:
+        console.print(f"[bold red]error:[/] {error}")
+        raise typer.Exit(2) from None
+    endpoint = f"http://{_connect_host(host)}:{port}"
+
+    def start() -> Service:
+        ensure_port_free(host, port, "S3 server", "--port")
+        if ready_file is not None:
+            ready_file.unlink(missing_ok=True)
+        return start_s3(host, port, log)
+
+    def ready() -> None:
+        seed(endpoint, bucket, uploads)
+        for upload in uploads:
+            label = " (synthetic)" if upload.synthetic else ""
+            console.print(f"  s3://{bucket}/{upload.key}  <- {upload.path}{label}")
+        console.print(f"moto S3 server at [bold]{endpoint}[/], bucket [bold]{bucket}[/] (Ctrl-C stops it)")
+        if ready_file is not None:
+            ready_file.touch()
+
+    serve(start, ready)
+
+
+@app.command()
+def schema(
+    write: Annotated[bool, typer.Option("--write", help=f"write {SCHEMA_FILE} instead of printing")] = False,
+    out: Annotated[Path, typer.Option(help="file written by --write")] = SCHEMA_FILE,
+) -> None:
+    """Print the JSON Schema of the results message (one per micro-batch on the results topic)."""
+    from dtmon.schema import json_schema
+
+    text = json_schema()
+    if write:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        console.print(f"wrote {out}")
+    else:
+        sys.stdout.write(text)
+
+
+def _register_synth() -> None:
+    """Add ``dtmon synth`` from dtmon.synth; if that module cannot be imported, a stub that says why."""
+    try:
+        from dtmon.synth import cli_synth
+    except Exception as error:  # noqa: BLE001 - the rest of the CLI must keep working
+        reason = f"{type(error).__name__}: {error}"
+
+        @app.command("synth", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+        def synth_unavailable() -> None:
+            """Generate synthetic DAQ files (unavailable: dtmon.synth could not be imported)."""
+            console.print(f"[bold red]error:[/] the synthetic generator is not available ({reason})")
+            raise typer.Exit(1)
+
+        return
+    app.command("synth")(cli_synth)
+
+
+_register_synth()
+
+
+# ---------------------------------------------------------------- dtmon up
+
+
+def settings_env(settings: Settings) -> dict[str, str | None]:
+    """``DTMON_*`` variables that reproduce ``settings`` in a child (None = unset the variable).
+
+    Strings are passed as-is, everything else as JSON (how pydantic-settings reads it).
+    """
+    env: dict[str, str | None] = {}
+    for name, value in settings.model_dump().items():
+        key = f"DTMON_{name.upper()}"
+        env[key] = None if value is None else value if isinstance(value, str) else json.dumps(value)
+    return env
+
+
+def child_env(settings: Settings, base: dict[str, str]) -> dict[str, str]:
+    """``base`` (the parent's environment) with the ``DTMON_*`` variables of ``settings`` applied."""
+    env = dict(base)
+    for key, value in settings_env(settings).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("PYSPARK_PYTHON", sys.executable)
+    env.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    return env
+
+
+def console_script(name: str, module: str) -> list[str]:
+    """Command that runs console script ``name`` of this environment (``module:app`` if it is missing)."""
+    script = Path(sys.executable).parent / name
+    if script.is_file():
+        return [str(script)]
+    return [sys.executable, "-c", f"import sys; sys.argv[0] = {name!r}; from {module} import app; app()"]
+
+
+def dashboard_dir() -> Path:
+    """Directory of the installed ``dashboard`` package (a Bokeh directory app).
+
+    Raises:
+        UsageError: the package is not installed.
+    """
+    spec = importlib.util.find_spec("dashboard")
+    if spec is None or not spec.submodule_search_locations:
+        raise UsageError("the dashboard package is not installed (pip install -e .)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def create_topics(bootstrap_servers: str, partitions: dict[str, int], timeout: float = 30.0) -> None:
+    """Create the topics (name -> partitions) that do not exist yet.
+
+    Raises:
+        confluent_kafka.KafkaException: the broker refused for another reason than "exists".
+    """
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    topics = [NewTopic(name, num_partitions=n, replication_factor=-1) for name, n in partitions.items()]
+    for future in admin.create_topics(topics, request_timeout=timeout).values():
+        try:
+            future.result(timeout)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+
+
+def wait_for_http(url: str, timeout: float, stack: Stack) -> None:
+    """Block until ``url`` answers HTTP 200, checking that no child died meanwhile.
+
+    One request at a time, each allowed the time left: a Bokeh page builds a whole session
+    document, which takes seconds on a busy machine; abandoning slow requests and asking
+    again would only pile up sessions.
+
+    Raises:
+        TimeoutError: no answer after ``timeout`` s.
+        ChildDied: a child exited while waiting.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stack.check()
+        try:
+            with urllib.request.urlopen(url, timeout=max(1.0, deadline - time.monotonic())) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def generate_synthetic(directory: Path, stack: Stack, env: dict[str, str], log: Path) -> str:
+    """Say loudly that no genuine rows are at hand, then run ``dtmon synth`` into ``directory``.
+
+    One file of ``SYNTHETIC_ROWS`` rows; the generator runs as a child, so Ctrl-C stops it too.
+
+    Returns:
+        ``directory``, as a source string.
+    Raises:
+        ChildDied: the generator failed.
+    """
+    shutil.rmtree(directory, ignore_errors=True)
+    console.print(
+        Panel(
+            "No genuine MiniDT rows at hand (../shared/data/minidt is missing) and no --source given.\n"
+            f"Streaming SYNTHETIC DAQ rows generated by `dtmon synth` into {directory}.\n"
+            "The results and the dashboard are labelled synthetic.",
+            title="SYNTHETIC DATA",
+            border_style="bold red",
+        )
+    )
+    cmd = [*console_script("dtmon", "dtmon.cli"), "synth", "--out", str(directory), "--rows", str(SYNTHETIC_ROWS)]
+    child = stack.spawn("synth", cmd, log, env)
+    child.process.wait()
+    if child.process.returncode != 0:
+        raise ChildDied(child)
+    stack.children.remove(child)
+    return str(directory)
+
+
+def stage_commands(settings: Settings, checkpoint: Path, dashboard_port: int) -> dict[str, list[str]]:
+    """Command lines of producer, processor and dashboard, in start order.
+
+    The remaining settings reach them as ``DTMON_*`` variables (``child_env``); the
+    processor starts a fresh query at the earliest offset, the dashboard binds loopback.
+    """
+    producer = [*console_script("producer", "producer.cli"), "--source", settings.source]
+    if settings.s3_endpoint_url and settings.source.startswith("s3://"):
+        producer += ["--endpoint-url", settings.s3_endpoint_url]
+    producer += ["--loop", "--rate", f"{settings.rate:g}"]
+    processor = [
+        *console_script("processor", "processor.cli"),
+        "--trigger-interval", f"{settings.trigger_interval_s:g}",
+        "--checkpoint-location", str(checkpoint),
+        "--starting-offsets", "earliest",
+    ]  # fmt: skip
+    dashboard = [
+        sys.executable, "-m", "bokeh", "serve", str(dashboard_dir()),
+        "--port", str(dashboard_port), "--address", "127.0.0.1",
+        "--allow-websocket-origin", f"127.0.0.1:{dashboard_port}",
+        "--allow-websocket-origin", f"localhost:{dashboard_port}",
+    ]  # fmt: skip
+    return {"producer": producer, "processor": processor, "dashboard": dashboard}
+
+
+def status_table(stack: Stack) -> Table:
+    """One row per child: service, pid (and exit code once it exited), address."""
+    table = Table(title="dtmon up", title_justify="left")
+    for column in ("service", "pid", "address"):
+        table.add_column(column)
+    for child in stack.children:
+        state = "" if child.process.poll() is None else f" (exited {child.process.returncode})"
+        table.add_row(child.name, f"{child.process.pid}{state}", child.address)
+    return table
+
+
+def write_state(path: Path, stack: Stack, started: float) -> None:
+    """Record the children (name, pid, address, log) in ``path`` as JSON, for tools and tests."""
+    children = [{"name": c.name, "pid": c.process.pid, "address": c.address, "log": str(c.log)} for c in stack.children]
+    path.write_text(json.dumps({"started": started, "children": children}, indent=2) + "\n")
+
+
+@app.command()
+def up(
+    source: Annotated[
+        str | None,
+        typer.Option(help="DAQ files to stream: file, directory or s3://bucket/prefix [DTMON_SOURCE; "
+                     "the genuine rows in ../shared, or else freshly generated synthetic files]"),
+    ] = None,
+    rate: Annotated[float | None, typer.Option(help="producer rate in rows/s, 0 = max [DTMON_RATE; 1000]")] = None,
+    trigger_interval: Annotated[
+        float | None, typer.Option(help="micro-batch trigger interval in s [DTMON_TRIGGER_INTERVAL_S; 2]")
+    ] = None,
+    bootstrap_servers: Annotated[
+        str | None,
+        typer.Option(help="use this Kafka instead of starting Tansu (so does setting DTMON_BOOTSTRAP_SERVERS)"),
+    ] = None,
+    s3_endpoint: Annotated[
+        str | None,
+        typer.Option(help="S3 endpoint for an s3:// --source instead of moto [DTMON_S3_ENDPOINT_URL]"),
+    ] = None,
+    broker_port: Annotated[int, typer.Option(help="port of the embedded Tansu broker")] = 9092,
+    s3_port: Annotated[int, typer.Option(help="port of the embedded moto S3 server")] = 5000,
+    dashboard_port: Annotated[int, typer.Option(help="port of the dashboard")] = 5006,
+    bucket: Annotated[str, typer.Option(help="bucket of the embedded S3 server")] = DEFAULT_BUCKET,
+    workdir: Annotated[Path, typer.Option(help="logs, checkpoint and generated files")] = Path("var/up"),
+    keep_checkpoint: Annotated[
+        bool,
+        typer.Option("--keep-checkpoint", help="resume the previous run's query (external Kafka only: the "
+                     "embedded broker starts empty)"),
+    ] = False,
+    startup_timeout: Annotated[float, typer.Option(help="s to wait for each service to answer")] = 120.0,
+) -> None:
+    """Run the whole stack locally: broker, S3, producer, processor, dashboard. Ctrl-C stops it all."""
+    started = time.time()
+    t0 = time.monotonic()
+    try:
+        settings = load_settings(
+            source=source,
+            rate=rate,
+            trigger_interval_s=trigger_interval,
+            bootstrap_servers=bootstrap_servers,
+            s3_endpoint_url=s3_endpoint,
+        )
+    except Exception as error:  # pydantic.ValidationError: a flag or DTMON_* value is out of range
+        console.print(f"[bold red]error:[/] invalid settings:\n{error}")
+        raise typer.Exit(2) from None
+    external_kafka = bootstrap_servers is not None or "DTMON_BOOTSTRAP_SERVERS" in os.environ
+    workdir = workdir.resolve()
+    logs = workdir / "logs"
+    checkpoint = workdir / "checkpoint"
+    state_file = workdir / "stack.json"
+    stack = Stack()
+    code = 0
+    with interruptible():
+        try:
+            logs.mkdir(parents=True, exist_ok=True)
+            if checkpoint.exists() and not keep_checkpoint:
+                shutil.rmtree(checkpoint)
+            env = child_env(settings, dict(os.environ))
+
+            # where the rows come from: an S3 prefix as is, or local files served by moto
+            if settings.source.startswith("s3://"):
+                uploads: list[Upload] = []
+                console.print(f"source: {settings.source} (endpoint {settings.s3_endpoint_url or 'AWS'})")
+            elif s3_endpoint is not None:
+                raise UsageError("--s3-endpoint needs an s3:// --source (local files are served by moto)")
+            else:
+                src = settings.source or generate_synthetic(workdir / "synthetic", stack, env, logs / "synth.log")
+                uploads = plan_uploads([Path(src)])
+                kind = "SYNTHETIC" if uploads[0].synthetic else "genuine"
+                n_files = sum(1 for u in uploads if u.path.name != SYNTHETIC_MANIFEST)
+                console.print(f"source: {src} ({kind}, {n_files} file(s)) -> s3://{bucket}/ on moto")
+
+            # broker and S3
+            if external_kafka:
+                console.print(f"Kafka: external, {settings.bootstrap_servers}")
+            else:
+                ensure_port_free("127.0.0.1", broker_port, "broker", "--broker-port or --bootstrap-servers")
+                broker = stack.start_service(
+                    lambda: start_broker("127.0.0.1", broker_port, logs / "broker.log", startup_timeout),
+                    logs / "broker.log",
+                )
+                settings = settings.model_copy(update={"bootstrap_servers": broker.address})
+            if uploads:
+                ensure_port_free("127.0.0.1", s3_port, "S3 server", "--s3-port")
+                s3 = stack.start_service(lambda: start_s3("127.0.0.1", s3_port, logs / "s3.log", startup_timeout),
+                                         logs / "s3.log")  # fmt: skip
+                seed(s3.address, bucket, uploads)
+                settings = settings.model_copy(update={"source": f"s3://{bucket}/", "s3_endpoint_url": s3.address})
+            write_state(state_file, stack, started)
+            create_topics(settings.bootstrap_servers, {settings.raw_topic: settings.raw_partitions,
+                                                       settings.results_topic: 1})  # fmt: skip
+
+            # the three stages
+            ensure_port_free("127.0.0.1", dashboard_port, "dashboard", "--dashboard-port")
+            env = child_env(settings, dict(os.environ))
+            url = f"http://127.0.0.1:{dashboard_port}/dashboard"
+            addresses = {"producer": f"-> {settings.raw_topic}", "processor": f"-> {settings.results_topic}",
+                         "dashboard": url}  # fmt: skip
+            for name, cmd in stage_commands(settings, checkpoint, dashboard_port).items():
+                stack.spawn(name, cmd, logs / f"{name}.log", env, addresses[name])
+            write_state(state_file, stack, started)
+            wait_for_http(url, startup_timeout, stack)
+
+            console.print(status_table(stack))
+            console.print(f"logs: {logs}/<service>.log")
+            console.print(f"dashboard answering after {time.monotonic() - t0:.1f} s")
+            console.print(f"Dashboard: [bold green]{url}[/]   (Ctrl-C stops everything)")
+            code = run_until_interrupted(stack)
+        except KeyboardInterrupt:
+            console.print("interrupted: stopping")
+        except ChildDied as error:
+            report_death(error)
+            code = 1
+        except UsageError as error:
+            console.print(f"[bold red]error:[/] {error}")
+            code = 2
+        except Exception as error:  # noqa: BLE001 - report, then stop what was started
+            console.print(f"[bold red]error:[/] {type(error).__name__}: {error}")
+            code = 1
+        finally:
+            with signals_ignored():
+                stack.stop()
+                state_file.unlink(missing_ok=True)
+            console.print("all dtmon children stopped")
+    raise typer.Exit(code)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,193 @@
+"""`dtmon up` end to end: real Tansu broker, moto S3, producer, Spark processor and Bokeh dashboard
+as child processes; results on the results topic; the plots in Debian's chromium; Ctrl-C stops it all.
+
+Timings (s from `dtmon up` to the dashboard answering, to the first results message, to the
+first plotted batch) are printed and saved to artifacts/stack-timings.json with the screenshot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from dtmon.schema import ResultsMessage
+from dtmon.services import free_port
+from tests.dtmon.test_cli import DTMON, REPO, alive, descendants, kill_tree, port_open
+
+pytestmark = pytest.mark.integration
+
+DASHBOARD_TIMEOUT_S = 120
+FIRST_RESULT_TIMEOUT_S = 300  # Spark needs 8-11 s to start on an idle 2-core machine, minutes under load
+PLOT_TIMEOUT_S = 60
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+# Rows of the time series the dashboard has received (Bokeh model names are listed in dashboard/view.py).
+SERIES_ROWS_JS = """() => {
+  const doc = window.Bokeh && Bokeh.documents && Bokeh.documents[0];
+  const source = doc && doc.get_model_by_name('series-source');
+  if (!source) return 0;
+  const columns = source.data instanceof Map ? [...source.data.values()] : Object.values(source.data);
+  return columns.length ? columns[0].length : 0;
+}"""
+
+
+def _logs(workdir: Path) -> str:
+    parts = []
+    for log in sorted((workdir / "logs").glob("*.log")):
+        lines = log.read_text(errors="replace").splitlines()[-15:]
+        parts.append(f"--- {log.name}\n" + "\n".join(lines))
+    return "\n".join(parts)
+
+
+def _check_running(proc: subprocess.Popen, out: Path, workdir: Path) -> None:
+    if proc.poll() is not None:
+        pytest.fail(f"dtmon up exited with {proc.returncode}:\n{out.read_text()}\n{_logs(workdir)}")
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+def test_dtmon_up_streams_genuine_rows_to_the_dashboard_and_stops_cleanly(tmp_path):
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+    from playwright.sync_api import sync_playwright
+
+    broker_port, s3_port, dashboard_port = free_port(), free_port(), free_port()
+    workdir = tmp_path / "up"
+    out = tmp_path / "up.out"
+    url = f"http://127.0.0.1:{dashboard_port}/dashboard"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DTMON_")}  # the defaults, as a newcomer has
+    cmd = [*DTMON, "up", "--rate", "1000", "--trigger-interval", "1", "--broker-port", str(broker_port),
+           "--s3-port", str(s3_port), "--dashboard-port", str(dashboard_port), "--workdir", str(workdir)]  # fmt: skip
+
+    t0 = time.monotonic()
+    with open(out, "wb") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    pids: set[int] = set()
+    consumer = None
+    try:
+        deadline = t0 + DASHBOARD_TIMEOUT_S
+        while "dashboard answering after" not in out.read_text():  # dtmon up's own check of the URL
+            _check_running(proc, out, workdir)
+            assert time.monotonic() < deadline, f"no dashboard after {DASHBOARD_TIMEOUT_S} s:\n{out.read_text()}"
+            time.sleep(0.2)
+        t_dashboard = time.monotonic() - t0
+        assert _answers(url)
+        state = json.loads((workdir / "stack.json").read_text())
+        names = [c["name"] for c in state["children"]]
+        assert names == ["broker", "s3", "producer", "processor", "dashboard"]
+        pids = {c["pid"] for c in state["children"]} | descendants(proc.pid)
+        text = out.read_text()
+        assert "(genuine, 1 file(s))" in text and url in text
+
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.goto(url)
+
+                consumer = Consumer({"bootstrap.servers": f"127.0.0.1:{broker_port}", "group.id": "stack-test",
+                                     "enable.auto.commit": False})  # fmt: skip
+                consumer.assign([TopicPartition("minidt-results", 0, OFFSET_BEGINNING)])
+                message = None
+                deadline = t0 + FIRST_RESULT_TIMEOUT_S
+                while message is None:
+                    _check_running(proc, out, workdir)
+                    assert time.monotonic() < deadline, f"no results message:\n{_logs(workdir)}"
+                    polled = consumer.poll(0.5)
+                    if polled is not None and polled.error() is None:
+                        message = polled
+                t_result = time.monotonic() - t0
+
+                results = ResultsMessage.from_json(message.value())
+                assert results.hits > 0 and results.rows_read >= results.hits
+                assert not results.synthetic
+                assert results.hits == sum(results.hits_per_chamber) + results.hits_outside_chambers
+                for chamber in results.chambers:
+                    assert sum(chamber.occupancy.bin_counts) == chamber.hits
+
+                page.wait_for_function(f"({SERIES_ROWS_JS})() > 0", timeout=PLOT_TIMEOUT_S * 1000)
+                t_plotted = time.monotonic() - t0
+                page.locator("canvas").first.wait_for(state="visible", timeout=30_000)
+                page.wait_for_timeout(1000)  # let the next refresh draw
+                (REPO / "artifacts").mkdir(exist_ok=True)
+                page.screenshot(path=str(REPO / "artifacts" / "stack.png"), full_page=True)
+            finally:
+                browser.close()
+
+        timings = {"dashboard_answering_s": round(t_dashboard, 1), "first_results_message_s": round(t_result, 1),
+                   "first_plotted_batch_s": round(t_plotted, 1)}  # fmt: skip
+        print("dtmon up timings:", timings)
+        (REPO / "artifacts" / "stack-timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+
+        pids |= descendants(proc.pid)  # Spark's JVM and Python workers included
+        t_stop = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(90)
+        stop_s = time.monotonic() - t_stop
+    finally:
+        if consumer is not None:
+            consumer.close()
+        kill_tree(proc, pids if proc.poll() is None else set())
+
+    text = out.read_text()
+    assert proc.returncode == 0, text
+    assert "all dtmon children stopped" in text
+    left = [p for p in pids if alive(p)]
+    assert not left, f"still running after dtmon up stopped ({stop_s:.1f} s): {left}"
+    assert not any(port_open(p) for p in (broker_port, s3_port, dashboard_port))
+    assert not (workdir / "stack.json").exists()
+
+
+def test_dtmon_up_without_genuine_rows_streams_labelled_synthetic_files(tmp_path):
+    from dtmon.services import s3_client
+
+    broker_port, s3_port, dashboard_port = free_port(), free_port(), free_port()
+    workdir = tmp_path / "up"
+    out = tmp_path / "up.out"
+    # an empty source is what a machine without ../shared/data/minidt gets by default
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("DTMON_")}, "DTMON_SOURCE": ""}
+    cmd = [*DTMON, "up", "--broker-port", str(broker_port), "--s3-port", str(s3_port),
+           "--dashboard-port", str(dashboard_port), "--workdir", str(workdir)]  # fmt: skip
+    with open(out, "wb") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    pids: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while not (workdir / "stack.json").exists() or "producer" not in (workdir / "stack.json").read_text():
+            _check_running(proc, out, workdir)
+            assert time.monotonic() < deadline, out.read_text()
+            time.sleep(0.2)
+        pids = descendants(proc.pid)
+        text = out.read_text()
+        assert "SYNTHETIC DATA" in text and "(SYNTHETIC, 1 file(s))" in text
+
+        client = s3_client(f"http://127.0.0.1:{s3_port}")
+        keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket="minidt-stream")["Contents"])
+        assert keys == ["data_000000.txt", "dtmon-synthetic.json"]
+        assert client.head_object(Bucket="minidt-stream", Key="data_000000.txt")["Metadata"] == {"dtmon-synthetic": "1"}
+        manifest = json.loads(client.get_object(Bucket="minidt-stream", Key="dtmon-synthetic.json")["Body"].read())
+        generated = (workdir / "synthetic" / "data_000000.txt").read_bytes()
+        assert manifest["synthetic"] is True and generated.count(b"\n") == manifest["rows_per_file"] + 1  # + header
+
+        pids |= descendants(proc.pid)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(90)
+    finally:
+        kill_tree(proc, pids if proc.poll() is None else set())
+    assert proc.returncode == 0, out.read_text()
+    assert not [p for p in pids if alive(p)]
+    assert not any(port_open(p) for p in (broker_port, s3_port, dashboard_port))
