@@ -1,0 +1,135 @@
+"""``producer`` console script: stream DAQ rows from files or S3 to the raw Kafka topic.
+
+Defaults come from ``dtmon.settings`` (environment variables ``DTMON_*``); flags win.
+Ctrl-C or SIGTERM stops cleanly: queued messages are flushed, a summary is printed and
+the exit code is 0 (1 if messages were lost or the source/broker failed; a second Ctrl-C
+aborts at once).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import sys
+import threading
+from enum import Enum
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.live import Live
+from rich.logging import RichHandler
+from rich.table import Table
+
+from dtmon.settings import load_settings
+from producer.kafka import KafkaSetupError
+from producer.run import ProducerStats, run_producer
+from producer.sources import SourceError
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+class Wire(str, Enum):
+    """Raw-topic wire format (see producer.run)."""
+
+    arrow = "arrow"
+    csv_line = "csv-line"
+
+
+class Compression(str, Enum):
+    """Arrow IPC body compression."""
+
+    zstd = "zstd"
+    lz4 = "lz4"
+    none = "none"
+
+
+def render(stats: ProducerStats) -> Table:
+    """Live progress table: rows sent, achieved rate vs target, malformed rows, delivery errors."""
+    table = Table(show_header=False, box=None, padding=(0, 2))
+    target = "max" if stats.target_rate == 0 else f"{stats.target_rate:,.0f}"
+    table.add_row("rows sent", f"{stats.rows:,}")
+    table.add_row("rate (rows/s)", f"{stats.achieved_rate:,.0f} achieved / {target} target")
+    table.add_row("messages", f"{stats.messages:,} ({stats.bytes / 1e6:,.1f} MB)")
+    table.add_row("files / pass", f"{stats.files:,} / {stats.passes:,}")
+    table.add_row("malformed rows", f"{stats.malformed_rows:,}")
+    table.add_row("delivery errors", f"{stats.delivery_errors:,}")
+    table.add_row("elapsed (s)", f"{stats.elapsed_s:,.1f}")
+    return table
+
+
+def _install_stop_handlers(stop: threading.Event) -> None:
+    """SIGINT/SIGTERM set ``stop``; a second SIGINT raises KeyboardInterrupt (hard stop)."""
+
+    def handler(signum, frame):
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+@app.command()
+def main(
+    source: str = typer.Option(None, help="DAQ files: a file, a directory or s3://bucket/prefix (default: settings.source)"),
+    endpoint_url: str = typer.Option(None, help="S3 endpoint URL for non-AWS S3 (CloudVeneto, moto)"),
+    rate: float = typer.Option(None, min=0, help="target rate in rows/s, 0 = as fast as possible (default: 1000)"),
+    loop: bool = typer.Option(False, "--loop/--no-loop", help="replay the files forever"),
+    bootstrap_servers: str = typer.Option(None, help="Kafka bootstrap servers (default: 127.0.0.1:9092)"),
+    topic: str = typer.Option(None, help="raw topic (default: minidt-hits)"),
+    rows_per_message: int = typer.Option(None, min=1, help="most DAQ rows per Kafka message (default: 10000)"),
+    compression: Compression = typer.Option(None, help="Arrow body compression (default: zstd)"),
+    wire: Wire = typer.Option(Wire.arrow, help="arrow: many rows per message; csv-line: one CSV line per message"),
+    partitions: int = typer.Option(None, min=1, help="partitions of the raw topic if it must be created (default: 1)"),
+    max_rows: int = typer.Option(None, min=0, help="stop after this many rows"),
+    duration: float = typer.Option(None, min=0, help="stop after this many seconds"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="live progress display on stderr"),
+    log_level: str = typer.Option("INFO", help="logging level"),
+) -> None:
+    """Stream DAQ rows (HEAD,FPGA,TDC_CHANNEL,ORBIT_CNT,BX_COUNTER,TDC_MEAS) to the raw Kafka topic."""
+    console = Console(stderr=True)
+    logging.basicConfig(level=log_level.upper(), format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
+    try:
+        settings = load_settings(
+            source=source,
+            s3_endpoint_url=endpoint_url,
+            rate=rate,
+            bootstrap_servers=bootstrap_servers,
+            raw_topic=topic,
+            rows_per_message=rows_per_message,
+            compression=compression.value if compression else None,
+            raw_partitions=partitions,
+        )
+    except ValidationError as exc:
+        console.print(f"[red]invalid settings:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    try:
+        live = Live(render(ProducerStats(target_rate=settings.rate)), console=console, refresh_per_second=4)
+        with live if progress else contextlib.nullcontext():
+            show = (lambda s: live.update(render(s))) if progress else None
+            stats = run_producer(
+                settings, loop=loop, max_rows=max_rows, duration=duration, wire=wire.value, stop_event=stop, progress=show
+            )
+    except (SourceError, KafkaSetupError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        console.print("[red]aborted[/red] (second Ctrl-C): queued messages may be lost")
+        raise typer.Exit(130) from None
+
+    print(f"producer: {stats.summary()}", file=sys.stdout, flush=True)
+    for example in stats.malformed_examples:
+        print(f"producer: malformed line {example}", file=sys.stdout)
+    lost = stats.delivery_errors + stats.undelivered
+    if lost:
+        console.print(f"[red]{lost:,} message(s) were not delivered[/red]")
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()

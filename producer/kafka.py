@@ -1,0 +1,174 @@
+"""Thin wrapper on confluent_kafka: the raw-topic producer and topic creation.
+
+Holds as little logic as possible: configuration, a delivery-error counter, a retry when
+librdkafka's local queue is full, flush. Delivery reports are requested for failed
+messages only (``delivery.report.only.error``), so a healthy stream costs no Python
+callback per message.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import confluent_kafka
+from confluent_kafka.admin import AdminClient, NewTopic
+
+log = logging.getLogger("producer")
+
+MAX_ERRORS_KEPT = 5
+
+
+class KafkaSetupError(RuntimeError):
+    """The broker cannot be reached or the topic cannot be created."""
+
+
+def kafka_compression(wire: str, body_compression: str) -> str:
+    """Kafka batch compression (``compression.type``) for a wire format.
+
+    Arrow bodies are already compressed by Arrow (zstd/lz4), so Kafka compresses nothing
+    more; uncompressed payloads (``--compression none`` Arrow, or CSV lines) get the
+    requested codec at Kafka level unless it is ``none``.
+    """
+    body = (body_compression or "none").lower()
+    if wire == "arrow" and body != "none":
+        return "none"
+    return body
+
+
+def producer_config(
+    bootstrap_servers: str, compression: str = "none", linger_ms: float = 5.0, overrides: dict | None = None
+) -> dict:
+    """librdkafka configuration of the raw-topic producer.
+
+    acks=all with idempotence (no duplicates on retry, order kept per partition),
+    a small ``linger.ms`` (ms), ``compression.type`` as given, librdkafka's default
+    ``message.max.bytes`` (1 MB, what brokers accept by default). ``overrides`` are
+    more librdkafka settings by their own names (e.g. ``{"message.timeout.ms": 5000}``).
+    """
+    config = {
+        "bootstrap.servers": bootstrap_servers,
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": linger_ms,
+        "compression.type": compression,
+        "delivery.report.only.error": True,
+    }
+    config.update(overrides or {})
+    return config
+
+
+@dataclass
+class DeliveryErrors:
+    """Counts failed deliveries; keeps the first few error texts."""
+
+    count: int = 0
+    first: list[str] = field(default_factory=list)
+
+    def __call__(self, err, msg) -> None:
+        """librdkafka delivery callback (called from ``poll``/``flush``)."""
+        if err is None:
+            return
+        self.count += 1
+        if len(self.first) < MAX_ERRORS_KEPT:
+            text = f"{err.name()}: {err.str()} (topic {msg.topic()}, {len(msg.value() or b'')} bytes)"
+            self.first.append(text)
+            log.error("delivery failed: %s", text)
+
+
+class KafkaSink:
+    """Sends raw-topic messages with confluent_kafka.
+
+    Args:
+        bootstrap_servers: ``host:port[,host:port]``.
+        topic: raw topic name.
+        compression: Kafka ``compression.type`` (see ``kafka_compression``).
+        overrides: more librdkafka settings by their own names.
+        producer_cls: the client class; tests may pass a subclass of
+            ``confluent_kafka.Producer`` as a double.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        compression: str = "none",
+        overrides: dict | None = None,
+        producer_cls=None,
+    ):
+        self.topic = topic
+        self.errors = DeliveryErrors()
+        config = producer_config(bootstrap_servers, compression, overrides=overrides)
+        config["on_delivery"] = self.errors
+        config["error_cb"] = self._on_error
+        self._last_error_log = 0.0
+        self.producer = (producer_cls or confluent_kafka.Producer)(config)
+
+    def _on_error(self, err) -> None:
+        """Client-level errors (broker down, ...): logged at most every 5 s."""
+        now = time.monotonic()
+        if now - self._last_error_log > 5.0 or err.fatal():
+            self._last_error_log = now
+            log.warning("kafka: %s", err.str())
+
+    def send(self, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        """Queue one message; waits (serving callbacks) while the local queue is full.
+
+        Raises:
+            ValueError: the message is larger than ``message.max.bytes``.
+        """
+        while True:
+            try:
+                self.producer.produce(self.topic, value=value, headers=headers)
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+            except confluent_kafka.KafkaException as exc:
+                if exc.args[0].code() == confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE:
+                    raise ValueError(
+                        f"a message of {len(value):,} bytes is larger than message.max.bytes: lower --rows-per-message"
+                    ) from exc
+                raise
+
+    def poll(self, timeout: float = 0.0) -> None:
+        """Serve delivery callbacks for up to ``timeout`` s."""
+        self.producer.poll(timeout)
+
+    def flush(self, timeout: float = 30.0) -> int:
+        """Wait up to ``timeout`` s for every queued message; return how many are still undelivered."""
+        return self.producer.flush(timeout)
+
+
+def ensure_topic(bootstrap_servers: str, topic: str, partitions: int = 1, timeout: float = 10.0) -> int:
+    """Create ``topic`` with ``partitions`` partitions if it does not exist.
+
+    Args:
+        bootstrap_servers: ``host:port[,host:port]``.
+        topic: topic name.
+        partitions: partitions for a new topic (an existing topic keeps its own).
+        timeout: s to wait for the broker.
+    Returns:
+        The topic's partition count.
+    Raises:
+        KafkaSetupError: the broker did not answer within ``timeout`` or refused the topic.
+    """
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except confluent_kafka.KafkaException as exc:
+        raise KafkaSetupError(f"cannot reach Kafka at {bootstrap_servers} within {timeout} s: {exc}") from exc
+    existing = metadata.topics.get(topic)
+    if existing is not None and existing.error is None:
+        if len(existing.partitions) < partitions:
+            log.warning("topic %s exists with %d partitions (< %d asked); keeping it", topic, len(existing.partitions), partitions)
+        return len(existing.partitions)
+    future = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=-1)])[topic]
+    try:
+        future.result(timeout)
+    except confluent_kafka.KafkaException as exc:
+        if exc.args[0].code() != confluent_kafka.KafkaError.TOPIC_ALREADY_EXISTS:
+            raise KafkaSetupError(f"cannot create topic {topic!r} on {bootstrap_servers}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - concurrent.futures.TimeoutError and friends
+        raise KafkaSetupError(f"cannot create topic {topic!r} on {bootstrap_servers}: {exc!r}") from exc
+    return partitions

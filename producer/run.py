@@ -1,0 +1,299 @@
+"""The producer loop: DAQ files -> paced Kafka messages on the raw topic.
+
+Flow: list the source's files (``producer.sources``) -> read and decode each file with
+``dtmon.hits.decode_csv`` (the next file is read in a background thread while the
+current one is sent) -> cut the rows into chunks (``producer.pacing.chunk_rows``) ->
+encode each chunk -> wait for the chunk's due time (``producer.pacing.Pacer``) -> send
+(``producer.kafka.KafkaSink``) -> repeat; with ``loop`` start again at the first file.
+
+Wire format (defined in ``dtmon/wire.py``), one of:
+
+* ``arrow`` (default): one Kafka message = one Arrow IPC stream (schema + one record
+  batch, ``dtmon.hits.HIT_SCHEMA``: HEAD int8, FPGA int8, TDC_CHANNEL int16, ORBIT_CNT
+  int64, BX_COUNTER int32, TDC_MEAS float64) with up to ``rows_per_message`` rows, body
+  compressed with zstd or lz4 (Kafka-level compression then off);
+  ``content-type: application/vnd.apache.arrow.stream``.
+* ``csv-line``: one Kafka message = ONE DAQ CSV line as found in the file, no header
+  (the design of earlier implementations, kept for the benchmark comparison);
+  ``content-type: text/csv``.
+
+Headers on every message: ``content-type``; ``dtmon-schema: dtmon.hits/1``;
+``dtmon-file``: file name; ``dtmon-first-line``: 1-based line of the message's first
+row in that file; ``dtmon-synthetic``: ``1`` for rows from the synthetic generator, else ``0``.
+
+Malformed lines travel in-band as all-null rows (so nothing is silently dropped); they
+are counted in ``ProducerStats.malformed_rows`` and the first few are logged with file
+and line number. Messages carry rows of one file only, in file order.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from dtmon.settings import Settings
+from producer.kafka import KafkaSink, ensure_topic, kafka_compression
+from producer.messages import WIRE_FORMATS, LoadedFile, arrow_message, csv_line_messages, load_file
+from producer.pacing import Pacer, chunk_rows
+from producer.sources import DaqFile, open_source
+
+log = logging.getLogger("producer")
+
+MALFORMED_LOGGED = 5
+"""How many malformed lines are logged one by one (all are counted)."""
+
+COMPRESSIONS = ("zstd", "lz4", "none")
+"""Arrow IPC body codecs (``settings.compression``); for csv-line, the Kafka batch codec."""
+
+CACHE_LIMIT_BYTES = 256 * 1024 * 1024
+"""With ``loop``, sources up to this many bytes are decoded once and replayed from memory."""
+
+PREFETCH_LEAD_S = 30.0
+"""Start reading the next file when the current one has less than this many s of rows left."""
+
+
+@dataclass
+class ProducerStats:
+    """What the producer did so far (updated live; final after ``run_producer`` returns).
+
+    Attributes:
+        target_rate: asked rate in rows/s (0 = unlimited).
+        rows: DAQ rows sent (malformed rows included).
+        messages: Kafka messages sent.
+        bytes: message value bytes sent (headers excluded).
+        malformed_rows: all-null rows sent in place of malformed lines.
+        delivery_errors: messages the broker did not acknowledge (delivery reports).
+        undelivered: messages still queued when the final flush timed out.
+        files: DAQ files begun, i.e. with rows sent (a file replayed by ``loop`` counts each time).
+        passes: passes over the source begun (> 1 with ``loop``).
+        elapsed_s: s from the first send until now / until the final flush ended.
+        startup_s: s from the call until the first send (listing the source, creating
+            the topic, reading and decoding the first file); not in ``elapsed_s``.
+        malformed_examples: the first few malformed lines, ``file:line: reason``.
+    """
+
+    target_rate: float = 0.0
+    rows: int = 0
+    messages: int = 0
+    bytes: int = 0
+    malformed_rows: int = 0
+    delivery_errors: int = 0
+    undelivered: int = 0
+    files: int = 0
+    passes: int = 0
+    elapsed_s: float = 0.0
+    startup_s: float = 0.0
+    malformed_examples: list[str] = field(default_factory=list)
+
+    @property
+    def achieved_rate(self) -> float:
+        """Achieved streaming rate in rows/s: ``rows / elapsed_s`` (0 before anything was timed)."""
+        return self.rows / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def overall_rate(self) -> float:
+        """Rate including the start-up, in rows/s: ``rows / (startup_s + elapsed_s)``."""
+        total = self.startup_s + self.elapsed_s
+        return self.rows / total if total > 0 else 0.0
+
+    def summary(self) -> str:
+        """One line for humans: rows, rate vs target, messages, bytes, errors."""
+        target = "max" if self.target_rate == 0 else f"{self.target_rate:,.0f}"
+        return (
+            f"sent {self.rows:,} rows in {self.messages:,} messages ({self.bytes / 1e6:,.1f} MB) "
+            f"in {self.elapsed_s:,.2f} s: {self.achieved_rate:,.0f} rows/s (target {target}); "
+            f"start-up {self.startup_s:,.2f} s, {self.overall_rate:,.0f} rows/s with it; "
+            f"malformed rows {self.malformed_rows:,}; delivery errors {self.delivery_errors:,}"
+            + (f"; undelivered {self.undelivered:,}" if self.undelivered else "")
+        )
+
+
+def _file_sequence(files: list[DaqFile], loop: bool) -> Iterator[tuple[int, DaqFile]]:
+    """(pass number from 1, file) in order; forever with ``loop``."""
+    passes = 0
+    while True:
+        passes += 1
+        for f in files:
+            yield passes, f
+        if not loop:
+            return
+
+
+class FileReader:
+    """Reads and decodes the source's files in order; the next one is read ahead in a thread.
+
+    ``next()`` returns (pass number, ``LoadedFile``) or None at the end; ``prefetch()``
+    starts reading the file after the current one (the producer calls it when the
+    current file has less than ``PREFETCH_LEAD_S`` of rows left, so a slow rate does
+    not decode files long before they are needed). With ``loop`` and a source of at
+    most ``cache_limit`` bytes, each file is read and decoded once and replayed from memory.
+
+    Raises (from ``next``):
+        SourceError: a file cannot be read.
+    """
+
+    def __init__(self, source, files: list[DaqFile], *, loop: bool, keep_text: bool, cache_limit: int = CACHE_LIMIT_BYTES):
+        self.source = source
+        self.keep_text = keep_text
+        self.cache: dict[str, LoadedFile] | None = {} if loop and sum(f.size for f in files) <= cache_limit else None
+        self.sequence = _file_sequence(files, loop)
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="producer-read")
+        self.pending: tuple[int, DaqFile, Future] | None = None
+
+    def _load(self, f: DaqFile) -> LoadedFile:
+        if self.cache is not None and f.location in self.cache:
+            return self.cache[f.location]
+        loaded = load_file(self.source.read(f), self.keep_text)
+        if self.cache is not None:
+            self.cache[f.location] = loaded
+        return loaded
+
+    def prefetch(self) -> None:
+        """Start reading the next file in the background (no-op if started or at the end)."""
+        if self.pending is None:
+            item = next(self.sequence, None)
+            if item is not None:
+                self.pending = (*item, self.pool.submit(self._load, item[1]))
+
+    def next(self) -> tuple[int, LoadedFile] | None:
+        """The next file, waiting for its read if needed; None when there is none."""
+        self.prefetch()
+        if self.pending is None:
+            return None
+        passes, _, future = self.pending
+        self.pending = None
+        return passes, future.result()
+
+    def close(self) -> None:
+        """Drop a pending read (a read in progress finishes in its thread)."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _encode(f: LoadedFile, start: int, n: int, wire: str, compression: str, paced: bool) -> list[tuple[bytes, list]]:
+    if wire == "arrow":
+        return [arrow_message(f, start, n, compression, use_threads=not paced)]
+    return csv_line_messages(f, start, n)
+
+
+def run_producer(
+    settings: Settings,
+    *,
+    source: str | None = None,
+    loop: bool = False,
+    max_rows: int | None = None,
+    duration: float | None = None,
+    wire: str = "arrow",
+    stop_event: threading.Event | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    progress: Callable[[ProducerStats], None] | None = None,
+    progress_interval_s: float = 0.5,
+    sink: KafkaSink | None = None,
+    sleep: Callable[[float], bool] | None = None,
+    flush_timeout_s: float = 30.0,
+) -> ProducerStats:
+    """Stream DAQ rows from ``source`` to the raw topic at ``settings.rate`` rows/s.
+
+    Args:
+        settings: bootstrap servers, raw topic and partitions, rate (rows/s, 0 = as fast
+            as possible), rows_per_message, compression, s3_endpoint_url.
+        source: file, directory or ``s3://bucket/prefix``; default ``settings.source``.
+        loop: start again at the first file after the last one, until stopped.
+        max_rows: stop after this many rows (None = no limit).
+        duration: stop after this many s (None = no limit).
+        wire: ``arrow`` or ``csv-line`` (module docstring).
+        stop_event: set it (e.g. from a signal handler) to stop cleanly.
+        clock: monotonic clock in s.
+        progress: called with the live stats every ``progress_interval_s`` s and at the end.
+        sink: a ``KafkaSink`` to use; default: a new one (the topic is created first with
+            ``settings.raw_partitions`` partitions if missing).
+        sleep: ``sleep(s) -> stop requested?``; default ``stop_event.wait``.
+        flush_timeout_s: s to wait for outstanding deliveries at the end.
+    Returns:
+        The final ``ProducerStats``.
+    Raises:
+        ValueError: unknown ``wire`` or ``settings.compression``.
+        SourceError: the source cannot be listed or a file cannot be read.
+        KafkaSetupError: the broker is unreachable or the topic cannot be created.
+    """
+    if wire not in WIRE_FORMATS:
+        raise ValueError(f"wire must be one of {WIRE_FORMATS}, got {wire!r}")
+    if settings.compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {COMPRESSIONS}, got {settings.compression!r}")
+    stop_event = stop_event or threading.Event()
+    sleep = sleep or stop_event.wait
+    t_call = clock()
+    src = open_source(source or settings.source, settings.s3_endpoint_url)
+    files = src.list_files()
+    log.info("streaming %d file(s) from %s to %s", len(files), src.url, settings.raw_topic)
+    if sink is None:
+        ensure_topic(settings.bootstrap_servers, settings.raw_topic, settings.raw_partitions)
+        sink = KafkaSink(settings.bootstrap_servers, settings.raw_topic, kafka_compression(wire, settings.compression))
+
+    chunk = chunk_rows(settings.rate, settings.rows_per_message)
+    pacer = Pacer(settings.rate, clock)
+    stats = ProducerStats(target_rate=settings.rate)
+    t_start = deadline = None  # set when the first chunk is ready, after the first file is read
+    last_progress = 0.0
+
+    def report(now: float) -> None:
+        stats.elapsed_s = now - t_start if t_start is not None else 0.0
+        stats.delivery_errors = sink.errors.count
+        if progress is not None:
+            progress(stats)
+
+    stopped = False
+    reader = FileReader(src, files, loop=loop, keep_text=wire == "csv-line")
+    try:
+        while not stopped and (max_rows is None or stats.rows < max_rows) and (item := reader.next()) is not None:
+            passes, f = item
+            for bad in f.malformed:
+                if len(stats.malformed_examples) < MALFORMED_LOGGED:
+                    example = f"{f.name}:{bad.line}: {bad.reason}: {bad.text!r}"
+                    stats.malformed_examples.append(example)
+                    log.warning("malformed line %s", example)
+            for start in range(0, f.num_rows, chunk):
+                n = min(chunk, f.num_rows - start)
+                if max_rows is not None:
+                    n = min(n, max_rows - stats.rows)
+                if n <= 0:
+                    stopped = True
+                    break
+                messages = _encode(f, start, n, wire, settings.compression, paced=settings.rate > 0)
+                if t_start is None:
+                    t_start = last_progress = pacer.start()
+                    stats.startup_s = t_start - t_call
+                    deadline = None if duration is None else t_start + duration
+                if deadline is not None and pacer.next_due(n if settings.rate else 0) > deadline:
+                    sleep(max(0.0, deadline - clock()))
+                    stopped = True
+                    break
+                wait = pacer.delay()
+                if (wait > 0 and sleep(wait)) or stop_event.is_set():
+                    stopped = True
+                    break
+                for value, headers in messages:
+                    sink.send(value, headers)
+                    stats.bytes += len(value)
+                sink.poll(0)
+                pacer.sent(n)
+                if start == 0:
+                    stats.files += 1
+                    stats.passes = passes
+                stats.rows += n
+                stats.messages += len(messages)
+                stats.malformed_rows += f.table.column("HEAD").slice(start, n).null_count
+                if settings.rate == 0 or (f.num_rows - start - n) / settings.rate < PREFETCH_LEAD_S:
+                    reader.prefetch()
+                now = clock()
+                if now - last_progress >= progress_interval_s:
+                    last_progress = now
+                    report(now)
+    finally:
+        reader.close()
+        stats.undelivered = sink.flush(flush_timeout_s)
+        report(clock())
+    return stats
