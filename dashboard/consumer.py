@@ -13,7 +13,13 @@ import threading
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 from pydantic import ValidationError
 
 from dashboard.state import ResultsStore
@@ -104,7 +110,7 @@ class ResultsConsumer:
                         self._consume(consumer)
                     else:
                         self._stop.wait(self.retry_s)
-                except Exception as exc:  # noqa: BLE001 - the thread must survive anything
+                except Exception as exc:
                     log.exception("results consumer")
                     self.store.set_broker(False, f"{type(exc).__name__}: {exc}")
                     self._stop.wait(self.retry_s)

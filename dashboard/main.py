@@ -17,8 +17,10 @@ runtime = getattr(doc.session_context and doc.session_context.server_context, "d
 if runtime is None:
     doc.add_root(Div(text="dtmon dashboard: no results consumer (serve the directory: bokeh serve dashboard)"))
 else:
-    view = SessionView(runtime.settings.bootstrap_servers, runtime.settings.results_topic)
-    doc.add_root(view.layout)
+    view = SessionView(runtime.settings.bootstrap_servers, runtime.settings.results_topic,
+                       runtime.settings.dashboard_history)
+    for root in view.roots:
+        doc.add_root(root)
 
     def refresh() -> None:
         view.refresh(runtime.store.snapshot(), time.time())

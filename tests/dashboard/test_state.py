@@ -1,15 +1,26 @@
-"""Unit tests of the dashboard's results store (dashboard/state.py)."""
+"""Unit tests of the dashboard's pure logic (dashboard/state.py)."""
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
 import pytest
 
-from dashboard.state import ResultsStore, sum_histograms
+from dashboard.state import (
+    ResultsStore,
+    ViewChoice,
+    cell_layout,
+    channel_status,
+    health_html,
+    health_rows,
+    rate_columns,
+    run_html,
+    scintillator_text,
+)
 from dtmon.schema import MULTIPLICITY_EDGES, OCCUPANCY_EDGES, Histogram
-from tests.dashboard.factory import T0, make_batch
+from tests.dashboard.factory import DRIFT_EDGES, T0, make_batch
 
 
 class FakeClock:
@@ -20,18 +31,44 @@ class FakeClock:
         return self.t
 
 
+def shown(store: ResultsStore, mode: str, window: int = 10, choice: ViewChoice | None = None):
+    choice = choice or ViewChoice(mode=mode, window=window)
+    choice.mode, choice.window = mode, window
+    return choice.select(store.snapshot())
+
+
+def assert_sums(totals, batches) -> None:
+    """``totals`` holds exactly the element-wise sums of ``batches``' arrays."""
+    assert totals.batches == len(batches)
+    for kind, attr in (("occupancy", "occupancy"), ("multiplicity", "multiplicity"),
+                       ("occupancy_scint", "occupancy_scint"), ("drift_time", "drift")):
+        expected = sum(getattr(b, attr) for b in batches)
+        hists = totals.histograms(kind)
+        if hists is None:  # version 1: no drift-time histogram at all
+            assert kind == "drift_time" and not np.any(expected)
+            continue
+        assert np.array_equal(hists.counts, expected) if batches else not hists.counts.any(), kind
+    assert totals.hits.tolist() == sum((b.occupancy.sum(axis=1) for b in batches), np.zeros(4)).tolist()
+
+
 def test_empty_store_has_default_bins_and_no_batch():
-    snap = ResultsStore(history=10).snapshot()
+    store = ResultsStore(history=10)
+    snap = store.snapshot()
     assert snap.version == 0
-    assert snap.last_batch_id is None and snap.last_update is None
+    assert snap.last_batch_id is None and snap.last_update is None and snap.last is None
     assert snap.series["total_hits"] == []
-    assert snap.occupancy.edges == OCCUPANCY_EDGES
-    assert np.array_equal(snap.occupancy.counts, np.zeros((4, 64)))
-    assert snap.multiplicity.edges == MULTIPLICITY_EDGES
     assert snap.broker_reachable is None
+    for mode in ("current", "window", "cumulative"):
+        t = shown(store, mode)
+        assert t.batches == 0
+        assert t.histograms("occupancy").edges == OCCUPANCY_EDGES
+        assert t.histograms("occupancy_scint").edges == OCCUPANCY_EDGES
+        assert np.array_equal(t.histograms("occupancy").counts, np.zeros((4, 64)))
+        assert t.histograms("multiplicity").edges == MULTIPLICITY_EDGES
+        assert t.histograms("drift_time") is None
 
 
-def test_series_and_latest_histograms():
+def test_series_and_latest_histograms_of_version_1_messages():
     clock = FakeClock(123.0)
     store = ResultsStore(history=10, clock=clock)
     batches = [make_batch(i, seed=i, malformed=i % 3) for i in range(4)]
@@ -50,26 +87,161 @@ def test_series_and_latest_histograms():
     assert snap.series["malformed_rows"] == [0, 1, 2, 0]
     assert snap.malformed_rows_kept == 3
 
-    last = batches[-1]
-    assert np.array_equal(snap.occupancy.counts, last.occupancy)
-    assert np.array_equal(snap.multiplicity.counts, last.multiplicity)
-    assert snap.occupancy.edges == [float(i) for i in range(65)]
-    assert snap.multiplicity.edges == [i + 0.5 for i in range(65)]
-    assert snap.last_batch_id == 3
-    assert snap.last_update == 103.0
-    assert snap.synthetic is False
+    current = shown(store, "current")
+    assert np.array_equal(current.histograms("occupancy").counts, batches[-1].occupancy)
+    assert np.array_equal(current.histograms("multiplicity").counts, batches[-1].multiplicity)
+    assert np.array_equal(current.histograms("occupancy_scint").counts, np.zeros((4, 64)))  # v1: no E1
+    assert current.histograms("drift_time") is None  # v1: no E2
+    assert math.isnan(rate_columns(current)["detector_hz"][0])  # v1: no detector time
+    assert snap.last_batch_id == 3 and snap.last_update == 103.0 and snap.synthetic is False
+    assert "no run number" in run_html(snap.last, 0.0)
+    assert "version-1" in health_html(None) and "version-1" in scintillator_text(snap.last)
+    assert_sums(shown(store, "cumulative"), batches)  # v1 messages accumulate too (run None)
 
 
-def test_history_is_trimmed_to_the_last_n_batches():
+def test_window_sums_the_last_n_batches_of_every_kind():
     store = ResultsStore(history=10)
-    batches = [make_batch(i, seed=100 + i, malformed=i) for i in range(25)]
+    batches = [make_batch(i, seed=20 + i, v2=True) for i in range(6)]
+    for b in batches:
+        store.ingest(b.message)
+    assert_sums(shown(store, "window", 3), batches[-3:])
+    assert_sums(shown(store, "window", 1), batches[-1:])
+    assert_sums(shown(store, "current"), batches[-1:])
+    assert_sums(shown(store, "window", 50), batches)
+    assert shown(store, "current").histograms("drift_time").edges == DRIFT_EDGES
+
+
+def test_cumulative_outlives_the_kept_history():
+    store = ResultsStore(history=3)
+    batches = [make_batch(i, seed=40 + i, v2=True) for i in range(7)]
     for b in batches:
         store.ingest(b.message)
     snap = store.snapshot()
-    assert snap.series["batch_id"] == list(range(15, 25))
-    assert snap.series["total_hits"] == [int(b.occupancy.sum()) for b in batches[15:]]
-    assert snap.malformed_rows_kept == sum(range(15, 25))
-    assert np.array_equal(snap.occupancy.counts, batches[24].occupancy)
+    assert [r.message.batch_id for r in snap.records] == [4, 5, 6]
+    assert_sums(shown(store, "cumulative"), batches)
+    assert_sums(shown(store, "window", 10), batches[-3:])
+    choice = ViewChoice(mode="cumulative")
+    assert "run 7" in choice.caption(snap, choice.select(snap)) and "7 batches" in choice.caption(snap, choice.select(snap))
+
+
+def test_reset_is_per_session_and_restarts_the_cumulative_view():
+    store = ResultsStore(history=10)
+    batches = [make_batch(i, seed=60 + i, v2=True) for i in range(5)]
+    mine, other = ViewChoice(mode="cumulative"), ViewChoice(mode="cumulative")
+    for b in batches[:3]:
+        store.ingest(b.message)
+    mine.reset(store.snapshot())
+    assert_sums(mine.select(store.snapshot()), [])
+    for b in batches[3:]:
+        store.ingest(b.message)
+    snap = store.snapshot()
+    assert_sums(mine.select(snap), batches[3:])
+    assert_sums(other.select(snap), batches)  # the other session did not reset
+    assert "Reset" in mine.caption(snap, mine.select(snap)) and "after batch 2" in mine.caption(snap, mine.select(snap))
+    mine.mode = "window"
+    mine.window = 4
+    assert_sums(mine.select(snap), batches[1:])  # reset touches only the cumulative view
+
+
+def test_new_run_restarts_cumulative_window_and_voids_a_reset():
+    store = ResultsStore(history=20)
+    run7 = [make_batch(i, seed=80 + i, v2=True, run=7) for i in range(4)]
+    run8 = [make_batch(i, seed=90 + i, v2=True, run=8, run_started=T0 + 100) for i in range(4, 7)]
+    choice = ViewChoice(mode="cumulative")
+    for b in run7:
+        store.ingest(b.message)
+    choice.reset(store.snapshot())
+    for b in run8:
+        store.ingest(b.message)
+    assert_sums(choice.select(store.snapshot()), run8)
+    assert_sums(shown(store, "cumulative"), run8)
+    assert_sums(shown(store, "window", 10), run8)
+    assert store.snapshot().series["batch_id"] == list(range(7))  # time series keeps both runs
+    assert "run 8" in choice.caption(store.snapshot(), choice.select(store.snapshot()))
+
+
+def test_changed_drift_time_bins_start_a_new_accumulation():
+    store = ResultsStore(history=10)
+    first = make_batch(0, seed=1, v2=True)
+    store.ingest(first.message)
+    chambers = [ch.model_copy(update={"drift_time": Histogram(bin_edges=[0.0, 200.0, 400.0], bin_counts=[c, 1])})
+                for c, ch in enumerate(first.message.chambers)]
+    store.ingest(first.message.model_copy(update={"batch_id": 1, "chambers": chambers}))
+    cumulative = shown(store, "cumulative")
+    assert cumulative.batches == 1
+    assert cumulative.histograms("drift_time").counts.tolist() == [[c, 1] for c in range(4)]
+
+
+def test_replayed_batch_replaces_the_newest_point_and_its_sums():
+    store = ResultsStore(history=10)
+    a = make_batch(6, seed=1, v2=True)
+    store.ingest(a.message)
+    store.ingest(make_batch(7, seed=2, v2=True).message)
+    replay = make_batch(7, seed=3, synthetic=True, v2=True)
+    store.ingest(replay.message)
+    snap = store.snapshot()
+    assert snap.series["batch_id"] == [6, 7]
+    assert snap.series["total_hits"] == [int(a.occupancy.sum()), int(replay.occupancy.sum())]
+    assert snap.synthetic is True
+    assert_sums(shown(store, "cumulative"), [a, replay])
+
+
+def test_rates_use_detector_time_and_time_between_batches():
+    store = ResultsStore(history=10)
+    starts, det = [T0, T0 + 3.0, T0 + 4.5], [1.25, 2.5, 0.75]
+    batches = [make_batch(i, seed=5 + i, v2=True, started=s, detector_time_s=d)
+               for i, (s, d) in enumerate(zip(starts, det))]
+    for b in batches:
+        store.ingest(b.message)
+    hits = sum(b.occupancy.sum(axis=1) for b in batches)
+    rates = rate_columns(shown(store, "cumulative"))
+    wall = 2.0 + 3.0 + 1.5  # trigger interval for the first batch seen, then differences of batch starts
+    assert rates["chamber"] == ["0", "1", "2", "3", "all"]
+    assert rates["hits"] == [*hits.tolist(), int(hits.sum())]
+    assert rates["detector_hz"] == pytest.approx([*(hits / sum(det)).tolist(), hits.sum() / sum(det)])
+    assert rates["wall_hz"] == pytest.approx([*(hits / wall).tolist(), hits.sum() / wall])
+    last = rate_columns(shown(store, "current"))
+    assert last["detector_hz"][:4] == pytest.approx((batches[2].occupancy.sum(axis=1) / 0.75).tolist())
+    assert last["wall_hz"][:4] == pytest.approx((batches[2].occupancy.sum(axis=1) / 1.5).tolist())
+
+
+def test_cell_layout_matches_the_chamber_drawing():
+    layout = cell_layout()
+    # PDF p. 19: top layer 4 holds 0 4 8 ..., layer 3 (shifted) 2 6 ..., layer 2 1 5 ..., layer 1 (shifted) 3 7 ...
+    expected = {0: (4, 0, 21.0, 45.5), 2: (3, 0, 42.0, 32.5), 1: (2, 0, 21.0, 19.5), 3: (1, 0, 42.0, 6.5),
+                60: (4, 15, 651.0, 45.5), 63: (1, 15, 672.0, 6.5), 22: (3, 5, 252.0, 32.5)}
+    for c, (layer, cell, x, y) in expected.items():
+        assert (layout["layer"][c], layout["cell"][c], layout["x"][c], layout["y"][c]) == (layer, cell, x, y)
+    assert sorted(zip(layout["layer"].tolist(), layout["cell"].tolist())) == [(l, k) for l in range(1, 5) for k in range(16)]
+
+
+def test_health_list_status_and_rows():
+    b = make_batch(0, seed=3, v2=True, dead=((0, 12), (3, 5)), noisy=((1, 7),))
+    health = b.message.channel_health
+    text = health_html(health)
+    assert "Dead: ch0/12, ch3/5" in text and "Noisy: ch1/7" in text
+    assert "last 30 batches" in text and "5×" in text
+    status = channel_status(health)
+    assert (status[0, 12], status[3, 5], status[1, 7]) == ("dead", "dead", "noisy")
+    assert (status != "").sum() == 3
+    store = ResultsStore(history=5)
+    store.ingest(b.message)
+    rows = health_rows(health, shown(store, "current").histograms("occupancy"))
+    assert rows["status"] == ["dead", "dead", "noisy"]
+    assert rows["layer"] == [4, 2, 1]  # 12 % 4 = 0, 5 % 4 = 1, 7 % 4 = 3
+    assert rows["cell"] == [3, 1, 1]
+    assert rows["fpga"] == [0, 1, 0] and rows["tdc_channel"] == [12, 69, 71]
+    assert rows["hits"] == [b.occupancy[0, 12], b.occupancy[3, 5], b.occupancy[1, 7]]
+    assert "Dead: none · Noisy: none" in health_html(make_batch(1, seed=4, v2=True).message.channel_health)
+
+
+def test_run_state_and_elapsed_time():
+    running = make_batch(0, seed=1, v2=True, run=12, run_started=T0).message
+    assert run_html(running, T0 + 3725.0) == "Run <b>12</b> · <b style='color:green'>running</b> · elapsed <b>1:02:05</b>"
+    ended = make_batch(1, seed=1, v2=True, run=12, run_state="ended", run_started=T0 - 98.75).message
+    text = run_html(ended, T0 + 1e6)
+    assert "ended" in text and "0:01:41" in text  # published (T0 + 2.25) - run_started
+    assert scintillator_text(running) == "t0 = FPGA 1 ch 138"
 
 
 def test_version_counts_every_change():
@@ -87,26 +259,8 @@ def test_version_counts_every_change():
     assert snap.version == 5
     assert (snap.broker_reachable, snap.broker_detail) == (False, "all brokers down")
     assert (snap.invalid_messages, snap.last_invalid) == (1, "offset 7: not JSON")
+    assert snap.ingests == 2  # histograms are redrawn only when this moves
     assert store.snapshot() is snap  # cached until the next change
-
-
-def test_replayed_batch_replaces_the_newest_point():
-    store = ResultsStore(history=10)
-    store.ingest(make_batch(7, seed=1).message)
-    replay = make_batch(7, seed=2, synthetic=True)
-    store.ingest(replay.message)
-    snap = store.snapshot()
-    assert snap.series["batch_id"] == [7]
-    assert snap.series["total_hits"] == [int(replay.occupancy.sum())]
-    assert snap.synthetic is True
-
-
-def test_sum_histograms_adds_per_chamber():
-    a, b = make_batch(0, seed=5), make_batch(1, seed=6)
-    total = sum_histograms([a.message, b.message], "occupancy")
-    assert np.array_equal(total.counts, a.occupancy + b.occupancy)
-    with pytest.raises(ValueError, match="unknown"):
-        sum_histograms([a.message], "drift")
 
 
 def test_message_with_inconsistent_bins_is_rejected_and_nothing_kept():
@@ -121,6 +275,7 @@ def test_message_with_inconsistent_bins_is_rejected_and_nothing_kept():
         store.ingest(bad)
     assert store.version == 1
     assert store.snapshot().last_batch_id == 0
+    assert_sums(shown(store, "cumulative"), [good])
 
 
 def test_concurrent_ingest_loses_nothing():
@@ -140,3 +295,4 @@ def test_concurrent_ingest_loses_nothing():
     snap = store.snapshot()
     assert snap.version == 40
     assert sorted(snap.series["batch_id"]) == list(range(40))
+    assert shown(store, "cumulative").batches == 40

@@ -1,12 +1,21 @@
-"""Unit tests of the pure parts of the dashboard view and consumer."""
+"""Unit tests of the dashboard view (column builders, status line, widgets) and consumer offsets."""
 
 from __future__ import annotations
 
+import math
+
+from bokeh.events import ButtonClick
 from confluent_kafka import OFFSET_BEGINNING
 
 from dashboard.consumer import start_offset
-from dashboard.state import ResultsStore
-from dashboard.view import histogram_columns, status_html
+from dashboard.state import ResultsStore, ViewChoice, channel_status
+from dashboard.view import (
+    SessionView,
+    histogram_columns,
+    map_columns,
+    occupancy_columns,
+    status_html,
+)
 from tests.dashboard.factory import make_batch
 
 
@@ -22,6 +31,10 @@ def test_status_line_reports_batch_age_broker_and_bad_input():
     assert "UNREACHABLE" in text and "1/1 brokers are down" in text
     assert "malformed rows: 5 in last batch, 7 in last 2 batches" in text
     assert "invalid messages: 1" in text and "offset 9: Invalid JSON" in text
+    assert "ORBIT_CNT" not in text
+    jump = make_batch(43, seed=3, v2=True).message.model_copy(update={"orbit_jumps": 2})
+    store.ingest(jump)
+    assert "ORBIT_CNT jumps in last batch: 2" in status_html(store.snapshot(), 1008.0, "127.0.0.1:9", "res")
 
 
 def test_status_line_before_any_result():
@@ -34,11 +47,64 @@ def test_histogram_columns_are_quad_edges_and_counts():
     b = make_batch(0, seed=3)
     store = ResultsStore(history=10)
     store.ingest(b.message)
-    cols = histogram_columns(store.snapshot().multiplicity)
+    cols = histogram_columns(ViewChoice().select(store.snapshot()).histograms("multiplicity"))
     assert cols["left"] == [k - 0.5 for k in range(1, 65)]
     assert cols["right"] == [k + 0.5 for k in range(1, 65)]
     for c in range(4):
         assert cols[f"ch{c}"] == b.multiplicity[c].tolist()
+    assert histogram_columns(None)["left"] == []
+
+
+def test_occupancy_marks_and_map_cells_show_channel_health():
+    b = make_batch(0, seed=8, v2=True, dead=((2, 9),), noisy=((2, 30),))
+    store = ResultsStore(history=10)
+    store.ingest(b.message)
+    occupancy = ViewChoice().select(store.snapshot()).histograms("occupancy")
+    status = channel_status(b.message.channel_health)
+    cols = occupancy_columns(occupancy, status)
+    assert cols["centre"][:3] == [0.5, 1.5, 2.5]
+    dead = [i for i, y in enumerate(cols["dead_ch2"]) if not math.isnan(y)]
+    noisy = [(i, y) for i, y in enumerate(cols["noisy_ch2"]) if not math.isnan(y)]
+    assert dead == [9] and cols["dead_ch2"][9] == float(b.occupancy[2].max())  # a full-height band
+    assert noisy == [(30, float(b.occupancy[2, 30]))]
+    assert all(math.isnan(y) for y in cols["dead_ch0"] + cols["noisy_ch1"])
+
+    cells = map_columns(occupancy, 2, status)
+    assert cells["hits"] == b.occupancy[2].tolist()
+    assert cells["chamber"] == [2] * 64
+    assert (cells["layer"][9], cells["cell"][9], cells["x"][9], cells["y"][9]) == (2, 2, 105.0, 19.5)
+    assert [cells["status"][i] for i in (9, 30, 0)] == ["dead", "noisy", "ok"]
+    assert cells["line_width"][9] > cells["line_width"][0]
+
+
+def test_session_widgets_switch_views_and_reset_only_the_cumulative_view():
+    store = ResultsStore(history=20)
+    batches = [make_batch(i, seed=30 + i, v2=True) for i in range(4)]
+    for b in batches[:2]:
+        store.ingest(b.message)
+    view = SessionView("127.0.0.1:9", "res", history=20)
+    view.refresh(store.snapshot(), now=0.0)
+
+    def occupancy(c: int) -> list:
+        return list(view.sources["occupancy"].data[f"ch{c}"])
+
+    assert occupancy(1) == batches[1].occupancy[1].tolist()
+    view.mode.active = 2  # "Cumulative"
+    assert occupancy(1) == (batches[0].occupancy[1] + batches[1].occupancy[1]).tolist()
+    assert list(view.sources["drift_time"].data["ch3"]) == (batches[0].drift[3] + batches[1].drift[3]).tolist()
+    view.reset._trigger_event(ButtonClick(view.reset))  # what a click in the browser delivers
+    assert occupancy(1) == [0] * 64
+    for b in batches[2:]:
+        store.ingest(b.message)
+    view.refresh(store.snapshot(), now=0.0)
+    assert occupancy(1) == (batches[2].occupancy[1] + batches[3].occupancy[1]).tolist()
+    assert list(view.maps[1].data["hits"]) == occupancy(1)
+    assert "Reset" in view.caption.text
+    view.mode.active = 1
+    view.window.value = 3
+    assert occupancy(0) == sum(b.occupancy[0] for b in batches[1:]).tolist()
+    assert "FPGA 1 ch 138" in view.scintillator.text
+    assert "Run <b>7</b>" in view.run.text
 
 
 def test_start_offset_replays_history_before_the_end():
