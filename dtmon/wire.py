@@ -14,7 +14,11 @@ Headers on every message the producer sends:
 ``dtmon-file``     name of the DAQ file the rows come from
 ``dtmon-first-line`` 1-based line of the first row in that file
 ``dtmon-synthetic`` ``1`` when the rows come from the synthetic generator
+``dtmon-run``      run number, decimal (data and control messages)
 =================  =========================================================
+
+Run markers: at the start and end of every run the producer sends a control message
+(``CONTENT_TYPE_CONTROL``, no DAQ rows) to every partition of the raw topic.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from dtmon.hits import HIT_SCHEMA, DecodeError, decode_csv
 CONTENT_TYPE_ARROW = "application/vnd.apache.arrow.stream"
 CONTENT_TYPE_CSV = "text/csv"
 HITS_SCHEMA_ID = "dtmon.hits/1"
+CONTENT_TYPE_CONTROL = "application/vnd.dtmon.control+json"
+"""Run-start / run-end control messages: JSON {"event": "run-start"|"run-end", "run": N, "file": name, "rows": n}; no DAQ rows."""
 
 
 def encode_arrow(batch: pa.RecordBatch | pa.Table, compression: str | None = "zstd", use_threads: bool = True) -> bytes:

@@ -1,9 +1,17 @@
 """``producer`` console script: stream DAQ rows from files or S3 to the raw Kafka topic.
 
 Defaults come from ``dtmon.settings`` (environment variables ``DTMON_*``); flags win.
-Ctrl-C or SIGTERM stops cleanly: queued messages are flushed, a summary is printed and
-the exit code is 0 (1 if messages were lost or the source/broker failed; a second Ctrl-C
-aborts at once).
+Ctrl-C or SIGTERM stops cleanly: the run in progress gets its run-end marker, queued
+messages are flushed, a summary is printed and the exit code is 0 (1 if messages were
+lost or the source/broker failed; a second Ctrl-C aborts at once).
+
+Runs: every data message carries its run number (header ``dtmon-run``) and each run is
+framed by run-start / run-end control messages on every partition. Without ``--run``
+each DAQ file is its own run, numbered from its name (``data_000003.txt`` -> 3) or from
+a run directory (all files under ``Run000810/`` or ``run_810/`` -> one run 810);
+consecutive files with the same number are one run, so one looped file stays one run.
+With ``--run N`` one pass over the whole source is run N, and with ``--loop`` the
+replays are runs N+1, N+2, ... (rules: ``producer.runs``).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from rich.table import Table
 from dtmon.settings import load_settings
 from producer.kafka import KafkaSetupError
 from producer.run import ProducerStats, run_producer
+from producer.runs import MAX_RUN
 from producer.sources import SourceError
 
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -53,6 +62,7 @@ def render(stats: ProducerStats) -> Table:
     table.add_row("rate (rows/s)", f"{stats.achieved_rate:,.0f} achieved / {target} target")
     table.add_row("messages", f"{stats.messages:,} ({stats.bytes / 1e6:,.1f} MB)")
     table.add_row("files / pass", f"{stats.files:,} / {stats.passes:,}")
+    table.add_row("run", "-" if stats.run is None else f"{stats.run} ({stats.runs:,} begun)")
     table.add_row("malformed rows", f"{stats.malformed_rows:,}")
     table.add_row("delivery errors", f"{stats.delivery_errors:,}")
     table.add_row("elapsed (s)", f"{stats.elapsed_s:,.1f}")
@@ -85,6 +95,13 @@ def main(
     partitions: int = typer.Option(None, min=1, help="partitions of the raw topic if it must be created (default: 1)"),
     max_rows: int = typer.Option(None, min=0, help="stop after this many rows"),
     duration: float = typer.Option(None, min=0, help="stop after this many seconds"),
+    run: int = typer.Option(
+        None,
+        min=0,
+        max=MAX_RUN,
+        help="run number of the whole source (each --loop replay: the next number); "
+        "default: each file is a run numbered from its name (data_000003.txt -> 3) or its Run000810/run_810 directory",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="live progress display on stderr"),
     log_level: str = typer.Option("INFO", help="logging level"),
 ) -> None:
@@ -113,7 +130,14 @@ def main(
         with live if progress else contextlib.nullcontext():
             show = (lambda s: live.update(render(s))) if progress else None
             stats = run_producer(
-                settings, loop=loop, max_rows=max_rows, duration=duration, wire=wire.value, stop_event=stop, progress=show
+                settings,
+                loop=loop,
+                max_rows=max_rows,
+                duration=duration,
+                wire=wire.value,
+                run=run,
+                stop_event=stop,
+                progress=show,
             )
     except (SourceError, KafkaSetupError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")

@@ -87,6 +87,8 @@ class KafkaSink:
         overrides: more librdkafka settings by their own names.
         producer_cls: the client class; tests may pass a subclass of
             ``confluent_kafka.Producer`` as a double.
+        partitions: the topic's partition count if known (e.g. from ``ensure_topic``);
+            else ``partition_count()`` asks the broker.
     """
 
     def __init__(
@@ -96,8 +98,10 @@ class KafkaSink:
         compression: str = "none",
         overrides: dict | None = None,
         producer_cls=None,
+        partitions: int | None = None,
     ):
         self.topic = topic
+        self.partitions = partitions
         self.errors = DeliveryErrors()
         config = producer_config(bootstrap_servers, compression, overrides=overrides)
         config["on_delivery"] = self.errors
@@ -112,15 +116,33 @@ class KafkaSink:
             self._last_error_log = now
             log.warning("kafka: %s", err.str())
 
-    def send(self, value: bytes, headers: list[tuple[str, bytes]]) -> None:
-        """Queue one message; waits (serving callbacks) while the local queue is full.
+    def partition_count(self, timeout: float = 10.0) -> int:
+        """Partitions of the topic: as given to the constructor, else from the broker's metadata.
+
+        Raises:
+            KafkaSetupError: no metadata for the topic within ``timeout`` s.
+        """
+        if self.partitions is None:
+            try:
+                topic = self.producer.list_topics(self.topic, timeout=timeout).topics.get(self.topic)
+            except confluent_kafka.KafkaException as exc:
+                raise KafkaSetupError(f"no metadata for topic {self.topic!r} within {timeout} s: {exc}") from exc
+            if topic is None or topic.error is not None or not topic.partitions:
+                raise KafkaSetupError(f"topic {self.topic!r} has no partitions: {topic.error if topic else 'unknown topic'}")
+            self.partitions = len(topic.partitions)
+        return self.partitions
+
+    def send(self, value: bytes, headers: list[tuple[str, bytes]], partition: int | None = None) -> None:
+        """Queue one message (to ``partition``, or where the client's partitioner puts it);
+        waits (serving callbacks) while the local queue is full.
 
         Raises:
             ValueError: the message is larger than ``message.max.bytes``.
         """
+        where = {} if partition is None else {"partition": partition}
         while True:
             try:
-                self.producer.produce(self.topic, value=value, headers=headers)
+                self.producer.produce(self.topic, value=value, headers=headers, **where)
                 return
             except BufferError:
                 self.producer.poll(0.05)

@@ -17,9 +17,23 @@ Wire format (defined in ``dtmon/wire.py``), one of:
   (the design of earlier implementations, kept for the benchmark comparison);
   ``content-type: text/csv``.
 
-Headers on every message: ``content-type``; ``dtmon-schema: dtmon.hits/1``;
+Headers on every data message: ``content-type``; ``dtmon-schema: dtmon.hits/1``;
 ``dtmon-file``: file name; ``dtmon-first-line``: 1-based line of the message's first
-row in that file; ``dtmon-synthetic``: ``1`` for rows from the synthetic generator, else ``0``.
+row in that file; ``dtmon-synthetic``: ``1`` for rows from the synthetic generator, else
+``0``; ``dtmon-run``: the run number, decimal.
+
+Runs (rules in ``producer.runs``): before the first data message of each run and after
+its last one, the producer sends a control message (``content-type:
+application/vnd.dtmon.control+json``, headers ``dtmon-run`` and ``dtmon-file``, value
+``{"event": "run-start"|"run-end", "run": N, "file": name, "rows": n}``, ``rows`` = rows
+sent in the run so far, 0 at run-start) to EVERY partition of the raw topic: data
+messages are spread over the partitions, so each partition then reads start, its share
+of the run's data, end, in that order, and a reader of any partition (or a Spark task
+reading one partition range) sees where the run begins and ends. ``rows`` at run-end is
+the run's total over all partitions. A run cut short by a clean stop (Ctrl-C, SIGTERM,
+``max_rows``, ``duration``) or by an error gets its run-end too; only a hard abort (a
+second Ctrl-C) leaves it open. Control messages are not rows: they do not count in the
+rows, the pacing or ``max_rows``.
 
 Malformed lines travel in-band as all-null rows (so nothing is silently dropped); they
 are counted in ``ProducerStats.malformed_rows`` and the first few are logged with file
@@ -37,8 +51,9 @@ from typing import Callable, Iterator
 
 from dtmon.settings import Settings
 from producer.kafka import KafkaSink, ensure_topic, kafka_compression
-from producer.messages import WIRE_FORMATS, LoadedFile, arrow_message, csv_line_messages, load_file
+from producer.messages import WIRE_FORMATS, LoadedFile, arrow_message, control_message, csv_line_messages, load_file
 from producer.pacing import Pacer, chunk_rows
+from producer.runs import RUN_START, RunMarkers, run_number
 from producer.sources import DaqFile, open_source
 
 log = logging.getLogger("producer")
@@ -63,8 +78,11 @@ class ProducerStats:
     Attributes:
         target_rate: asked rate in rows/s (0 = unlimited).
         rows: DAQ rows sent (malformed rows included).
-        messages: Kafka messages sent.
-        bytes: message value bytes sent (headers excluded).
+        messages: Kafka data messages sent (control messages not included).
+        bytes: data message value bytes sent (headers excluded).
+        control_messages: run-start / run-end messages sent (one per partition each).
+        runs: runs begun (run-start sent).
+        run: number of the latest run begun (None before the first).
         malformed_rows: all-null rows sent in place of malformed lines.
         delivery_errors: messages the broker did not acknowledge (delivery reports).
         undelivered: messages still queued when the final flush timed out.
@@ -80,6 +98,9 @@ class ProducerStats:
     rows: int = 0
     messages: int = 0
     bytes: int = 0
+    control_messages: int = 0
+    runs: int = 0
+    run: int | None = None
     malformed_rows: int = 0
     delivery_errors: int = 0
     undelivered: int = 0
@@ -109,6 +130,7 @@ class ProducerStats:
             f"start-up {self.startup_s:,.2f} s, {self.overall_rate:,.0f} rows/s with it; "
             f"malformed rows {self.malformed_rows:,}; delivery errors {self.delivery_errors:,}"
             + (f"; undelivered {self.undelivered:,}" if self.undelivered else "")
+            + f"; runs {self.runs:,}" + (f" (last {self.run})" if self.run is not None else "")
         )
 
 
@@ -126,10 +148,11 @@ def _file_sequence(files: list[DaqFile], loop: bool) -> Iterator[tuple[int, DaqF
 class FileReader:
     """Reads and decodes the source's files in order; the next one is read ahead in a thread.
 
-    ``next()`` returns (pass number, ``LoadedFile``) or None at the end; ``prefetch()``
-    starts reading the file after the current one (the producer calls it when the
-    current file has less than ``PREFETCH_LEAD_S`` of rows left, so a slow rate does
-    not decode files long before they are needed). With ``loop`` and a source of at
+    ``next()`` returns (pass number, ``DaqFile``, ``LoadedFile``) or None at the end;
+    ``peek()`` tells which file comes next (pass number, ``DaqFile``) without reading it;
+    ``prefetch()`` starts reading the file after the current one (the producer calls it
+    when the current file has less than ``PREFETCH_LEAD_S`` of rows left, so a slow rate
+    does not decode files long before they are needed). With ``loop`` and a source of at
     most ``cache_limit`` bytes, each file is read and decoded once and replayed from memory.
 
     Raises (from ``next``):
@@ -141,8 +164,9 @@ class FileReader:
         self.keep_text = keep_text
         self.cache: dict[str, LoadedFile] | None = {} if loop and sum(f.size for f in files) <= cache_limit else None
         self.sequence = _file_sequence(files, loop)
+        self.upcoming: tuple[int, DaqFile] | None = next(self.sequence, None)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="producer-read")
-        self.pending: tuple[int, DaqFile, Future] | None = None
+        self.pending: Future | None = None  # the read of ``upcoming``
 
     def _load(self, f: DaqFile) -> LoadedFile:
         if self.cache is not None and f.location in self.cache:
@@ -152,31 +176,33 @@ class FileReader:
             self.cache[f.location] = loaded
         return loaded
 
+    def peek(self) -> tuple[int, DaqFile] | None:
+        """(pass number, file) of the file ``next()`` will return; None at the end."""
+        return self.upcoming
+
     def prefetch(self) -> None:
         """Start reading the next file in the background (no-op if started or at the end)."""
-        if self.pending is None:
-            item = next(self.sequence, None)
-            if item is not None:
-                self.pending = (*item, self.pool.submit(self._load, item[1]))
+        if self.pending is None and self.upcoming is not None:
+            self.pending = self.pool.submit(self._load, self.upcoming[1])
 
-    def next(self) -> tuple[int, LoadedFile] | None:
+    def next(self) -> tuple[int, DaqFile, LoadedFile] | None:
         """The next file, waiting for its read if needed; None when there is none."""
         self.prefetch()
-        if self.pending is None:
+        if self.upcoming is None:
             return None
-        passes, _, future = self.pending
-        self.pending = None
-        return passes, future.result()
+        (passes, daq), future = self.upcoming, self.pending
+        self.upcoming, self.pending = next(self.sequence, None), None
+        return passes, daq, future.result()
 
     def close(self) -> None:
         """Drop a pending read (a read in progress finishes in its thread)."""
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _encode(f: LoadedFile, start: int, n: int, wire: str, compression: str, paced: bool) -> list[tuple[bytes, list]]:
+def _encode(f: LoadedFile, start: int, n: int, wire: str, compression: str, paced: bool, run: int) -> list[tuple[bytes, list]]:
     if wire == "arrow":
-        return [arrow_message(f, start, n, compression, use_threads=not paced)]
-    return csv_line_messages(f, start, n)
+        return [arrow_message(f, start, n, compression, use_threads=not paced, run=run)]
+    return csv_line_messages(f, start, n, run=run)
 
 
 def run_producer(
@@ -187,6 +213,7 @@ def run_producer(
     max_rows: int | None = None,
     duration: float | None = None,
     wire: str = "arrow",
+    run: int | None = None,
     stop_event: threading.Event | None = None,
     clock: Callable[[], float] = time.monotonic,
     progress: Callable[[ProducerStats], None] | None = None,
@@ -205,6 +232,9 @@ def run_producer(
         max_rows: stop after this many rows (None = no limit).
         duration: stop after this many s (None = no limit).
         wire: ``arrow`` or ``csv-line`` (module docstring).
+        run: run number of the first pass over the source (``--run``); each pass is one
+            run, ``run``, ``run + 1``, ... with ``loop``. None: run numbers from the file
+            paths, consecutive files with the same number are one run (``producer.runs``).
         stop_event: set it (e.g. from a signal handler) to stop cleanly.
         clock: monotonic clock in s.
         progress: called with the live stats every ``progress_interval_s`` s and at the end.
@@ -215,7 +245,8 @@ def run_producer(
     Returns:
         The final ``ProducerStats``.
     Raises:
-        ValueError: unknown ``wire`` or ``settings.compression``.
+        ValueError: unknown ``wire`` or ``settings.compression``; no run number for a
+            file (``producer.runs.run_number``) or one outside 0 .. 2**31 - 1.
         SourceError: the source cannot be listed or a file cannot be read.
         KafkaSetupError: the broker is unreachable or the topic cannot be created.
     """
@@ -228,10 +259,19 @@ def run_producer(
     t_call = clock()
     src = open_source(source or settings.source, settings.s3_endpoint_url)
     files = src.list_files()
+
+    def run_of(passes: int, daq: DaqFile) -> int:
+        return run_number(daq.location, None if run is None else run + passes - 1)
+
+    for daq in files:  # a file without a run number is refused before anything is sent
+        run_of(1, daq)
     log.info("streaming %d file(s) from %s to %s", len(files), src.url, settings.raw_topic)
     if sink is None:
-        ensure_topic(settings.bootstrap_servers, settings.raw_topic, settings.raw_partitions)
-        sink = KafkaSink(settings.bootstrap_servers, settings.raw_topic, kafka_compression(wire, settings.compression))
+        partitions = ensure_topic(settings.bootstrap_servers, settings.raw_topic, settings.raw_partitions)
+        sink = KafkaSink(
+            settings.bootstrap_servers, settings.raw_topic, kafka_compression(wire, settings.compression), partitions=partitions
+        )
+    partitions = sink.partition_count()
 
     chunk = chunk_rows(settings.rate, settings.rows_per_message)
     pacer = Pacer(settings.rate, clock)
@@ -245,11 +285,23 @@ def run_producer(
         if progress is not None:
             progress(stats)
 
+    def send_control(event: str, run_no: int, file_name: str, rows: int) -> None:
+        value, headers = control_message(event, run_no, file_name, rows)
+        for partition in range(partitions):
+            sink.send(value, headers, partition)
+        stats.control_messages += partitions
+        if event == RUN_START:
+            stats.runs += 1
+            stats.run = run_no
+        log.debug("%s %d (%s, %s rows)", event, run_no, file_name, f"{rows:,}")
+
+    markers = RunMarkers(send_control)
     stopped = False
     reader = FileReader(src, files, loop=loop, keep_text=wire == "csv-line")
     try:
         while not stopped and (max_rows is None or stats.rows < max_rows) and (item := reader.next()) is not None:
-            passes, f = item
+            passes, daq, f = item
+            run_no = run_of(passes, daq)
             for bad in f.malformed:
                 if len(stats.malformed_examples) < MALFORMED_LOGGED:
                     example = f"{f.name}:{bad.line}: {bad.reason}: {bad.text!r}"
@@ -262,7 +314,7 @@ def run_producer(
                 if n <= 0:
                     stopped = True
                     break
-                messages = _encode(f, start, n, wire, settings.compression, paced=settings.rate > 0)
+                messages = _encode(f, start, n, wire, settings.compression, settings.rate > 0, run_no)
                 if t_start is None:
                     t_start = last_progress = pacer.start()
                     stats.startup_s = t_start - t_call
@@ -275,11 +327,13 @@ def run_producer(
                 if (wait > 0 and sleep(wait)) or stop_event.is_set():
                     stopped = True
                     break
+                markers.data(run_no, f.name)  # run-start first if this chunk begins a run
                 for value, headers in messages:
                     sink.send(value, headers)
                     stats.bytes += len(value)
                 sink.poll(0)
                 pacer.sent(n)
+                markers.sent(n)
                 if start == 0:
                     stats.files += 1
                     stats.passes = passes
@@ -292,6 +346,20 @@ def run_producer(
                 if now - last_progress >= progress_interval_s:
                     last_progress = now
                     report(now)
+            if stopped:
+                break
+            if f.num_rows == 0 and not stop_event.is_set():
+                markers.data(run_no, f.name)  # an empty file still marks its run
+            following = reader.peek()
+            if following is None or run_of(*following) != run_no:
+                markers.end()  # the run's last file is done: end it now, not when the next run starts
+        markers.end()  # a clean stop (stop event, max_rows, duration) ends the run in progress
+    except Exception:
+        try:
+            markers.end()  # an error ends the run in progress too; a hard abort (KeyboardInterrupt) does not
+        except Exception:  # the first error is the one to report
+            log.exception("could not send run-end after an error")
+        raise
     finally:
         reader.close()
         stats.undelivered = sink.flush(flush_timeout_s)

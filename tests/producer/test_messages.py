@@ -1,6 +1,8 @@
-"""Decoding DAQ files into messages: header / no header / CRLF / blank / malformed lines, line numbers."""
+"""Decoding DAQ files into messages: header / no header / CRLF / blank / malformed lines, line numbers; run markers."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pandas as pd
@@ -8,7 +10,8 @@ import pytest
 
 from dtmon.hits import COLUMNS
 from dtmon.wire import CONTENT_TYPE_ARROW, CONTENT_TYPE_CSV, HITS_SCHEMA_ID, decode_message, header_dict
-from producer.messages import arrow_message, csv_line_messages, index_lines, load_file
+from dtmon.wire import CONTENT_TYPE_CONTROL
+from producer.messages import arrow_message, control_message, csv_line_messages, index_lines, load_file
 from producer.sources import DaqFile, FileBytes
 from tests.producer.helpers import read_csv_independently
 
@@ -71,9 +74,10 @@ def test_csv_line_texts_are_the_file_lines(genuine_csv):
     )
     f = load(data, keep_text=True)
     file_lines = data.decode().split("\r\n")
-    messages = csv_line_messages(f, 0, f.num_rows)
+    messages = csv_line_messages(f, 0, f.num_rows, run=12)
     assert [m[0].decode() for m in messages] == [file_lines[n - 1] for n in f.lines.all_numbers()]
     assert [int(header_dict(m[1])["dtmon-first-line"]) for m in messages] == f.lines.all_numbers().tolist()
+    assert {header_dict(m[1])["dtmon-run"] for m in messages} == {"12"}
 
 
 def test_odd_line_breaks_fall_back_to_line_by_line_reading():
@@ -89,7 +93,7 @@ def test_arrow_messages_carry_slices_and_headers(genuine_csv):
     parts, starts = [], range(0, f.num_rows, 100)
     for start in starts:
         n = min(100, f.num_rows - start)
-        value, headers = arrow_message(f, start, n, "zstd")
+        value, headers = arrow_message(f, start, n, "zstd", run=810 + start)
         h = header_dict(headers)
         assert h == {
             "content-type": CONTENT_TYPE_ARROW,
@@ -97,6 +101,7 @@ def test_arrow_messages_carry_slices_and_headers(genuine_csv):
             "dtmon-file": "data_000007.txt",
             "dtmon-first-line": str(start + 2),  # line 1 is the header
             "dtmon-synthetic": "1",
+            "dtmon-run": str(810 + start),
         }
         parts.append(frame_of(decode_message(value, h["content-type"])))
     pd.testing.assert_frame_equal(pd.concat(parts, ignore_index=True), expected)
@@ -105,7 +110,32 @@ def test_arrow_messages_carry_slices_and_headers(genuine_csv):
 def test_csv_line_message_decodes_to_its_row(genuine_csv):
     f = load(genuine_csv.read_bytes(), keep_text=True)
     expected = read_csv_independently(genuine_csv)
-    value, headers = csv_line_messages(f, 10, 1)[0]
+    value, headers = csv_line_messages(f, 10, 1, run=0)[0]
     h = header_dict(headers)
     assert h["content-type"] == CONTENT_TYPE_CSV and h["dtmon-synthetic"] == "0" and h["dtmon-first-line"] == "12"
+    assert h["dtmon-run"] == "0"
     pd.testing.assert_frame_equal(frame_of(decode_message(value, CONTENT_TYPE_CSV)), expected.iloc[[10]].reset_index(drop=True))
+
+
+@pytest.mark.parametrize(
+    "event,run,name,rows",
+    [("run-start", 0, "data_000000.txt", 0), ("run-end", 810, "data_000003.txt", 1_310_592), ("run-end", 2**31 - 1, "\u00e9.csv", 0)],
+)
+def test_control_message_carries_event_run_file_and_rows(event, run, name, rows):
+    value, headers = control_message(event, run, name, rows)
+    assert json.loads(value) == {"event": event, "run": run, "file": name, "rows": rows}
+    assert headers == [
+        ("content-type", b"application/vnd.dtmon.control+json"),
+        ("dtmon-run", str(run).encode("ascii")),
+        ("dtmon-file", name.encode("utf-8")),
+    ]
+    assert CONTENT_TYPE_CONTROL == "application/vnd.dtmon.control+json"
+
+
+@pytest.mark.parametrize(
+    "event,run,rows",
+    [("run-stop", 1, 0), ("start", 1, 0), ("run-start", -1, 0), ("run-end", 2**31, 5), ("run-end", 3, -1), ("run-start", 3, 7)],
+)
+def test_control_message_refuses_bad_markers(event, run, rows):
+    with pytest.raises(ValueError):
+        control_message(event, run, "data_000003.txt", rows)

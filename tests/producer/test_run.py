@@ -1,7 +1,10 @@
-"""Unit tests of run_producer's loop with a fake clock and a recording client (no broker)."""
+"""Unit tests of run_producer's loop with a fake clock and a recording client (no broker):
+pacing, stops, and the run-start / run-end markers around each run."""
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 
 import numpy as np
@@ -12,7 +15,7 @@ from dtmon.wire import decode_message, header_dict
 from producer.kafka import KafkaSink
 from producer.pacing import chunk_rows
 from producer.run import run_producer
-from tests.producer.helpers import read_csv_independently
+from tests.producer.helpers import is_control, read_csv_independently
 
 
 class RecordingProducer:
@@ -22,11 +25,23 @@ class RecordingProducer:
 
     def __init__(self, config):
         self.config = config
-        self.sent: list[tuple[float, bytes, list]] = []
+        self.sent: list[tuple[float, bytes, list]] = []  # data messages
+        self.control: list[tuple[float, dict, int]] = []  # control messages: time, JSON value, partition
+        self.order: list[str] = []  # "start:RUN", "data:RUN" or "end:RUN" in send order (control: partition 0 only)
         self.flushed = False
 
-    def produce(self, topic, value=None, headers=None):
-        self.sent.append((self.clock(), value, headers))
+    def produce(self, topic, value=None, headers=None, partition=-1):
+        h = header_dict(headers)
+        if is_control(headers):
+            doc = json.loads(value)
+            self.control.append((self.clock(), doc, partition))
+            assert h["dtmon-run"] == str(doc["run"]) and h["dtmon-file"] == doc["file"]
+            if partition == 0:
+                self.order.append(f"{doc['event'][4:]}:{doc['run']}")
+        else:
+            assert partition == -1  # data messages: the client's partitioner decides
+            self.sent.append((self.clock(), value, headers))
+            self.order.append(f"data:{h['dtmon-run']}")
 
     def poll(self, timeout=0):
         return 0
@@ -48,9 +63,25 @@ class FakeTime:
         return False
 
 
-def make(fake, **settings):
+def grouped(order: list[str]) -> list[str]:
+    """Send order with runs of data messages folded: ["start:0", "data:0", "data:0", "end:0"] -> ["start:0", "data:0*2", "end:0"]."""
+    out: list[str] = []
+    for item in order:
+        if item.startswith("data:") and out and re.fullmatch(re.escape(item) + r"\*\d+", out[-1]):
+            out[-1] = f"{item}*{int(out[-1].rsplit('*', 1)[1]) + 1}"
+        else:
+            out.append(f"{item}*1" if item.startswith("data:") else item)
+    return out
+
+
+def end_rows(producer) -> list[int]:
+    """rows of each run-end, partition 0."""
+    return [doc["rows"] for _, doc, p in producer.control if doc["event"] == "run-end" and p == 0]
+
+
+def make(fake, partitions=1, **settings):
     RecordingProducer.clock = fake
-    sink = KafkaSink("127.0.0.1:1", "t", producer_cls=RecordingProducer)
+    sink = KafkaSink("127.0.0.1:1", "t", producer_cls=RecordingProducer, partitions=partitions)
     return load_settings(**settings), sink
 
 
@@ -71,6 +102,9 @@ def test_paced_loop_over_the_genuine_rows_for_20_s(genuine_csv, rate):
     assert sink.producer.flushed
     n = chunk_rows(rate, settings.rows_per_message)
     assert max(sizes) == min(n, 999)
+    # one looped file is one run (run 0 from data_000000 in its name), ended by --duration
+    assert grouped(sink.producer.order) == ["start:0", f"data:0*{stats.messages}", "end:0"]
+    assert end_rows(sink.producer) == [stats.rows] and stats.runs == 1
 
 
 def test_max_rows_stops_exactly_and_headers_follow_the_file(genuine_csv):
@@ -110,6 +144,8 @@ def test_stop_event_stops_the_loop(genuine_csv):
     n = chunk_rows(100, settings.rows_per_message)  # 5 rows every 0.05 s
     assert stats.rows == n * (int(3.02 / (n / 100)) + 1)  # chunks due up to the stop, the first at 0 s
     assert sink.producer.flushed
+    assert grouped(sink.producer.order) == ["start:0", f"data:0*{stats.messages}", "end:0"]
+    assert end_rows(sink.producer) == [stats.rows]
 
 
 def test_unknown_wire_is_refused(genuine_csv):
@@ -134,3 +170,96 @@ def test_kafka_compresses_only_what_arrow_did_not(wire, body, kafka):
     assert kafka_compression(wire, body) == kafka
     config = producer_config("127.0.0.1:1", kafka_compression(wire, body))
     assert config["acks"] == "all" and config["enable.idempotence"] is True and config["compression.type"] == kafka
+
+
+def split_genuine(genuine_csv, directory, sizes: dict[str, int]) -> None:
+    """Write the genuine rows into DAQ files of the given row counts (each with the header)."""
+    lines = genuine_csv.read_text().splitlines()
+    directory.mkdir(parents=True, exist_ok=True)
+    at = 1
+    for name, size in sizes.items():
+        (directory / name).write_text("\n".join([lines[0], *lines[at : at + size]]) + "\n")
+        at += size
+
+
+def test_each_daq_file_is_a_run_framed_on_every_partition(genuine_csv, tmp_path):
+    sizes = {"data_000004.txt": 300, "data_000005.txt": 400, "data_000009.txt": 299}
+    split_genuine(genuine_csv, tmp_path, sizes)
+    fake = FakeTime()
+    settings, sink = make(fake, partitions=3, rate=0, rows_per_message=128, source=str(tmp_path))
+    stats = run_producer(settings, loop=True, max_rows=999 + 200, clock=fake, sleep=fake.sleep, sink=sink)
+    messages = {name: -(-size // 128) for name, size in sizes.items()}  # data messages per file
+    assert grouped(sink.producer.order) == [
+        "start:4", f"data:4*{messages['data_000004.txt']}", "end:4",
+        "start:5", f"data:5*{messages['data_000005.txt']}", "end:5",
+        "start:9", f"data:9*{messages['data_000009.txt']}", "end:9",
+        "start:4", "data:4*2", "end:4",  # the replay: run 4 again, cut after 128 + 72 rows by max_rows
+    ]  # fmt: skip
+    control = sink.producer.control
+    assert [p for _, _, p in control] == [0, 1, 2] * 8  # every marker on every partition, one after the other
+    assert [doc for _, doc, _ in control][::3] == [
+        {"event": event, "run": run, "file": name, "rows": rows if event == "run-end" else 0}
+        for (name, rows), run in zip([*sizes.items(), ("data_000004.txt", 200)], (4, 5, 9, 4))
+        for event in ("run-start", "run-end")
+    ]
+    assert stats.rows == 1199 and stats.messages == len(sink.producer.sent) == sum(messages.values()) + 2
+    assert stats.control_messages == len(control) == 24 and stats.runs == 4 and stats.run == 4
+
+
+def test_explicit_run_numbers_each_pass_and_control_rows_do_not_count(genuine_csv):
+    fake = FakeTime()
+    settings, sink = make(fake, rate=0, rows_per_message=300, source=str(genuine_csv))
+    stats = run_producer(settings, loop=True, max_rows=2500, run=7, clock=fake, sleep=fake.sleep, sink=sink)
+    assert grouped(sink.producer.order) == [
+        "start:7", "data:7*4", "end:7", "start:8", "data:8*4", "end:8", "start:9", "data:9*2", "end:9"
+    ]  # 999-row passes in messages of 300, 300, 300, 99; the third pass cut at 2500 rows
+    assert end_rows(sink.producer) == [999, 999, 2500 - 2 * 999]
+    assert stats.rows == 2500 and stats.messages == 10 and stats.runs == 3
+
+
+def test_a_run_directory_makes_its_files_one_run_even_when_looped(genuine_csv, tmp_path):
+    run_dir = tmp_path / "Run000810"
+    split_genuine(genuine_csv, run_dir, {"data_000000.txt": 600, "data_000001.txt": 399})
+    fake = FakeTime()
+    settings, sink = make(fake, rate=0, rows_per_message=1000, source=str(run_dir))
+    run_producer(settings, loop=True, max_rows=999 + 100, clock=fake, sleep=fake.sleep, sink=sink)
+    assert grouped(sink.producer.order) == ["start:810", "data:810*3", "end:810"]
+    ends = [(doc["file"], doc["rows"]) for _, doc, _ in sink.producer.control if doc["event"] == "run-end"]
+    assert ends == [("data_000000.txt", 999 + 100)]  # the file of the run's last data
+
+
+def test_a_source_without_run_numbers_is_refused_before_sending(genuine_csv, tmp_path):
+    (tmp_path / "hits.csv").write_bytes(genuine_csv.read_bytes())
+    settings, sink = make(FakeTime(), rate=0, source=str(tmp_path))
+    with pytest.raises(ValueError, match="--run"):
+        run_producer(settings, sink=sink)
+    assert sink.producer.order == []
+    stats = run_producer(settings, run=3, sink=sink)  # --run makes it streamable
+    assert grouped(sink.producer.order) == ["start:3", "data:3*1", "end:3"] and stats.rows == 999
+
+
+class FailingProducer(RecordingProducer):
+    """Fails on the third data message with ``error`` (an exception instance)."""
+
+    error: BaseException = RuntimeError("set me")
+
+    def produce(self, topic, value=None, headers=None, partition=-1):
+        if not is_control(headers) and len(self.sent) == 2:
+            raise self.error
+        super().produce(topic, value, headers, partition)
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_an_error_ends_the_run_but_a_hard_abort_does_not(genuine_csv, hard):
+    import confluent_kafka
+
+    FailingProducer.clock = fake = FakeTime()
+    too_large = confluent_kafka.KafkaException(confluent_kafka.KafkaError(confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE))
+    FailingProducer.error = KeyboardInterrupt() if hard else too_large
+    sink = KafkaSink("127.0.0.1:1", "t", producer_cls=FailingProducer, partitions=1)
+    settings = load_settings(rate=0, rows_per_message=100, source=str(genuine_csv))
+    with pytest.raises(KeyboardInterrupt if hard else ValueError):
+        run_producer(settings, clock=fake, sleep=fake.sleep, sink=sink)
+    assert grouped(sink.producer.order) == ["start:0", "data:0*2"] + ([] if hard else ["end:0"])
+    assert end_rows(sink.producer) == ([] if hard else [200])
+    assert sink.producer.flushed
