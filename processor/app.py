@@ -19,6 +19,7 @@ from dtmon.schema import RESULTS_SCHEMA_ID, RESULTS_VERSION
 from dtmon.settings import Settings
 from processor.histograms import aggregate_batch, build_message
 from processor.kafka_source import SOURCE_NAME, KafkaDataSource
+from processor.state import ChannelHealthTracker, RunTracker
 
 log = logging.getLogger("dtmon.processor")
 
@@ -169,22 +170,31 @@ def start_query(spark: SparkSession, settings: Settings, publisher: ResultsPubli
     if settings.max_offsets_per_trigger:
         reader = reader.option("maxOffsetsPerTrigger", str(settings.max_offsets_per_trigger))
     rows = reader.load()
+    health = ChannelHealthTracker(settings.health_window_batches, settings.noisy_factor)
+    runs = RunTracker()
 
     def process(batch: DataFrame, batch_id: int) -> None:
         if publisher.already_published(batch_id):
             log.info("batch %d was published before the restart: not sent again", batch_id)
             return
         started = time.time()
-        agg = aggregate_batch(batch)
-        if agg.rows_read == 0:
+        agg = aggregate_batch(batch, settings)
+        if agg.rows_read == 0 and not agg.run_events:
             return
         message = build_message(
-            batch_id, agg, trigger_interval_s=settings.trigger_interval_s, batch_started=started, published=time.time()
+            batch_id,
+            agg,
+            trigger_interval_s=settings.trigger_interval_s,
+            batch_started=started,
+            published=time.time(),
+            health=health.update(agg.occupancy) if agg.rows_read else health.report(),
+            run=runs.update(agg.run, agg.run_events),
         )
         publisher.publish(batch_id, message.to_json())
         log.info(
-            "batch %d: %d rows, %d hits, %d malformed, chambers %s, %.2f s",
-            batch_id, agg.rows_read, agg.hits, agg.malformed_rows, message.hits_per_chamber, time.time() - started,
+            "batch %d: run %s (%s), %d rows, %d hits, %d malformed, chambers %s, %d scintillator orbits, %.2f s",
+            batch_id, message.run, message.run_state, agg.rows_read, agg.hits, agg.malformed_rows,
+            message.hits_per_chamber, agg.orbits_with_scintillator, time.time() - started,
         )
 
     writer = (

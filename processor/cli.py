@@ -12,7 +12,7 @@ import typer
 
 from dtmon.settings import load_settings
 
-app = typer.Typer(add_completion=False, help=__doc__)
+app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
 
 
 @app.command()
@@ -26,6 +26,10 @@ def main(
     master: Optional[str] = typer.Option(None, help="Spark master, e.g. local[*] or spark://host:7077 [env DTMON_SPARK_MASTER]"),
     max_offsets_per_trigger: Optional[int] = typer.Option(None, help="cap on raw messages per micro-batch"),
     shuffle_partitions: Optional[int] = typer.Option(None, help="spark.sql.shuffle.partitions"),
+    scint_fpga: Optional[int] = typer.Option(None, help="FPGA of the scintillator t0 channel (PDF: 1) [env DTMON_SCINT_FPGA]"),
+    scint_channel: Optional[int] = typer.Option(
+        None, help="TDC_CHANNEL of the scintillator (PDF: 128; the genuine rows show 138) [env DTMON_SCINT_CHANNEL]"
+    ),
 ) -> None:
     """Read the raw topic, histogram every micro-batch in Spark, publish one results message per batch."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -39,6 +43,8 @@ def main(
         spark_master=master,
         max_offsets_per_trigger=max_offsets_per_trigger,
         shuffle_partitions=shuffle_partitions,
+        scint_fpga=scint_fpga,
+        scint_channel=scint_channel,
     )
     from processor.app import run_processor
 

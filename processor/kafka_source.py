@@ -14,8 +14,15 @@ like the built-in source where it matters:
 
 Unlike the built-in source it decodes the raw-topic messages (``dtmon.wire``) straight
 into Arrow record batches of DAQ rows, plus the Kafka timestamp of the message each row
-came in (``produced_ms``) and the synthetic-data flag. A message that cannot be decoded
-becomes one all-null row (a malformed row, counted downstream), never a failed task.
+came in (``produced_ms``), the synthetic-data flag and the run (header ``dtmon-run``).
+A message that cannot be decoded becomes one all-null row (a malformed row, counted
+downstream), never a failed task.
+
+Run markers: at each run start and end the producer sends a control message (header
+``content-type: application/vnd.dtmon.control+json``, header ``dtmon-run``, value
+``{"event": "run-start"|"run-end", "run": N, "file": ..., "rows": n}``). It becomes one
+row with every DAQ column null, ``run`` = N and ``run_event`` = 1 (start) or 2 (end);
+data rows have ``run_event`` = 0. A malformed row is one with HEAD null and run_event 0.
 
 Log end offsets: on real Kafka, ListOffsets(latest) is the log end. Tansu 0.6 answers the
 last record batch's base offset + 1 instead, so the end is confirmed by reading from
@@ -37,21 +44,32 @@ from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPart
 from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMaxRows
 
 from dtmon.hits import HIT_SCHEMA, DecodeError, decode_csv
-from dtmon.wire import CONTENT_TYPE_CSV, decode_message, header_dict
+from dtmon.wire import CONTENT_TYPE_CONTROL, CONTENT_TYPE_CSV, decode_message, header_dict
 
 log = logging.getLogger(__name__)
 
 SOURCE_NAME = "dtmon-kafka"
 SPARK_SCHEMA = (
     "HEAD tinyint, FPGA tinyint, TDC_CHANNEL smallint, ORBIT_CNT bigint, BX_COUNTER int, "
-    "TDC_MEAS double, produced_ms bigint, synthetic boolean"
+    "TDC_MEAS double, produced_ms bigint, synthetic boolean, run int, run_event tinyint"
 )
 """Rows the source yields: the DAQ columns (``dtmon.hits.HIT_SCHEMA``), the Kafka
-timestamp of the message in ms since the epoch, and whether the rows are synthetic."""
+timestamp of the message in ms since the epoch, whether the rows are synthetic, the run
+number (null without a ``dtmon-run`` header) and the run event (``RUN_DATA``,
+``RUN_START``, ``RUN_END``)."""
 
 OUTPUT_SCHEMA = pa.schema(
-    list(HIT_SCHEMA) + [pa.field("produced_ms", pa.int64()), pa.field("synthetic", pa.bool_())]
+    list(HIT_SCHEMA)
+    + [
+        pa.field("produced_ms", pa.int64()),
+        pa.field("synthetic", pa.bool_()),
+        pa.field("run", pa.int32()),
+        pa.field("run_event", pa.int8()),
+    ]
 )
+
+RUN_DATA, RUN_START, RUN_END = 0, 1, 2
+RUN_EVENTS = {"run-start": RUN_START, "run-end": RUN_END}
 
 Offsets = dict[str, dict[str, int]]
 
@@ -132,25 +150,65 @@ def cap_offsets(start: Offsets, latest: Offsets, max_messages: int) -> Offsets:
     return capped
 
 
-def decode_records(values: list[bytes], content_types: list[str | None], timestamps_ms: list[int], synthetic: list[bool]) -> pa.RecordBatch:
+def parse_run(header: str | None) -> int | None:
+    """The run number of a ``dtmon-run`` header value; None if missing or not an integer >= 0."""
+    if header is None:
+        return None
+    try:
+        run = int(header)
+    except ValueError:
+        log.error("dtmon-run header %r is not an integer: rows get no run", header)
+        return None
+    return run if 0 <= run < 2**31 else None
+
+
+def parse_control(value: bytes, header_run: int | None) -> tuple[int | None, int]:
+    """Run number and event code (``RUN_START``/``RUN_END``) of a control message.
+
+    The run comes from the JSON ``run`` field, else from the ``dtmon-run`` header.
+
+    Raises:
+        DecodeError: the value is not a JSON object with ``event`` run-start or run-end,
+            or its run is not an integer >= 0.
+    """
+    try:
+        doc = json.loads(value)
+        event = RUN_EVENTS[doc["event"]]
+        run = doc.get("run", header_run)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise DecodeError(f"bad control message {value[:200]!r}: {exc!r}") from exc
+    if run is not None and (not isinstance(run, int) or isinstance(run, bool) or not 0 <= run < 2**31):
+        raise DecodeError(f"bad run {run!r} in control message")
+    return run, event
+
+
+def decode_records(
+    values: list[bytes],
+    content_types: list[str | None],
+    timestamps_ms: list[int],
+    synthetic: list[bool],
+    runs: list[int | None] | None = None,
+) -> pa.RecordBatch:
     """Decode raw-topic message values into one record batch with ``OUTPUT_SCHEMA``.
 
     Consecutive ``text/csv`` messages (one CSV line each, the peers' design) are decoded
-    together. A message that cannot be decoded gives one all-null row.
+    together. A message that cannot be decoded gives one all-null row (malformed); a
+    control message gives one all-null row with ``run`` and ``run_event`` set.
 
     Args:
         values, content_types, timestamps_ms, synthetic: per message, length M.
+        runs: per message, the ``dtmon-run`` header as an int (None: no header); default all None.
     Returns:
-        record batch of N rows (N = rows in all messages, + 1 per undecodable message).
+        record batch of N rows (N = rows in all messages, + 1 per undecodable or control message).
     """
+    no_run = -1  # stands for null until the Arrow column is built
+    runs = [no_run] * len(values) if runs is None else [no_run if r is None else r for r in runs]
     tables: list[pa.Table] = []
-    produced: list[np.ndarray] = []
-    flags: list[np.ndarray] = []
+    extra: list[tuple] = []  # per table: produced_ms, synthetic, run, run_event (scalars or per-row lists)
 
-    def add(table: pa.Table, ts: int | np.ndarray, syn: bool | np.ndarray) -> None:
+    def add(table: pa.Table, ts, syn, run, event: int = RUN_DATA) -> None:
         tables.append(table)
-        produced.append(np.broadcast_to(np.asarray(ts, dtype=np.int64), (table.num_rows,)))
-        flags.append(np.broadcast_to(np.asarray(syn, dtype=bool), (table.num_rows,)))
+        extra.append((ts, syn, run, event))
 
     i = 0
     while i < len(values):
@@ -161,23 +219,41 @@ def decode_records(values: list[bytes], content_types: list[str | None], timesta
             chunk = [v if v.endswith(b"\n") else v + b"\n" for v in values[i:j]]
             table = decode_csv(b"".join(chunk)).table
             if table.num_rows == j - i:
-                add(table, np.asarray(timestamps_ms[i:j]), np.asarray(synthetic[i:j]))
-            else:  # multi-line CSV messages: the per-row timestamp of the block's first message
-                add(table, timestamps_ms[i], synthetic[i])
+                add(table, timestamps_ms[i:j], synthetic[i:j], runs[i:j])
+            else:  # multi-line CSV messages: the block's first message stamps every row
+                add(table, timestamps_ms[i], synthetic[i], runs[i])
             i = j
             continue
         try:
-            add(decode_message(values[i], content_types[i]), timestamps_ms[i], synthetic[i])
+            if content_types[i] == CONTENT_TYPE_CONTROL:
+                run, event = parse_control(values[i], None if runs[i] == no_run else runs[i])
+                add(_null_row(), timestamps_ms[i], synthetic[i], no_run if run is None else run, event)
+            else:
+                add(decode_message(values[i], content_types[i]), timestamps_ms[i], synthetic[i], runs[i])
         except DecodeError as exc:
             log.error("undecodable raw message (%s): counted as one malformed row", exc)
-            add(pa.Table.from_pylist([{}], HIT_SCHEMA), timestamps_ms[i], synthetic[i])
+            add(_null_row(), timestamps_ms[i], synthetic[i], runs[i])
         i += 1
     if not tables:
         return pa.RecordBatch.from_pylist([], OUTPUT_SCHEMA)
     rows = pa.concat_tables(tables).combine_chunks()
-    columns = list(rows.columns) + [pa.array(np.concatenate(produced)), pa.array(np.concatenate(flags))]
-    return pa.RecordBatch.from_arrays([c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c for c in columns],
-                                      schema=OUTPUT_SCHEMA)
+    sizes = [t.num_rows for t in tables]
+
+    def column(k: int, dtype) -> np.ndarray:
+        return np.concatenate([np.broadcast_to(np.asarray(e[k], dtype), (n,)) for e, n in zip(extra, sizes)])
+
+    run = column(2, np.int64)
+    columns = [c.combine_chunks() for c in rows.columns] + [
+        pa.array(column(0, np.int64)),
+        pa.array(column(1, bool)),
+        pa.array(run, type=pa.int32(), mask=run == no_run),
+        pa.array(column(3, np.int8)),
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=OUTPUT_SCHEMA)
+
+
+def _null_row() -> pa.Table:
+    return pa.Table.from_pylist([{}], HIT_SCHEMA)
 
 
 def read_range(
@@ -201,6 +277,7 @@ def read_range(
     ctypes: list[str | None] = []
     stamps: list[int] = []
     synthetic: list[bool] = []
+    runs: list[int | None] = []
     pending_bytes = 0
     next_offset = rng.start
     last_progress = time.monotonic()
@@ -225,15 +302,16 @@ def read_range(
                 ctypes.append(headers.get("content-type"))
                 stamps.append(msg.timestamp()[1])
                 synthetic.append(headers.get("dtmon-synthetic") == "1")
+                runs.append(parse_run(headers.get("dtmon-run")))
                 pending_bytes += len(values[-1])
                 last_progress = time.monotonic()
                 if pending_bytes >= bytes_per_batch or len(values) >= 10_000:
-                    yield decode_records(values, ctypes, stamps, synthetic)
-                    values, ctypes, stamps, synthetic, pending_bytes = [], [], [], [], 0
+                    yield decode_records(values, ctypes, stamps, synthetic, runs)
+                    values, ctypes, stamps, synthetic, runs, pending_bytes = [], [], [], [], [], 0
             if time.monotonic() - last_progress > stall_timeout_s:
                 raise TimeoutError(f"no message for {stall_timeout_s} s at offset {next_offset} of {rng}")
         if values:
-            yield decode_records(values, ctypes, stamps, synthetic)
+            yield decode_records(values, ctypes, stamps, synthetic, runs)
     finally:
         consumer.close()
 

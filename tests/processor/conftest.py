@@ -12,6 +12,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from dtmon.hits import decode_csv
 from dtmon.settings import load_settings
 from dtmon.wire import CONTENT_TYPE_ARROW, encode_arrow
+from processor.kafka_source import OUTPUT_SCHEMA
 
 
 @pytest.fixture(scope="session")
@@ -38,16 +39,22 @@ def create_topic(bootstrap: str, topic: str, partitions: int = 1) -> None:
         future.result(30)
 
 
-def produce_table(bootstrap: str, topic: str, table: pa.Table, rows_per_message: int, partitions: int = 1) -> int:
-    """Send ``table`` as Arrow messages, round-robin over partitions; return the message count."""
+def produce_table(
+    bootstrap: str, topic: str, table: pa.Table, rows_per_message: int, partitions: int = 1, run: int | None = None
+) -> int:
+    """Send ``table`` as Arrow messages, round-robin over partitions; return the message count.
+
+    With ``run``, every message carries header ``dtmon-run``.
+    """
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5})
+    headers = [("content-type", CONTENT_TYPE_ARROW.encode())] + ([("dtmon-run", str(run).encode())] if run is not None else [])
     count = 0
     for start in range(0, table.num_rows, rows_per_message):
         producer.produce(
             topic,
             value=encode_arrow(table.slice(start, rows_per_message)),
             partition=count % partitions,
-            headers=[("content-type", CONTENT_TYPE_ARROW.encode())],
+            headers=headers,
         )
         count += 1
     assert producer.flush(30) == 0
@@ -76,4 +83,58 @@ def expected_outputs(frame: pd.DataFrame) -> dict:
         "hits_per_chamber": occupancy.sum(axis=1),
         "occupancy": occupancy,
         "multiplicity": multiplicity,
+    }
+
+
+def with_source_columns(table: pa.Table, produced_ms: int = 1_700_000_000_000, run: int | None = None) -> pa.Table:
+    """Add the columns the Kafka source adds: Kafka timestamp (ms, one per row, increasing),
+    synthetic flag, run (``run`` or null) and run event 0 (data rows)."""
+    n = table.num_rows
+    return pa.Table.from_arrays(
+        list(table.columns)
+        + [
+            pa.array(np.arange(n, dtype=np.int64) + produced_ms),
+            pa.array(np.zeros(n, bool)),
+            pa.array([run] * n, pa.int32()),
+            pa.array(np.zeros(n, np.int8)),
+        ],
+        schema=OUTPUT_SCHEMA,
+    )
+
+
+# Per-chamber scintillator offsets in ns, from the domain notes section 4 (course PDF 4.2.4).
+OFFSETS_NS = np.array([95.0 - 1.1, 95.0 + 6.4, 95.0 + 0.5, 95.0 - 2.6])
+
+
+def expected_extras(frame: pd.DataFrame, scint: tuple[int, int], edges: np.ndarray, max_gap: int) -> dict:
+    """Version-2 outputs computed independently with pandas from DAQ rows.
+
+    E1: occupancy (4, 64) of chamber hits in orbits that hold a hit on FPGA/channel
+    ``scint``. E2: per chamber, np.histogram of DRIFTIME = t_hit - min t_scint of the orbit
+    + offset[chamber], t = 25 (ORBIT_CNT 3564 + BX_COUNTER + TDC_MEAS / 30) ns, over
+    ``edges``. Detector time: distinct HEAD 2 orbits, sorted; gaps > ``max_gap`` are jumps;
+    span = kept gaps + one orbit per segment, 89.1 us per orbit.
+    """
+    hits = frame[frame.HEAD == 2].copy()
+    hits["t"] = 25.0 * (hits.ORBIT_CNT * 3564 + hits.BX_COUNTER + hits.TDC_MEAS / 30)
+    t_scint = hits[(hits.FPGA == scint[0]) & (hits.TDC_CHANNEL == scint[1])].groupby("ORBIT_CNT").t.min()
+    cells = hits[(hits.TDC_CHANNEL <= 127) & hits.FPGA.isin([0, 1])].copy()
+    cells["chamber"] = cells.FPGA.astype(int) * 2 + (cells.TDC_CHANNEL >= 64).astype(int)
+    tagged = cells[cells.ORBIT_CNT.isin(t_scint.index)].copy()
+    tagged["drift"] = tagged.t - t_scint.loc[tagged.ORBIT_CNT].to_numpy() + OFFSETS_NS[tagged.chamber.to_numpy()]
+    occupancy_scint = np.zeros((4, 64), dtype=int)
+    np.add.at(occupancy_scint, (tagged.chamber.to_numpy(), tagged.TDC_CHANNEL.to_numpy() % 64), 1)
+    drift = np.array([np.histogram(tagged.drift[tagged.chamber == c], bins=edges)[0] for c in range(4)])
+    orbits = np.unique(hits.ORBIT_CNT.to_numpy())
+    gaps = np.diff(orbits)
+    jumps = int((gaps > max_gap).sum())
+    span = int(gaps[gaps <= max_gap].sum()) + jumps + 1 if len(orbits) else 0
+    return {
+        "occupancy_scint": occupancy_scint,
+        "drift_time": drift,
+        "drift_values": tagged.drift.to_numpy(),
+        "orbits_with_scintillator": len(t_scint),
+        "detector_orbits": span,
+        "detector_time_s": span * 3564 * 25e-9 if span else None,
+        "orbit_jumps": jumps,
     }

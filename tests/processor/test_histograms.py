@@ -7,20 +7,11 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from dtmon.hits import HIT_SCHEMA
 from dtmon.schema import ResultsMessage
 from processor.histograms import BatchAggregates, aggregate_batch, build_message
-from dtmon.hits import HIT_SCHEMA
-from processor.kafka_source import OUTPUT_SCHEMA, SPARK_SCHEMA
-from tests.processor.conftest import expected_outputs
-
-
-def with_source_columns(table: pa.Table, produced_ms: int = 1_700_000_000_000) -> pa.Table:
-    """Add the columns the Kafka source adds (Kafka timestamp, synthetic flag)."""
-    n = table.num_rows
-    return pa.Table.from_arrays(
-        list(table.columns) + [pa.array(np.arange(n, dtype=np.int64) + produced_ms), pa.array(np.zeros(n, bool))],
-        schema=OUTPUT_SCHEMA,
-    )
+from processor.kafka_source import SPARK_SCHEMA
+from tests.processor.conftest import expected_outputs, with_source_columns
 
 
 def as_frame(spark, table: pa.Table):
