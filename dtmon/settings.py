@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     starting_offsets: str = Field("latest", description="where a new query starts in the raw topic: earliest or latest")
     max_offsets_per_trigger: int | None = Field(None, ge=1, description="cap on Kafka messages read per micro-batch")
     spark_master: str = Field("local[*]", description="Spark master URL, e.g. local[*] or spark://host:7077")
-    shuffle_partitions: int = Field(4, ge=1, description="spark.sql.shuffle.partitions for the per-batch aggregations")
+    shuffle_partitions: int = Field(2, ge=1, description="spark.sql.shuffle.partitions for the per-batch aggregations")
     scint_fpga: int = Field(1, ge=0, le=7, description="FPGA of the scintillator (t0) channel (course PDF: 1)")
     scint_channel: int = Field(
         128, ge=0, le=511, description="TDC_CHANNEL of the scintillator (course PDF: 128; the genuine rows show 138)"

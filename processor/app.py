@@ -32,15 +32,18 @@ def spark_session(settings: Settings, app_name: str = "dtmon-processor") -> Spar
     """
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    spark = (
+    builder = (
         SparkSession.builder.appName(app_name)
         .master(settings.spark_master)
         .config("spark.sql.shuffle.partitions", str(settings.shuffle_partitions))
         .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.streaming.stopGracefullyOnShutdown", "true")
         .config("spark.executorEnv.PYSPARK_PYTHON", sys.executable)
-        .getOrCreate()
     )
+    if settings.spark_master.startswith("local"):  # nothing outside this machine talks to a local driver
+        builder = builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
+    spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     spark.dataSource.register(KafkaDataSource)
     return spark

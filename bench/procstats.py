@@ -1,0 +1,201 @@
+"""CPU seconds and peak RSS of process trees, read from ``/proc`` (psutil is not needed).
+
+A *tree* is a root process and all its descendants (e.g. the processor's JVM and its
+Python workers). ``TreeSampler`` reads ``/proc/<pid>/stat`` and ``/proc/<pid>/status``
+every ``interval_s`` seconds in a thread:
+
+* CPU seconds of a tree = sum over its live processes of utime + stime + cutime + cstime
+  (``cutime``/``cstime`` hold the children a process has already reaped, so processes
+  that ended inside the tree are counted too), divided by ``SC_CLK_TCK``;
+* peak RSS of a tree = the largest of (sum of ``VmRSS`` over the tree at one sample) and
+  (the largest single ``VmHWM``), in bytes.
+
+When the root is reaped with ``os.wait4`` (``reap``), the kernel's CPU total
+(``ru_utime + ru_stime``, reaped descendants included) is folded in, so the last moments
+after the final sample are not lost. ``ru_maxrss`` is NOT used: on Linux a child's value
+starts from its parent's RSS at fork time, so it would report the benchmark's own size.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PROC = Path("/proc")
+
+
+@dataclass(frozen=True)
+class ProcSample:
+    """One process at one moment: parent pid, CPU seconds (own + reaped children), RSS and HWM in bytes."""
+
+    pid: int
+    ppid: int
+    cpu_s: float
+    rss: int
+    hwm: int
+
+
+def parse_stat(text: str) -> tuple[int, float]:
+    """(ppid, utime+stime+cutime+cstime in s) from the text of ``/proc/<pid>/stat``.
+
+    The command name (field 2) is in parentheses and may hold spaces, so fields are
+    counted after the last ``)``: field 4 = ppid, 14-17 = utime, stime, cutime, cstime
+    (clock ticks; proc(5)).
+    """
+    rest = text[text.rindex(")") + 2 :].split()
+    ppid = int(rest[1])
+    ticks = sum(int(v) for v in rest[11:15])
+    return ppid, ticks / CLK_TCK
+
+
+def parse_status_kb(text: str, key: str) -> int:
+    """Value in bytes of a ``kB`` line of ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``); 0 if absent."""
+    for line in text.splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def read_process(pid: int) -> ProcSample | None:
+    """Sample one process; None if it is gone."""
+    try:
+        ppid, cpu = parse_stat((PROC / str(pid) / "stat").read_text())
+        status = (PROC / str(pid) / "status").read_text()
+    except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
+        return None
+    return ProcSample(pid, ppid, cpu, parse_status_kb(status, "VmRSS"), parse_status_kb(status, "VmHWM"))
+
+
+def parent_map() -> dict[int, int]:
+    """pid -> ppid of every process on the machine."""
+    parents = {}
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parents[int(entry.name)] = parse_stat((entry / "stat").read_text())[0]
+        except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
+            continue
+    return parents
+
+
+def descendants(root: int, parents: dict[int, int]) -> list[int]:
+    """``root`` and every process below it in ``parents`` (pid -> ppid), root first."""
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += children.get(pid, [])
+    return out
+
+
+@dataclass
+class TreeUsage:
+    """Running totals of one tree: CPU s and peak RSS in bytes."""
+
+    cpu_s: float = 0.0
+    peak_rss: int = 0
+
+
+class TreeSampler:
+    """Samples the trees of registered root pids every ``interval_s`` s until ``close()``."""
+
+    def __init__(self, interval_s: float = 0.25):
+        self.interval_s = interval_s
+        self.roots: dict[str, int] = {}
+        self.usage: dict[str, TreeUsage] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-proc-sampler", daemon=True)
+        self._thread.start()
+
+    def add(self, name: str, pid: int) -> None:
+        """Follow the tree of ``pid`` under ``name`` (a name added again restarts its totals)."""
+        with self._lock:
+            self.roots[name] = pid
+            self.usage[name] = TreeUsage()
+
+    def sample(self) -> None:
+        """Take one sample of every registered tree whose root is alive."""
+        with self._lock:
+            roots = dict(self.roots)
+        if not roots:
+            return
+        parents = parent_map()
+        for name, root in roots.items():
+            if root not in parents:
+                continue
+            procs = [p for p in (read_process(pid) for pid in descendants(root, parents)) if p is not None]
+            if not procs or procs[0].pid != root:
+                continue
+            with self._lock:
+                usage = self.usage[name]
+                usage.cpu_s = max(usage.cpu_s, sum(p.cpu_s for p in procs))
+                usage.peak_rss = max(usage.peak_rss, sum(p.rss for p in procs), max(p.hwm for p in procs))
+
+    def reap(self, name: str, rusage) -> None:
+        """Fold in the kernel's totals from ``os.wait4`` for the root of ``name`` and stop following it."""
+        with self._lock:
+            usage = self.usage.setdefault(name, TreeUsage())
+            if rusage is not None:
+                usage.cpu_s = max(usage.cpu_s, rusage.ru_utime + rusage.ru_stime)
+            self.roots.pop(name, None)
+
+    def forget(self, name: str) -> None:
+        """Stop following ``name`` (keeps its totals)."""
+        with self._lock:
+            self.roots.pop(name, None)
+
+    def cpu_now(self) -> dict[str, float]:
+        """Take a sample now and return CPU seconds so far per tree (to measure a window)."""
+        self.sample()
+        with self._lock:
+            return {n: u.cpu_s for n, u in self.usage.items()}
+
+    def result(self, cpu_since: dict[str, float] | None = None, cpu_until: dict[str, float] | None = None
+               ) -> dict[str, dict[str, float]]:
+        """``{name: {"cpu_s": s, "peak_rss_mb": MB}}`` for every tree seen.
+
+        With ``cpu_since``/``cpu_until`` (from ``cpu_now``), CPU seconds are those spent
+        between the two; peak RSS is always over the whole life.
+        """
+        since, until = cpu_since or {}, cpu_until or {}
+        with self._lock:
+            return {
+                n: {"cpu_s": round(until.get(n, u.cpu_s) - since.get(n, 0.0), 1), "peak_rss_mb": round(u.peak_rss / 1e6)}
+                for n, u in self.usage.items()
+            }
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.sample()
+            except Exception:  # noqa: BLE001, S112 - a sampling hiccup must not end the benchmark
+                continue
+
+    def close(self) -> None:
+        """Stop the sampling thread."""
+        self._stop.set()
+        self._thread.join(5)
+
+
+def wait_reap(pid: int, timeout_s: float):
+    """Wait for child ``pid`` with ``os.wait4``; return (rusage, wait status), or None on timeout / not our child."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            done, status, rusage = os.wait4(pid, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if done == pid:
+            return rusage, status
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.05)
