@@ -133,6 +133,13 @@ def pacing(opts: Options, rate: float) -> dict:
 
 
 WARMUP_ROWS = 20_000
+
+
+def warmup_rows_for(rate: float, trigger_s: float) -> int:
+    """Rows sent (at full speed) before a live scenario's clock starts: about three
+    micro-batches' worth at ``rate`` (20 000 .. 2 000 000), so the JVM's JIT and the
+    Python workers are warm as in a processor that has been running for a while."""
+    return int(max(WARMUP_ROWS, min(3 * rate * trigger_s, 2_000_000)))
 """Rows sent (and processed) before a live measurement starts, so Spark's first-batch
 warm-up (Python workers, imports, JIT: 10-30 s here) is not in the numbers."""
 
@@ -146,6 +153,7 @@ def live(opts: Options, scenario: str, rate: float, trigger_s: float, seconds: f
     from the producer's start until the processor caught up (or gave up catching up).
     ``check(stats, backlog_s) -> bool`` decides ``floor_met``.
     """
+    warmup_rows = warmup_rows_for(rate, trigger_s)
     stack = _stack(opts, scenario.replace(" ", "_").replace("/", "-").replace(",", ""))
     reader = browser = None
     t_plot = None
@@ -157,9 +165,9 @@ def live(opts: Options, scenario: str, rate: float, trigger_s: float, seconds: f
         reader = ResultsReader(stack.bootstrap, RESULTS)
         processor = stack.processor(RAW, RESULTS, trigger_s)
         t_ready = stack.wait_for_log(processor, READY_MARK, 300) - processor.started
-        warm = stack.producer("warm-up", str(opts.input_dir), RAW, 0, max_rows=WARMUP_ROWS, partitions=partitions)
+        warm = stack.producer("warm-up", str(opts.input_dir), RAW, 0, max_rows=warmup_rows, partitions=partitions)
         stack.wait(warm, 300)
-        if not reader.wait_rows(WARMUP_ROWS, 300, alive=processor):
+        if not reader.wait_rows(warmup_rows, 300, alive=processor):
             raise RuntimeError(f"processor did not process the warm-up rows:\n{processor.log_text()[-3000:]}")
         t_warm = time.monotonic() - processor.started
         if opts.dashboard:
@@ -173,11 +181,11 @@ def live(opts: Options, scenario: str, rate: float, trigger_s: float, seconds: f
         code = stack.wait(producer, seconds + 300)
         producer_end = time.time()
         summary = parse_producer_summary(producer.log_text()) or {"rows": 0, "rows_per_s": None}
-        behind_rows = WARMUP_ROWS + summary["rows"] - reader.rows()
-        caught_up = reader.wait_rows(WARMUP_ROWS + summary["rows"], max(60.0, min(120.0, seconds)), alive=processor)
+        behind_rows = warmup_rows + summary["rows"] - reader.rows()
+        caught_up = reader.wait_rows(warmup_rows + summary["rows"], max(60.0, min(120.0, seconds)), alive=processor)
         drain_s = time.time() - producer_end
         cpu_until = stack.sampler.cpu_now()
-        rows_in_window = reader.rows() - WARMUP_ROWS
+        rows_in_window = reader.rows() - warmup_rows
     finally:
         if browser is not None:
             browser.close()

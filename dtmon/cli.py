@@ -609,7 +609,7 @@ def generate_synthetic(directory: Path, stack: Stack, env: dict[str, str], log: 
 
 
 def stage_commands(settings: Settings, checkpoint: Path, dashboard_port: int) -> dict[str, list[str]]:
-    """Command lines of producer, processor and dashboard, in start order.
+    """Command lines of producer, processor and dashboard (``up`` starts the processor first).
 
     The remaining settings reach them as ``DTMON_*`` variables (``child_env``); the
     processor starts a fresh query at the earliest offset, the dashboard binds loopback.
@@ -732,6 +732,16 @@ def up(
                     logs / "broker.log",
                 )
                 settings = settings.model_copy(update={"bootstrap_servers": broker.address})
+            create_topics(settings.bootstrap_servers, {settings.raw_topic: settings.raw_partitions,
+                                                       settings.results_topic: 1})  # fmt: skip
+            ensure_port_free("127.0.0.1", dashboard_port, "dashboard", "--dashboard-port")
+            url = f"http://127.0.0.1:{dashboard_port}/dashboard"
+            addresses = {"producer": f"-> {settings.raw_topic}", "processor": f"-> {settings.results_topic}",
+                         "dashboard": url}  # fmt: skip
+            # the processor first: Spark starts while S3 is seeded (it reads the raw topic from its start)
+            commands = stage_commands(settings, checkpoint, dashboard_port)
+            stack.spawn("processor", commands["processor"], logs / "processor.log", child_env(settings, dict(os.environ)),
+                        addresses["processor"])  # fmt: skip
             if uploads:
                 ensure_port_free("127.0.0.1", s3_port, "S3 server", "--s3-port")
                 s3 = stack.start_service(lambda: start_s3("127.0.0.1", s3_port, logs / "s3.log", startup_timeout),
@@ -739,17 +749,12 @@ def up(
                 seed(s3.address, bucket, uploads)
                 settings = settings.model_copy(update={"source": f"s3://{bucket}/", "s3_endpoint_url": s3.address})
             write_state(state_file, stack, started)
-            create_topics(settings.bootstrap_servers, {settings.raw_topic: settings.raw_partitions,
-                                                       settings.results_topic: 1})  # fmt: skip
 
-            # the three stages
-            ensure_port_free("127.0.0.1", dashboard_port, "dashboard", "--dashboard-port")
+            # then the producer and the dashboard
             env = child_env(settings, dict(os.environ))
-            url = f"http://127.0.0.1:{dashboard_port}/dashboard"
-            addresses = {"producer": f"-> {settings.raw_topic}", "processor": f"-> {settings.results_topic}",
-                         "dashboard": url}  # fmt: skip
             for name, cmd in stage_commands(settings, checkpoint, dashboard_port).items():
-                stack.spawn(name, cmd, logs / f"{name}.log", env, addresses[name])
+                if name != "processor":
+                    stack.spawn(name, cmd, logs / f"{name}.log", env, addresses[name])
             write_state(state_file, stack, started)
             wait_for_http(url, startup_timeout, stack)
 

@@ -2,14 +2,14 @@
 the extras E1/E2 (section 5.2.4: scintillator-tagged occupancy, drift time), detector time
 and run markers.
 
-``aggregate_batch`` runs in Spark: one pass over the micro-batch groups every row by
-(chamber, local channel, orbit, scintillator flag, hit time, run, run event); non-hit rows
-collapse into a handful of groups, hits stay about one group each. That table is cached;
-one Spark job reduces it to the totals, one more (a union) to every histogram: occupancy,
-multiplicity, the per-orbit earliest scintillator time broadcast-joined back to the
-chamber hits for E1 and E2, and the hit orbits per ``max_orbit_gap`` bucket for the
-detector time. Only the reduced rows (a few hundred) reach the driver.
-``build_message`` (pure) turns them into the results message.
+``aggregate_batch`` is one Spark job of two stages. The one shuffle sends every row to a
+partition chosen by its ORBIT_CNT, so each partition holds whole orbits (a muon's chamber
+hits and its scintillator hit share the orbit). One ``mapInArrow`` pass then reduces each
+partition with numpy (``reduce_rows``) to a single small row of partial sums: counts,
+flattened histograms, orbit buckets, run markers. The driver collects those rows (one per
+shuffle partition) as Arrow and adds them up (``merge_aggregates``). ``reduce_rows`` and
+``merge_aggregates`` are pure and tested without Spark. ``build_message`` (pure) turns the
+result into the results message.
 
 Orbits are matched within the micro-batch: the DAQ interleaves the two FPGAs' words in
 blocks, so an orbit split across two micro-batches loses its scintillator tag for the
@@ -19,10 +19,13 @@ part that lands in the other batch (its hits then count only in the untagged out
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-from pyspark.sql import Column, DataFrame
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import Column, DataFrame, Observation
 from pyspark.sql import functions as F
 
 from dtmon.hits import (
@@ -32,7 +35,7 @@ from dtmon.hits import (
     HEAD_HIT,
     MAX_CHAMBER_CHANNEL,
     N_CHAMBERS,
-    TDC_PER_BX,
+    hit_time_ns,
 )
 from dtmon.schema import (
     MULTIPLICITY_EDGES,
@@ -51,14 +54,8 @@ from processor.state import RunStatus
 ORBIT_S = BX_PER_ORBIT * BX_NS * 1e-9
 """One orbit in s: 3564 BX x 25 ns = 89.1 us."""
 
-
-def hit_time_column() -> Column:
-    """Spark expression of the absolute hit time in ns (double), the twin of ``dtmon.hits.hit_time_ns``.
-
-    ``25 * (ORBIT_CNT * 3564 + BX_COUNTER + TDC_MEAS / 30)`` (PDF section 4.2.4, ABSOLUTETIME);
-    the integer part is exact in 64 bits, so the result equals numpy's bit for bit.
-    """
-    return F.lit(BX_NS) * (F.col("ORBIT_CNT") * BX_PER_ORBIT + F.col("BX_COUNTER") + F.col("TDC_MEAS") / TDC_PER_BX)
+_OFFSETS_NS = np.asarray(SCINT_CHAMBER_OFFSET_NS, np.float64)
+_CELLS = N_CHAMBERS * CELLS_PER_CHAMBER
 
 
 def drift_time_edges(low_ns: float, high_ns: float, bin_ns: float) -> list[float]:
@@ -98,30 +95,22 @@ def detector_span(buckets: np.ndarray, max_gap: int) -> tuple[int, int]:
     return int((b[:, 1] - b[:, 0] + 1).sum() + (gaps[kept] - 1).sum()), int((~kept).sum())
 
 
-def chamber_column() -> Column:
-    """Spark expression of the chamber (0-3) of a hit, null for anything else.
-
-    Same map as ``dtmon.hits.chamber_of`` (PDF section 4.2.2): chamber = 2*FPGA + (channel >= 64)
-    for HEAD == 2, FPGA 0/1, TDC_CHANNEL 0-127.
-    """
-    in_chamber = (
-        (F.col("HEAD") == HEAD_HIT)
-        & F.col("FPGA").between(0, 1)
-        & F.col("TDC_CHANNEL").between(0, MAX_CHAMBER_CHANNEL)
-    )
-    return F.when(in_chamber, F.col("FPGA").cast("int") * 2 + (F.col("TDC_CHANNEL") >= CELLS_PER_CHAMBER).cast("int"))
+def _zeros_cells() -> np.ndarray:
+    return np.zeros((N_CHAMBERS, CELLS_PER_CHAMBER), np.int64)
 
 
 @dataclass
 class BatchAggregates:
-    """What one micro-batch reduces to, before it becomes a message.
+    """What one micro-batch (or one partition of it) reduces to, before it becomes a message.
 
     Arrays: ``occupancy`` and ``occupancy_scint`` (4, 64) hits per chamber and local
     channel (all orbits / orbits with a scintillator hit); ``multiplicity`` (4, 64) orbits
     per chamber with k = 1..64 distinct active channels (index k-1); ``drift_time``
-    (4, len(drift_edges) - 1) hits per DRIFTIME bin, ``drift_edges`` in ns.
-    Times in ms since the epoch. ``run_events``: (run, event, Kafka ms) of the control
-    messages in the batch, event ``kafka_source.RUN_START`` or ``RUN_END``.
+    (4, len(drift_edges) - 1) hits per DRIFTIME bin, ``drift_edges`` in ns;
+    ``orbit_buckets`` (B, 3) int64: bucket ``orbit div max_gap``, lowest and highest hit
+    orbit in it. Times in ms since the epoch. ``newest_ms``/``run``: Kafka time and run of
+    the newest row that has a run. ``run_events``: (run, event, Kafka ms) of the control
+    messages, event ``kafka_source.RUN_START`` or ``RUN_END``.
     """
 
     rows_read: int = 0
@@ -134,15 +123,17 @@ class BatchAggregates:
     produced_first_ms: int | None = None
     produced_last_ms: int | None = None
     synthetic: bool = False
-    occupancy: np.ndarray = field(default_factory=lambda: np.zeros((N_CHAMBERS, CELLS_PER_CHAMBER), np.int64))
-    multiplicity: np.ndarray = field(default_factory=lambda: np.zeros((N_CHAMBERS, CELLS_PER_CHAMBER), np.int64))
-    occupancy_scint: np.ndarray = field(default_factory=lambda: np.zeros((N_CHAMBERS, CELLS_PER_CHAMBER), np.int64))
+    occupancy: np.ndarray = field(default_factory=_zeros_cells)
+    multiplicity: np.ndarray = field(default_factory=_zeros_cells)
+    occupancy_scint: np.ndarray = field(default_factory=_zeros_cells)
     drift_edges: list[float] = field(default_factory=lambda: drift_time_edges(-200.0, 600.0, 5.0))
     drift_time: np.ndarray | None = None
     scintillator: tuple[int, int] = (1, 128)
     orbits_with_scintillator: int = 0
+    orbit_buckets: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))
     detector_orbits: int = 0
     orbit_jumps: int = 0
+    newest_ms: int | None = None
     run: int | None = None
     run_events: list[tuple[int | None, int, int]] = field(default_factory=list)
 
@@ -156,174 +147,325 @@ class BatchAggregates:
         return self.detector_orbits * ORBIT_S if self.detector_orbits else None
 
 
-def aggregate_batch(rows: DataFrame, settings: Settings | None = None) -> BatchAggregates:
-    """Reduce one micro-batch of DAQ rows to the task 1-4 outputs and the extras, in Spark.
+@dataclass(frozen=True)
+class Binning:
+    """What ``reduce_rows`` needs from the settings: scintillator (FPGA, TDC_CHANNEL),
+    drift-time edges in ns, and the orbit gap (orbits) beyond which detector time jumps."""
 
-    Extras (course PDF 5.2.4): the scintillator is the hit with HEAD 2, FPGA
-    ``settings.scint_fpga``, TDC_CHANNEL ``settings.scint_channel``; its earliest time per
-    orbit is t_scint. E1 = occupancy of chamber hits in orbits with a scintillator hit;
-    E2 = DRIFTIME = t_hit - t_scint + SCINT_CHAMBER_OFFSET_NS[chamber] for those hits,
-    histogrammed in ``drift_time_edges(...)`` bins; values outside the range are dropped
-    (not counted anywhere). Detector time: ``detector_span`` of all hit orbits (HEAD 2)
-    with ``settings.max_orbit_gap``.
+    scintillator: tuple[int, int]
+    drift_edges: tuple[float, ...]
+    drift_bin_ns: float
+    max_orbit_gap: int
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> "Binning":
+        """Raises ValueError for an empty drift-time range."""
+        edges = drift_time_edges(s.drift_time_min_ns, s.drift_time_max_ns, s.drift_time_bin_ns)
+        return cls((s.scint_fpga, s.scint_channel), tuple(edges), s.drift_time_bin_ns, s.max_orbit_gap)
+
+
+def _ints(column: pa.ChunkedArray | pa.Array, fill: int) -> np.ndarray:
+    return pc.fill_null(column, fill).to_numpy().astype(np.int64, copy=False)
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of a 1-D int array (sort-based: faster here than ``np.unique``'s hashing)."""
+    ordered = np.sort(values)
+    return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))] if len(ordered) else ordered
+
+
+def reduce_rows(rows: pa.Table, binning: Binning) -> BatchAggregates:
+    """Reduce DAQ rows holding whole orbits to every per-batch output, with numpy (pure).
+
+    Definitions (course PDF 5.2 and 5.2.4; ``dtmon.hits`` for the map and the time):
+    a hit is a row with HEAD 2; a chamber hit has FPGA 0/1 and TDC_CHANNEL 0-127, chamber
+    = 2 FPGA + (TDC_CHANNEL >= 64), local channel = TDC_CHANNEL mod 64; t = 25 (ORBIT_CNT
+    3564 + BX_COUNTER + TDC_MEAS / 30) ns. Multiplicity: distinct local channels per
+    (orbit, chamber). The scintillator is the hit on ``binning.scintillator``; its earliest
+    time per orbit is t_scint. E1: occupancy of chamber hits in orbits with t_scint; E2:
+    DRIFTIME = t - t_scint + ``SCINT_CHAMBER_OFFSET_NS[chamber]``, bin
+    floor((DRIFTIME - edge_0) / width); values outside the edges are dropped. Detector
+    time: ``detector_span`` of the orbit buckets of all hits. Malformed rows have HEAD
+    null and run_event 0; control rows have run_event 1/2 and count only as run markers.
 
     Args:
-        rows: columns of ``processor.kafka_source.SPARK_SCHEMA``; malformed rows have HEAD
-            null and run_event 0, control rows have run_event 1 or 2.
-        settings: scintillator channel, drift-time range and bins, max orbit gap
-            (default: ``Settings()``).
+        rows: N rows with the columns of ``processor.kafka_source.OUTPUT_SCHEMA``; every
+            orbit present must be complete (all its rows of the micro-batch are here).
+        binning: scintillator, drift-time edges, max orbit gap.
     Returns:
-        ``BatchAggregates``. Runs two Spark jobs (totals, histograms); the source is scanned once.
-    Raises:
-        ValueError: an empty drift-time range in the settings.
+        ``BatchAggregates`` with ``detector_orbits``/``orbit_jumps`` filled.
     """
-    s = settings or Settings()
-    edges = drift_time_edges(s.drift_time_min_ns, s.drift_time_max_ns, s.drift_time_bin_ns)
-    keyed = _keyed_rows(rows, s.scint_fpga, s.scint_channel).persist()
-    # per hit orbit: a bit mask of the active local channels of each chamber, and the
-    # earliest scintillator time; the one shuffle of the hits (cached: three branches use it)
-    bit = F.expr("shiftleft(CAST(1 AS BIGINT), channel)")
-    per_orbit = (
-        keyed.where(F.col("orbit").isNotNull())
-        .groupBy("orbit")
-        .agg(
-            *[F.bit_or(F.when(F.col("chamber") == c, bit)).alias(f"mask{c}") for c in range(N_CHAMBERS)],
-            F.min(F.when(F.col("scint"), F.col("t_ns"))).alias("t_scint"),
-        )
-        .persist()
-    )
-    try:
-        totals = _totals(keyed).collect()[0]
-        histogram_rows = _histograms(keyed, per_orbit, edges, s.drift_time_bin_ns, s.max_orbit_gap).collect()
-    finally:
-        per_orbit.unpersist()
-        keyed.unpersist()
+    out = BatchAggregates(drift_edges=list(binning.drift_edges), scintillator=binning.scintillator)
+    if rows.num_rows == 0:
+        return out
+    event = _ints(rows["run_event"], RUN_DATA)
+    data = event == RUN_DATA
+    head_null = rows["HEAD"].is_null().to_numpy(zero_copy_only=False)
+    produced = _ints(rows["produced_ms"], 0)
+    out.rows_read = int(data.sum())
+    out.malformed_rows = int((head_null & data).sum())
+    out.produced_first_ms, out.produced_last_ms = int(produced.min()), int(produced.max())
+    out.synthetic = bool(pc.any(rows["synthetic"]).as_py() or False)
 
-    per_bucket = {k: {r["bin"]: r["n"] for r in histogram_rows if r["kind"] == k} for k in BUCKET_STATS}
-    orbits, jumps = detector_span(
-        np.array([(lo, per_bucket["orbit_hi"][b]) for b, lo in per_bucket["orbit_lo"].items()], np.int64).reshape(-1, 2),
-        s.max_orbit_gap,
-    )
-    out = BatchAggregates(
-        rows_read=int(totals["rows"]),
-        malformed_rows=int(totals["malformed"]),
-        hits=int(totals["hits"]),
-        hits_outside_chambers=int(totals["hits_outside"]),
-        orbit_min=totals["orbit_min"],
-        orbit_max=totals["orbit_max"],
-        orbits_with_hits=sum(per_bucket["chamber_orbits"].values()),
-        produced_first_ms=totals["produced_min"],
-        produced_last_ms=totals["produced_max"],
-        synthetic=bool(totals["synthetic"]),
-        drift_edges=edges,
-        scintillator=(s.scint_fpga, s.scint_channel),
-        orbits_with_scintillator=sum(per_bucket["scint_orbits"].values()),
-        detector_orbits=orbits,
-        orbit_jumps=jumps,
-        run=None if totals["newest"] is None else totals["newest"]["run"],
-        run_events=[(e["run"], e["run_event"], e["produced_ms"]) for e in totals["events"]],
-    )
-    targets = {
-        "occupancy": out.occupancy,
-        "multiplicity": out.multiplicity,
-        "occupancy_scint": out.occupancy_scint,
-        "drift_time": out.drift_time,
-    }
-    for row in histogram_rows:
-        if row["kind"] in targets:
-            targets[row["kind"]][row["chamber"], row["bin"]] = row["n"]
+    run_valid = rows["run"].is_valid().to_numpy(zero_copy_only=False)
+    if run_valid.any():
+        run = _ints(rows["run"], -1)
+        newest = produced[run_valid].max()
+        out.newest_ms = int(newest)
+        out.run = int(run[run_valid & (produced == newest)].max())
+    control = ~data
+    if control.any():
+        run_list = rows["run"].to_pylist()
+        out.run_events = [(run_list[i], int(event[i]), int(produced[i])) for i in np.flatnonzero(control)]
+
+    is_hit = _ints(rows["HEAD"], -1) == HEAD_HIT
+    hits = reduce_hits(rows.filter(pa.array(is_hit)), binning)
+    for name in HIT_FIELDS:
+        setattr(out, name, getattr(hits, name))
     return out
 
 
-def _keyed_rows(rows: DataFrame, scint_fpga: int, scint_channel: int) -> DataFrame:
-    """One row per source row: chamber, local channel (chamber hits), orbit (hits), scint
-    flag, t_ns (chamber and scintillator hits), plus run and bookkeeping columns."""
-    is_hit = F.col("HEAD") == HEAD_HIT
-    is_scint = F.coalesce(is_hit & (F.col("FPGA") == scint_fpga) & (F.col("TDC_CHANNEL") == scint_channel), F.lit(False))
-    chamber = chamber_column()
-    return rows.select(
-        chamber.alias("chamber"),
-        F.when(chamber.isNotNull(), F.col("TDC_CHANNEL") % CELLS_PER_CHAMBER).alias("channel"),
-        F.when(is_hit, F.col("ORBIT_CNT")).alias("orbit"),
-        is_scint.alias("scint"),
-        F.when(chamber.isNotNull() | is_scint, hit_time_column()).alias("t_ns"),
-        "HEAD",
-        "run",
-        "run_event",
-        "produced_ms",
-        "synthetic",
+HIT_FIELDS = ("hits", "hits_outside_chambers", "orbit_min", "orbit_max", "orbits_with_hits", "orbits_with_scintillator",
+              "occupancy", "multiplicity", "occupancy_scint", "drift_time", "orbit_buckets", "detector_orbits", "orbit_jumps")
+"""The ``BatchAggregates`` fields that come from the hits alone (``reduce_hits``)."""
+
+HIT_COLUMNS = ("FPGA", "TDC_CHANNEL", "ORBIT_CNT", "BX_COUNTER", "TDC_MEAS")
+"""The columns ``reduce_hits`` reads."""
+
+
+def reduce_hits(hits: pa.Table, binning: Binning) -> BatchAggregates:
+    """The hit fields (``HIT_FIELDS``) of ``reduce_rows`` from hit rows alone (pure).
+
+    Args:
+        hits: H rows with HEAD 2 and at least the ``HIT_COLUMNS``; every orbit present
+            must be complete.
+        binning: scintillator, drift-time edges, max orbit gap.
+    Returns:
+        ``BatchAggregates`` with only the ``HIT_FIELDS`` filled (counts of rows, Kafka
+        times and runs stay empty).
+    """
+    edges = np.asarray(binning.drift_edges, np.float64)
+    n_drift = len(edges) - 1
+    out = BatchAggregates(drift_edges=list(binning.drift_edges), scintillator=binning.scintillator)
+    out.hits = hits.num_rows
+    if out.hits == 0:
+        return out
+    fpga, channel = _ints(hits["FPGA"], -1), _ints(hits["TDC_CHANNEL"], -1)
+    orbit = _ints(hits["ORBIT_CNT"], 0)
+    t_ns = hit_time_ns(orbit, _ints(hits["BX_COUNTER"], 0), pc.fill_null(hits["TDC_MEAS"], 0.0).to_numpy())
+    out.orbit_min, out.orbit_max = int(orbit.min()), int(orbit.max())
+    orbits, orbit_index = np.unique(orbit, return_inverse=True)
+    orbit_index = orbit_index.reshape(-1)
+
+    scint = (fpga == binning.scintillator[0]) & (channel == binning.scintillator[1])
+    t_scint = np.full(len(orbits), np.inf)
+    np.minimum.at(t_scint, orbit_index[scint], t_ns[scint])
+    tagged_orbit = np.isfinite(t_scint)
+    out.orbits_with_scintillator = int(tagged_orbit.sum())
+
+    in_chamber = (fpga >= 0) & (fpga <= 1) & (channel >= 0) & (channel <= MAX_CHAMBER_CHANNEL)
+    out.hits_outside_chambers = int(out.hits - in_chamber.sum())
+    chamber = (fpga[in_chamber] * 2 + (channel[in_chamber] >= CELLS_PER_CHAMBER)).astype(np.int64)
+    local = channel[in_chamber] % CELLS_PER_CHAMBER
+    cell = chamber * CELLS_PER_CHAMBER + local
+    cell_orbit = orbit_index[in_chamber]
+    out.occupancy = np.bincount(cell, minlength=_CELLS).reshape(N_CHAMBERS, CELLS_PER_CHAMBER)
+    out.orbits_with_hits = int(_distinct(cell_orbit).size)
+    # multiplicity: distinct (orbit, chamber, channel), then channels per (orbit, chamber)
+    orbit_chamber, k = np.unique(_distinct(cell_orbit * _CELLS + cell) // CELLS_PER_CHAMBER, return_counts=True)
+    out.multiplicity = np.bincount((orbit_chamber % N_CHAMBERS) * CELLS_PER_CHAMBER + k - 1, minlength=_CELLS).reshape(
+        N_CHAMBERS, CELLS_PER_CHAMBER
     )
+    tagged = tagged_orbit[cell_orbit]
+    out.occupancy_scint = np.bincount(cell[tagged], minlength=_CELLS).reshape(N_CHAMBERS, CELLS_PER_CHAMBER)
+    drift = t_ns[in_chamber][tagged] - t_scint[cell_orbit[tagged]] + _OFFSETS_NS[chamber[tagged]]
+    drift_bin = np.floor((drift - edges[0]) / binning.drift_bin_ns)
+    kept = (drift_bin >= 0) & (drift_bin <= n_drift - 1)
+    out.drift_time = np.bincount(
+        chamber[tagged][kept] * n_drift + drift_bin[kept].astype(np.int64), minlength=N_CHAMBERS * n_drift
+    ).reshape(N_CHAMBERS, n_drift)
+
+    bucket = orbits // binning.max_orbit_gap
+    _, first = np.unique(bucket, return_index=True)
+    last = np.append(first[1:], len(orbits)) - 1
+    out.orbit_buckets = np.stack([bucket[first], orbits[first], orbits[last]], axis=1)
+    out.detector_orbits, out.orbit_jumps = detector_span(out.orbit_buckets[:, 1:], binning.max_orbit_gap)
+    return out
 
 
-def _totals(keyed: DataFrame) -> DataFrame:
-    """One row: counts, orbit range, Kafka time range, newest run and the run markers."""
+def _min(values: Iterable[int | None]) -> int | None:
+    present = [v for v in values if v is not None]
+    return min(present) if present else None
+
+
+def _max(values: Iterable[int | None]) -> int | None:
+    present = [v for v in values if v is not None]
+    return max(present) if present else None
+
+
+def merge_aggregates(parts: list[BatchAggregates], binning: Binning) -> BatchAggregates:
+    """Add up the partial aggregates of partitions that hold disjoint sets of whole orbits (pure).
+
+    Counts and histograms add; orbit and Kafka-time ranges take min/max; orbit buckets
+    merge per bucket (lowest lo, highest hi) before ``detector_span``; the run is that of
+    the newest row with a run (ties: the highest run); run markers are concatenated.
+    """
+    out = BatchAggregates(drift_edges=list(binning.drift_edges), scintillator=binning.scintillator)
+    if not parts:
+        return out
+    for name in ("rows_read", "malformed_rows", "hits", "hits_outside_chambers", "orbits_with_hits",
+                 "orbits_with_scintillator"):
+        setattr(out, name, sum(getattr(p, name) for p in parts))
+    for name in ("occupancy", "multiplicity", "occupancy_scint", "drift_time"):
+        setattr(out, name, np.sum([getattr(p, name) for p in parts], axis=0))
+    out.orbit_min, out.produced_first_ms = _min(p.orbit_min for p in parts), _min(p.produced_first_ms for p in parts)
+    out.orbit_max, out.produced_last_ms = _max(p.orbit_max for p in parts), _max(p.produced_last_ms for p in parts)
+    out.synthetic = any(p.synthetic for p in parts)
+    newest = [(p.newest_ms, p.run) for p in parts if p.newest_ms is not None]
+    if newest:
+        out.newest_ms, out.run = max(newest)
+    out.run_events = [e for p in parts for e in p.run_events]
+    buckets = np.concatenate([p.orbit_buckets for p in parts])
+    if len(buckets):
+        keys, index = np.unique(buckets[:, 0], return_inverse=True)
+        lo = np.full(len(keys), np.iinfo(np.int64).max)
+        hi = np.full(len(keys), np.iinfo(np.int64).min)
+        np.minimum.at(lo, index.reshape(-1), buckets[:, 1])
+        np.maximum.at(hi, index.reshape(-1), buckets[:, 2])
+        out.orbit_buckets = np.stack([keys, lo, hi], axis=1)
+        out.detector_orbits, out.orbit_jumps = detector_span(out.orbit_buckets[:, 1:], binning.max_orbit_gap)
+    return out
+
+
+PARTIAL_SCHEMA = pa.schema(
+    [
+        ("rows_read", pa.int64()),
+        ("malformed_rows", pa.int64()),
+        ("hits", pa.int64()),
+        ("hits_outside_chambers", pa.int64()),
+        ("orbit_min", pa.int64()),
+        ("orbit_max", pa.int64()),
+        ("orbits_with_hits", pa.int64()),
+        ("orbits_with_scintillator", pa.int64()),
+        ("produced_first_ms", pa.int64()),
+        ("produced_last_ms", pa.int64()),
+        ("synthetic", pa.bool_()),
+        ("newest_ms", pa.int64()),
+        ("run", pa.int32()),
+        ("occupancy", pa.list_(pa.int64())),
+        ("multiplicity", pa.list_(pa.int64())),
+        ("occupancy_scint", pa.list_(pa.int64())),
+        ("drift_time", pa.list_(pa.int64())),
+        ("orbit_buckets", pa.list_(pa.int64())),
+        ("event_run", pa.list_(pa.int32())),
+        ("event_kind", pa.list_(pa.int32())),
+        ("event_ms", pa.list_(pa.int64())),
+    ]
+)
+"""One row per partition: a ``BatchAggregates`` with its arrays flattened (row-major;
+``orbit_buckets`` as bucket, lo, hi triples) and its run markers as three parallel lists."""
+
+_SPARK_TYPES = {pa.int64(): "bigint", pa.int32(): "int", pa.bool_(): "boolean"}
+PARTIAL_SPARK_SCHEMA = ", ".join(
+    f"{f.name} array<{_SPARK_TYPES[f.type.value_type]}>" if pa.types.is_list(f.type) else f"{f.name} {_SPARK_TYPES[f.type]}"
+    for f in PARTIAL_SCHEMA
+)
+"""``PARTIAL_SCHEMA`` as a Spark DDL string (the ``mapInArrow`` output type)."""
+
+_SCALARS = [f.name for f in PARTIAL_SCHEMA if not pa.types.is_list(f.type)]
+_ARRAYS = ("occupancy", "multiplicity", "occupancy_scint", "drift_time", "orbit_buckets")
+
+
+def to_partial_row(agg: BatchAggregates) -> pa.RecordBatch:
+    """One ``PARTIAL_SCHEMA`` row holding ``agg`` (inverse: ``from_partial_rows``)."""
+    values = {name: [getattr(agg, name)] for name in _SCALARS}
+    values.update({name: [np.asarray(getattr(agg, name), np.int64).reshape(-1)] for name in _ARRAYS})
+    values["event_run"] = [[e[0] for e in agg.run_events]]
+    values["event_kind"] = [[e[1] for e in agg.run_events]]
+    values["event_ms"] = [[e[2] for e in agg.run_events]]
+    return pa.RecordBatch.from_pydict(values, schema=PARTIAL_SCHEMA)
+
+
+def from_partial_rows(table: pa.Table, binning: Binning) -> list[BatchAggregates]:
+    """The ``BatchAggregates`` of each ``PARTIAL_SCHEMA`` row (drift-time shape from ``binning``)."""
+    n_drift = len(binning.drift_edges) - 1
+    shapes = {"occupancy": (N_CHAMBERS, CELLS_PER_CHAMBER), "multiplicity": (N_CHAMBERS, CELLS_PER_CHAMBER),
+              "occupancy_scint": (N_CHAMBERS, CELLS_PER_CHAMBER), "drift_time": (N_CHAMBERS, n_drift),
+              "orbit_buckets": (-1, 3)}
+    parts = []
+    for row in table.to_pylist():
+        agg = BatchAggregates(drift_edges=list(binning.drift_edges), scintillator=binning.scintillator)
+        for name in _SCALARS:
+            setattr(agg, name, row[name])
+        for name, shape in shapes.items():
+            setattr(agg, name, np.asarray(row[name], np.int64).reshape(shape))
+        agg.run_events = list(zip(row["event_run"], row["event_kind"], row["event_ms"]))
+        agg.detector_orbits, agg.orbit_jumps = detector_span(agg.orbit_buckets[:, 1:], binning.max_orbit_gap)
+        parts.append(agg)
+    return parts
+
+
+def reduce_partition(binning: Binning):
+    """The ``mapInArrow`` function: all record batches of one partition of hit rows
+    (``HIT_COLUMNS``, whole orbits) -> one ``PARTIAL_SCHEMA`` row (none for an empty partition)."""
+
+    def reduce(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        received = [b for b in batches if b.num_rows]
+        if received:
+            yield to_partial_row(reduce_hits(pa.Table.from_batches(received), binning))
+
+    return reduce
+
+
+def _totals_metrics() -> list[Column]:
+    """Spark aggregates of the bookkeeping fields over every row of a micro-batch (``reduce_rows``'s first half)."""
     is_data = F.col("run_event") == RUN_DATA
-    return keyed.agg(
+    return [
         F.count(F.when(is_data, 1)).alias("rows"),
         F.count(F.when(F.col("HEAD").isNull() & is_data, 1)).alias("malformed"),
-        F.count("orbit").alias("hits"),
-        F.count(F.when(F.col("chamber").isNull(), F.col("orbit"))).alias("hits_outside"),
-        F.min("orbit").alias("orbit_min"),
-        F.max("orbit").alias("orbit_max"),
         F.min("produced_ms").alias("produced_min"),
         F.max("produced_ms").alias("produced_max"),
         F.max(F.col("synthetic").cast("int")).alias("synthetic"),
         F.max(F.when(F.col("run").isNotNull(), F.struct("produced_ms", "run"))).alias("newest"),
         F.collect_list(F.when(~is_data, F.struct("run", "run_event", "produced_ms"))).alias("events"),
-    )
+    ]
 
 
-BUCKET_STATS = ("orbit_lo", "orbit_hi", "chamber_orbits", "scint_orbits")
-"""Per orbit bucket (``orbit div max_gap``): lowest and highest hit orbit, orbits with
-chamber hits, orbits with a scintillator hit."""
+def aggregate_batch(rows: DataFrame, settings: Settings | None = None) -> BatchAggregates:
+    """Reduce one micro-batch of DAQ rows to the task 1-4 outputs and the extras, in Spark.
 
+    One Spark job, one scan of the source. Every row passes an ``observe`` node that
+    counts rows, malformed rows, Kafka times, runs and run markers on the way (Spark's
+    observed metrics); only the hits (HEAD 2, ``HIT_COLUMNS``) go on:
+    ``repartition(settings.shuffle_partitions, ORBIT_CNT)`` puts whole orbits in each
+    partition, ``mapInArrow(reduce_partition)`` reduces each with ``reduce_hits``, and
+    the driver merges the partial rows (``merge_aggregates``). Same result as
+    ``reduce_rows`` on the whole batch.
 
-def _histograms(keyed: DataFrame, per_orbit: DataFrame, edges: list[float], bin_ns: float, max_gap: int) -> DataFrame:
-    """All histograms as rows (kind, chamber, bin, n), one union (a few hundred rows).
-
-    Kinds occupancy, multiplicity (bin k-1), occupancy_scint, drift_time, and the
-    ``BUCKET_STATS`` with bin = bucket and chamber null.
+    Args:
+        rows: columns of ``processor.kafka_source.SPARK_SCHEMA``; malformed rows have HEAD
+            null and run_event 0, control rows have run_event 1 or 2.
+        settings: scintillator channel, drift-time range and bins, max orbit gap, shuffle
+            partitions (default: ``Settings()``).
+    Returns:
+        ``BatchAggregates`` of the whole micro-batch.
+    Raises:
+        ValueError: an empty drift-time range in the settings.
     """
-
-    def histogram(kind: str, frame: DataFrame, bin_col: Column) -> DataFrame:
-        return (
-            frame.groupBy(F.col("chamber").cast("int").alias("chamber"), bin_col.cast("long").alias("bin"))
-            .agg(F.count(F.lit(1)).alias("n"))
-            .select(F.lit(kind).alias("kind"), "chamber", "bin", "n")
-        )
-
-    hits = keyed.where(F.col("chamber").isNotNull())
-    multiplicity = per_orbit.select(
-        F.inline(F.array(*[F.struct(F.lit(c).alias("chamber"), F.bit_count(f"mask{c}").alias("k")) for c in range(N_CHAMBERS)]))
-    ).where(F.col("k") > 0)
-    scint_times = F.broadcast(per_orbit.where(F.col("t_scint").isNotNull()).select("orbit", "t_scint"))
-    tagged = hits.join(scint_times, "orbit")
-    offset = F.array(*[F.lit(o) for o in SCINT_CHAMBER_OFFSET_NS])[F.col("chamber")]
-    drift_bin = F.floor((F.col("t_ns") - F.col("t_scint") + offset - edges[0]) / bin_ns)
-    drift = tagged.select("chamber", drift_bin.alias("b")).where(F.col("b").between(0, len(edges) - 2))
-    def bucket_row(stat: str) -> Column:
-        return F.struct(
-            F.lit(stat).alias("kind"), F.lit(None).cast("int").alias("chamber"), F.col("bucket").alias("bin"), F.col(stat).alias("n")
-        )
-
-    any_chamber = F.coalesce(*[F.col(f"mask{c}") for c in range(N_CHAMBERS)]).isNotNull()
-    buckets = (
-        per_orbit.groupBy(F.expr(f"orbit div {max_gap}").alias("bucket"))
-        .agg(
-            F.min("orbit").alias("orbit_lo"),
-            F.max("orbit").alias("orbit_hi"),
-            F.count(F.when(any_chamber, 1)).alias("chamber_orbits"),
-            F.count("t_scint").alias("scint_orbits"),
-        )
-        .select(F.inline(F.array(*[bucket_row(k) for k in BUCKET_STATS])))
-    )
-    return (
-        histogram("occupancy", hits, F.col("channel"))
-        .unionByName(histogram("multiplicity", multiplicity, F.col("k") - 1))
-        .unionByName(histogram("occupancy_scint", tagged, F.col("channel")))
-        .unionByName(histogram("drift_time", drift, F.col("b")))
-        .unionByName(buckets)
-    )
+    s = settings or Settings()
+    binning = Binning.from_settings(s)
+    totals = Observation("dtmon-batch-totals")
+    hits = rows.observe(totals, *_totals_metrics()).where(F.col("HEAD") == HEAD_HIT).select(*HIT_COLUMNS)
+    partials = hits.repartition(s.shuffle_partitions, "ORBIT_CNT").mapInArrow(reduce_partition(binning), PARTIAL_SPARK_SCHEMA)
+    out = merge_aggregates(from_partial_rows(partials.toArrow(), binning), binning)
+    t = totals.get
+    out.rows_read, out.malformed_rows = int(t["rows"]), int(t["malformed"])
+    out.produced_first_ms, out.produced_last_ms = t["produced_min"], t["produced_max"]
+    out.synthetic = bool(t["synthetic"])
+    if t["newest"] is not None:
+        out.newest_ms, out.run = t["newest"]["produced_ms"], t["newest"]["run"]
+    out.run_events = [(e["run"], e["run_event"], e["produced_ms"]) for e in t["events"]]
+    return out
 
 
 def build_message(

@@ -339,8 +339,8 @@ class KafkaStreamReader(DataSourceStreamReader):
             self._probe = Consumer(_consumer_config(self.bootstrap))
         return self._probe
 
-    def _partitions(self) -> dict[str, list[int]]:
-        metadata = self._consumer().list_topics(timeout=10)
+    def _partitions(self, consumer=None) -> dict[str, list[int]]:
+        metadata = (consumer or self._consumer()).list_topics(timeout=10)
         found = {}
         for topic in self.topics:
             meta = metadata.topics.get(topic)
@@ -348,24 +348,33 @@ class KafkaStreamReader(DataSourceStreamReader):
         return found
 
     def _end_offsets(self, timeout_s: float = 10.0) -> Offsets:
-        """True log end offset of every partition (see module docstring)."""
-        from confluent_kafka import KafkaError, TopicPartition
+        """True log end offset of every partition (see module docstring).
 
-        consumer = self._consumer()
-        positions = []
-        for topic, parts in self._partitions().items():
-            for p in parts:
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
-                start = max(low, high - 1, self._known_end.get((topic, p), 0))
-                positions.append(TopicPartition(topic, p, start))
-                self._known_end[(topic, p)] = max(self._known_end.get((topic, p), 0), high if high >= 0 else 0)
-        if not positions:
-            return {t: {} for t in self.topics}
-        consumer.assign(positions)
-        waiting = {(tp.topic, tp.partition) for tp in positions}
-        deadline = time.monotonic() + timeout_s
-        while waiting and time.monotonic() < deadline:
-            for msg in consumer.consume(500, timeout=0.5):
+        Each call uses a fresh consumer: librdkafka reports PARTITION_EOF only once per
+        offset, so a long-lived consumer would wait out ``timeout_s`` whenever no message
+        arrived since the previous call.
+        """
+        from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+        # the broker answers a fetch at the log end after fetch.wait.max.ms (default 500 ms)
+        consumer = Consumer({**_consumer_config(self.bootstrap), "fetch.wait.max.ms": 5})
+        try:
+            positions = []
+            for topic, parts in self._partitions(consumer).items():
+                for p in parts:
+                    low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
+                    start = max(low, high - 1, self._known_end.get((topic, p), 0))
+                    positions.append(TopicPartition(topic, p, start))
+                    self._known_end[(topic, p)] = max(self._known_end.get((topic, p), 0), high if high >= 0 else 0)
+            if not positions:
+                return {t: {} for t in self.topics}
+            consumer.assign(positions)
+            waiting = {(tp.topic, tp.partition) for tp in positions}
+            deadline = time.monotonic() + timeout_s
+            while waiting and time.monotonic() < deadline:
+                msg = consumer.poll(0.5)  # one event at a time: consume(n) would wait out its timeout
+                if msg is None:
+                    continue
                 key = (msg.topic(), msg.partition())
                 err = msg.error()
                 if err is not None and err.code() == KafkaError._PARTITION_EOF:
@@ -373,9 +382,10 @@ class KafkaStreamReader(DataSourceStreamReader):
                     waiting.discard(key)
                 elif err is None:
                     self._known_end[key] = max(self._known_end.get(key, 0), msg.offset() + 1)
-        if waiting:
-            log.warning("no end-of-partition answer for %s; using watermarks", sorted(waiting))
-        consumer.unassign()
+            if waiting:
+                log.warning("no end-of-partition answer for %s; using watermarks", sorted(waiting))
+        finally:
+            consumer.close()
         return {t: {str(p): self._known_end[(t, p)] for (tt, p) in self._known_end if tt == t} for t in self.topics}
 
     def _start_offsets(self) -> Offsets:
@@ -430,7 +440,7 @@ class KafkaStreamReader(DataSourceStreamReader):
         if not offsets:
             return
         try:
-            self._consumer().commit(offsets=offsets, asynchronous=False)
+            self._consumer().commit(offsets=offsets, asynchronous=True)  # for monitoring only: never wait
         except KafkaException as exc:
             log.info("could not commit offsets for consumer-lag monitoring: %s", exc)
 

@@ -76,9 +76,10 @@ class RunStatus:
 class RunTracker:
     """Remembers run-start times and ended runs from the producer's control messages.
 
-    A run is ``ended`` from the batch holding its end marker on (rows of it that arrive
-    later, e.g. from another partition, do not revive it) until a new start marker of the
-    same run number (a looping producer).
+    The producer sends each marker to every raw partition. A run is ``ended`` from the
+    batch holding its first end marker on (rows of it that arrive later from another
+    partition do not revive it) until a new start marker of the same run number (a
+    looping producer); its start time is the earliest start marker of the open run.
     """
 
     def __init__(self) -> None:
@@ -95,8 +96,9 @@ class RunTracker:
             ``RunStatus`` of ``newest_run``; all None when it is None.
         """
         for run, event, ms in sorted((e for e in events if e[0] is not None), key=lambda e: (e[2], e[1])):
-            if event == RUN_START:
-                self.started[run] = ms / 1000.0
+            if event == RUN_START:  # one marker per raw partition: keep the earliest of an open run
+                opened = run not in self.started or run in self.ended
+                self.started[run] = ms / 1000.0 if opened else min(self.started[run], ms / 1000.0)
                 self.ended.discard(run)
             elif event == RUN_END:
                 self.ended.add(run)

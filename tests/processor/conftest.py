@@ -102,6 +102,12 @@ def with_source_columns(table: pa.Table, produced_ms: int = 1_700_000_000_000, r
     )
 
 
+def edges_of(settings) -> np.ndarray:
+    """Drift-time bin edges from the settings' range and width (the test's own arithmetic)."""
+    n = int(np.ceil((settings.drift_time_max_ns - settings.drift_time_min_ns) / settings.drift_time_bin_ns))
+    return settings.drift_time_min_ns + settings.drift_time_bin_ns * np.arange(n + 1)
+
+
 # Per-chamber scintillator offsets in ns, from the domain notes section 4 (course PDF 4.2.4).
 OFFSETS_NS = np.array([95.0 - 1.1, 95.0 + 6.4, 95.0 + 0.5, 95.0 - 2.6])
 

@@ -8,6 +8,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from dtmon.hits import HIT_SCHEMA
 from dtmon.schema import RESULTS_VERSION, ResultsMessage
 from dtmon.settings import load_settings
 from dtmon.synth import SynthParams, generate
@@ -20,6 +21,7 @@ from processor.histograms import (
 from processor.kafka_source import OUTPUT_SCHEMA, RUN_END, RUN_START, SPARK_SCHEMA
 from processor.state import RunStatus
 from tests.processor.conftest import (
+    edges_of,
     expected_extras,
     expected_outputs,
     with_source_columns,
@@ -30,12 +32,6 @@ SYNTH_ROWS = 200_000
 
 def as_frame(spark, table: pa.Table):
     return spark.createDataFrame(table, schema=SPARK_SCHEMA)
-
-
-def edges_of(settings) -> np.ndarray:
-    """Drift-time bin edges from the settings' range and width (the test's own arithmetic)."""
-    n = int(np.ceil((settings.drift_time_max_ns - settings.drift_time_min_ns) / settings.drift_time_bin_ns))
-    return settings.drift_time_min_ns + settings.drift_time_bin_ns * np.arange(n + 1)
 
 
 def assert_extras_match(agg, expected: dict, settings) -> None:
@@ -205,3 +201,30 @@ def test_build_message_version_2_fields(genuine_run):
     assert (parsed.run, parsed.run_state, parsed.run_started) == (3, "ended", 1_700_000_000.5)
     assert parsed.detector_time_s == pytest.approx(agg.detector_orbits * 89.1e-6)
     assert parsed.orbit_jumps == 1 and parsed.orbits_with_scintillator == 2
+
+
+def test_earliest_scintillator_hit_of_the_orbit_is_t0(spark):
+    """Orbit 100 has scintillator hits at BX 20 and BX 10 (listed first, then earliest):
+    DRIFTIME of the chamber 0 hit at BX 12 = 25 ns x (12 - 10) + 93.9 ns = 143.9 ns.
+    Orbit 101 has a chamber hit but no scintillator hit: untagged."""
+    rows = pd.DataFrame(
+        {
+            "HEAD": [2, 2, 2, 2, 2],
+            "FPGA": [1, 1, 0, 0, 1],
+            "TDC_CHANNEL": [128, 128, 3, 3, 70],
+            "ORBIT_CNT": [100, 100, 100, 101, 100],
+            "BX_COUNTER": [20, 10, 12, 12, 30],
+            "TDC_MEAS": [1.0, 1.0, 1.0, 1.0, 7.0],
+        }
+    )
+    table = pa.Table.from_pandas(rows, schema=HIT_SCHEMA, preserve_index=False)
+    settings = load_settings()
+    agg = aggregate_batch(as_frame(spark, with_source_columns(table)), settings)
+    edges = edges_of(settings)
+    expected = np.zeros((4, len(edges) - 1), int)
+    expected[0, int((143.9 + 200) // 5)] = 1
+    expected[3, int((25 * (30 - 10) + 25 * 6 / 30 + 92.4 + 200) // 5)] = 1  # FPGA 1 channel 70: chamber 3
+    np.testing.assert_array_equal(agg.drift_time, expected)
+    np.testing.assert_array_equal(agg.drift_time, expected_extras(rows, (1, 128), edges, settings.max_orbit_gap)["drift_time"])
+    assert agg.occupancy_scint[0, 3] == 1 and agg.occupancy_scint[3, 6] == 1 and agg.occupancy_scint.sum() == 2
+    assert agg.occupancy[0, 3] == 2 and agg.orbits_with_scintillator == 1 and agg.orbits_with_hits == 2

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 import pytest
 from confluent_kafka import Producer
 
-from dtmon.hits import HIT_SCHEMA
-from dtmon.wire import CONTENT_TYPE_ARROW, CONTENT_TYPE_CSV, encode_arrow
+from dtmon.hits import HIT_SCHEMA, DecodeError
+from dtmon.wire import (
+    CONTENT_TYPE_ARROW,
+    CONTENT_TYPE_CONTROL,
+    CONTENT_TYPE_CSV,
+    encode_arrow,
+)
 from processor.kafka_source import (
     OUTPUT_SCHEMA,
+    RUN_DATA,
+    RUN_END,
+    RUN_START,
     KafkaRange,
     KafkaStreamReader,
     cap_offsets,
     decode_records,
+    parse_control,
+    parse_run,
     plan_ranges,
     read_range,
 )
@@ -96,3 +108,32 @@ def test_latest_offset_follows_new_messages(kafka_bootstrap, topic_name, genuine
         reader.commit(end)
     finally:
         reader.stop()
+
+
+def control(event: str, run: int) -> bytes:
+    return json.dumps({"event": event, "run": run, "file": "data_000007.txt", "rows": 10}).encode()
+
+
+def test_decode_records_run_headers_and_control_messages(genuine_table):
+    arrow = encode_arrow(genuine_table.slice(0, 4))
+    values = [control("run-start", 7), arrow, b"2,0,5,100,7,3", control("run-end", 7), b'{"event": "pause"}', arrow]
+    ctypes = [CONTENT_TYPE_CONTROL, CONTENT_TYPE_ARROW, CONTENT_TYPE_CSV, CONTENT_TYPE_CONTROL, CONTENT_TYPE_CONTROL, CONTENT_TYPE_ARROW]
+    runs = [7, 7, 7, 7, 7, None]
+    batch = decode_records(values, ctypes, [1, 2, 3, 4, 5, 6], [False] * 6, runs)
+    table = pa.Table.from_batches([batch])
+    assert batch.schema.equals(OUTPUT_SCHEMA)
+    assert table.num_rows == 1 + 4 + 1 + 1 + 1 + 4
+    assert table.column("run_event").to_pylist() == [RUN_START] + [RUN_DATA] * 5 + [RUN_END] + [RUN_DATA] * 5
+    assert table.column("run").to_pylist() == [7] * 7 + [7] + [None] * 4  # the bad control row keeps its header run
+    heads = table.column("HEAD").to_pylist()
+    assert heads[0] is None and heads[6] is None and heads[7] is None  # marker rows and the bad one: DAQ columns null
+    assert table.column("produced_ms").to_pylist()[6:8] == [4, 5]
+
+
+def test_parse_control_and_run_header():
+    assert parse_control(control("run-end", 3), None) == (3, RUN_END)
+    assert parse_control(b'{"event": "run-start"}', 12) == (12, RUN_START)  # run from the header
+    for bad in (b"not json", b'{"event": "stop", "run": 1}', b'{"event": "run-end", "run": -1}', b"[1, 2]"):
+        with pytest.raises(DecodeError):
+            parse_control(bad, 1)
+    assert parse_run("42") == 42 and parse_run(None) is None and parse_run("x") is None

@@ -3,17 +3,25 @@ and a query restarted from its checkpoint resumes without loss or duplicates."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
 import pyarrow as pa
 import pytest
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from dtmon.schema import ResultsMessage
 from dtmon.settings import load_settings
+from dtmon.wire import CONTENT_TYPE_ARROW, CONTENT_TYPE_CONTROL, encode_arrow
 from processor.app import ResultsPublisher, start_query
-from tests.processor.conftest import create_topic, expected_outputs, produce_table
+from tests.processor.conftest import (
+    create_topic,
+    edges_of,
+    expected_extras,
+    expected_outputs,
+    produce_table,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -81,3 +89,89 @@ def test_stream_then_restart_from_checkpoint(spark, kafka_bootstrap, genuine_tab
     assert batch_ids == sorted(set(batch_ids)), "a batch was published twice"
     latest = everything[-1]
     assert latest.produced_first <= latest.produced_last <= latest.published
+
+
+def produce_run(bootstrap: str, topic: str, run: int, table: pa.Table, start_ms: int, end: bool) -> int:
+    """Send a run as the producer does: run-start marker, Arrow messages of 100 rows with header
+    ``dtmon-run``, and (if ``end``) the run-end marker; Kafka timestamps start_ms, start_ms + 1, ...
+    Returns the timestamp of the last message."""
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5})
+    run_header = ("dtmon-run", str(run).encode())
+
+    def marker(event: str) -> tuple[bytes, list]:
+        doc = {"event": event, "run": run, "file": f"data_{run:06d}.txt", "rows": table.num_rows}
+        return json.dumps(doc).encode(), [("content-type", CONTENT_TYPE_CONTROL.encode()), run_header]
+
+    messages = [marker("run-start")]
+    for first in range(0, table.num_rows, 100):
+        messages.append((encode_arrow(table.slice(first, 100)), [("content-type", CONTENT_TYPE_ARROW.encode()), run_header]))
+    if end:
+        messages.append(marker("run-end"))
+    for i, (value, headers) in enumerate(messages):
+        producer.produce(topic, value=value, headers=headers, timestamp=start_ms + i)
+    assert producer.flush(30) == 0
+    return start_ms + len(messages) - 1
+
+
+def read_until(bootstrap: str, topic: str, done, timeout_s: float = 180.0) -> list[ResultsMessage]:
+    """Consume the results topic from the start until ``done(messages)`` is true."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-runs", "enable.partition.eof": True})
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    messages: list[ResultsMessage] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline and not done(messages):
+            msg = consumer.poll(0.5)
+            if msg is None or (msg.error() and msg.error().code() == KafkaError._PARTITION_EOF):
+                continue
+            assert msg.error() is None, msg.error()
+            messages.append(ResultsMessage.from_json(msg.value()))
+    finally:
+        consumer.close()
+    assert done(messages), f"timed out with {len(messages)} results messages"
+    return messages
+
+
+def test_runs_are_carried_into_the_results(spark, kafka_bootstrap, genuine_table, tmp_path, topic_name):
+    """Run markers on the raw topic: run number, running/ended and start time in every message;
+    E1/E2 with the genuine rows' scintillator channel 138."""
+    raw, results = f"{topic_name}-raw", f"{topic_name}-results"
+    create_topic(kafka_bootstrap, raw)
+    create_topic(kafka_bootstrap, results)
+    settings = load_settings(
+        bootstrap_servers=kafka_bootstrap, raw_topic=raw, results_topic=results, trigger_interval_s=1.0,
+        checkpoint_location=str(tmp_path / "checkpoint"), starting_offsets="earliest", scint_channel=138,
+        health_window_batches=4,
+    )
+    start5 = int(time.time() * 1000) - 60_000
+    end5 = produce_run(kafka_bootstrap, raw, 5, genuine_table, start5, end=True)
+    query = start_query(spark, settings, ResultsPublisher(kafka_bootstrap, results))
+    try:
+        first = read_until(kafka_bootstrap, results, lambda ms: any(m.run_state == "ended" for m in ms))
+        assert sum(m.rows_read for m in first) == genuine_table.num_rows
+        start6 = end5 + 1
+        produce_run(kafka_bootstrap, raw, 6, genuine_table.slice(0, 300), start6, end=False)
+        everything = read_until(kafka_bootstrap, results, lambda ms: sum(m.rows_read for m in ms) >= genuine_table.num_rows + 300)
+    finally:
+        query.stop()
+
+    run5 = [m for m in everything if m.run == 5]
+    run6 = [m for m in everything if m.run == 6]
+    assert run5 and run6 and len(run5) + len(run6) == len(everything)
+    assert all(m.run_started == start5 / 1000 for m in run5)
+    assert run5[-1].run_state == "ended"
+    assert all((m.run_state, m.run_started) == ("running", start6 / 1000) for m in run6)
+    assert sum(m.rows_read for m in run5) == genuine_table.num_rows  # markers are not rows
+    assert sum(m.malformed_rows for m in everything) == 0
+    for m in everything:
+        assert m.version == 2 and (m.scintillator.fpga, m.scintillator.channel) == (1, 138)
+        assert m.channel_health is not None and m.channel_health.window_batches == 4
+        assert m.detector_time_s is not None and m.detector_time_s < 1.0
+    # run 5 was on the topic before the query started: the first micro-batch holds all of
+    # it, so its E1/E2 equal pandas' on the whole run (no orbit split across batches)
+    assert len(run5) == 1
+    expected = expected_extras(genuine_table.to_pandas(), (1, 138), edges_of(settings), settings.max_orbit_gap)
+    np.testing.assert_array_equal([c.occupancy_scint.bin_counts for c in run5[0].chambers], expected["occupancy_scint"])
+    np.testing.assert_array_equal([c.drift_time.bin_counts for c in run5[0].chambers], expected["drift_time"])
+    assert run5[0].orbit_jumps == expected["orbit_jumps"] == 1
+    assert run5[0].orbits_with_scintillator == expected["orbits_with_scintillator"] == 2

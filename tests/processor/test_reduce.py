@@ -1,0 +1,122 @@
+"""The pure per-partition reduction (``reduce_rows``), its merge and its Arrow round trip,
+without Spark, against the independent pandas computations of ``conftest``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from dtmon.settings import load_settings
+from dtmon.synth import generate
+from processor.histograms import (
+    HIT_COLUMNS,
+    Binning,
+    from_partial_rows,
+    merge_aggregates,
+    reduce_partition,
+    reduce_hits,
+    reduce_rows,
+    to_partial_row,
+)
+from processor.kafka_source import OUTPUT_SCHEMA, RUN_END, RUN_START
+from tests.processor.conftest import edges_of, expected_extras, expected_outputs, with_source_columns
+
+
+@pytest.fixture(scope="module")
+def synthetic_rows() -> pa.Table:
+    """SYNTHETIC rows (dtmon.synth, seed 5) with the source's columns, run 4."""
+    return with_source_columns(generate(60_000, seed=5), run=4)
+
+
+def assert_same(a, b) -> None:
+    for name in ("rows_read", "malformed_rows", "hits", "hits_outside_chambers", "orbit_min", "orbit_max",
+                 "orbits_with_hits", "orbits_with_scintillator", "produced_first_ms", "produced_last_ms",
+                 "synthetic", "detector_orbits", "orbit_jumps", "run", "newest_ms"):
+        assert getattr(a, name) == getattr(b, name), name
+    for name in ("occupancy", "multiplicity", "occupancy_scint", "drift_time"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    assert sorted(a.run_events, key=repr) == sorted(b.run_events, key=repr)
+
+
+def test_reduce_rows_matches_pandas_on_genuine_rows(genuine_table):
+    settings = load_settings(scint_channel=138)
+    agg = reduce_rows(with_source_columns(genuine_table, run=2), Binning.from_settings(settings))
+    frame = genuine_table.to_pandas()
+    v1 = expected_outputs(frame)
+    extras = expected_extras(frame, (1, 138), edges_of(settings), settings.max_orbit_gap)
+    assert agg.occupancy.sum(axis=1).tolist() == [80, 171, 103, 143]  # SOURCES.md
+    np.testing.assert_array_equal(agg.occupancy, v1["occupancy"])
+    np.testing.assert_array_equal(agg.multiplicity, v1["multiplicity"])
+    np.testing.assert_array_equal(agg.occupancy_scint, extras["occupancy_scint"])
+    np.testing.assert_array_equal(agg.drift_time, extras["drift_time"])
+    assert (agg.detector_orbits, agg.orbit_jumps) == (extras["detector_orbits"], extras["orbit_jumps"])
+    assert agg.orbits_with_scintillator == 2 and agg.run == 2 and agg.rows_read == 999
+
+
+def test_parts_with_disjoint_orbits_merge_to_the_whole(synthetic_rows):
+    """Split by ORBIT_CNT parity (as a hash shuffle would): merged parts == the whole batch."""
+    binning = Binning.from_settings(load_settings())
+    whole = reduce_rows(synthetic_rows, binning)
+    odd = pc.equal(pc.bit_wise_and(pc.fill_null(synthetic_rows["ORBIT_CNT"], 0), 1), 1)
+    parts = [reduce_rows(synthetic_rows.filter(odd), binning), reduce_rows(synthetic_rows.filter(pc.invert(odd)), binning)]
+    assert 0 < parts[0].hits < whole.hits
+    assert_same(merge_aggregates(parts, binning), whole)
+    assert whole.drift_time.sum() > 0 and whole.multiplicity.sum() > 0
+
+
+def test_a_split_orbit_loses_its_tag():
+    """Why the processor shuffles by ORBIT_CNT first: orbit 100's scintillator hit and its
+    chamber hit reduced apart lose the E1 tag and the drift time they have together."""
+    rows = with_source_columns(pa.Table.from_pylist(
+        [{"HEAD": 2, "FPGA": 1, "TDC_CHANNEL": 128, "ORBIT_CNT": 100, "BX_COUNTER": 10, "TDC_MEAS": 0.0},
+         {"HEAD": 2, "FPGA": 0, "TDC_CHANNEL": 3, "ORBIT_CNT": 100, "BX_COUNTER": 12, "TDC_MEAS": 0.0}],
+        OUTPUT_SCHEMA.remove(9).remove(8).remove(7).remove(6)))
+    binning = Binning.from_settings(load_settings())
+    together = reduce_rows(rows, binning)
+    apart = merge_aggregates([reduce_rows(rows.slice(0, 1), binning), reduce_rows(rows.slice(1), binning)], binning)
+    assert together.occupancy_scint[0, 3] == 1 and together.drift_time.sum() == 1
+    assert apart.occupancy_scint.sum() == 0 and apart.drift_time.sum() == 0
+    assert apart.occupancy[0, 3] == together.occupancy[0, 3] == 1
+
+
+def test_partial_row_round_trip_and_run_markers(synthetic_rows):
+    binning = Binning.from_settings(load_settings())
+    markers = pa.Table.from_pylist(
+        [{"produced_ms": 5, "synthetic": True, "run": 4, "run_event": RUN_START},
+         {"produced_ms": 1_800_000_000_000, "synthetic": True, "run": 4, "run_event": RUN_END},
+         {"produced_ms": 7, "synthetic": True, "run": None, "run_event": RUN_END}],
+        OUTPUT_SCHEMA,
+    )
+    nulls = pa.Table.from_pylist([{"produced_ms": 6, "synthetic": True, "run": 4, "run_event": 0}] * 3, OUTPUT_SCHEMA)
+    rows = pa.concat_tables([synthetic_rows, markers, nulls])
+    agg = reduce_rows(rows, binning)
+    assert agg.malformed_rows == 3 and agg.rows_read == synthetic_rows.num_rows + 3
+    assert sorted(agg.run_events, key=repr) == sorted([(4, RUN_START, 5), (4, RUN_END, 1_800_000_000_000), (None, RUN_END, 7)], key=repr)
+    assert agg.run == 4 and agg.newest_ms == 1_800_000_000_000 and agg.synthetic
+    (back,) = from_partial_rows(pa.Table.from_batches([to_partial_row(agg)]), binning)
+    assert_same(back, agg)
+    np.testing.assert_array_equal(back.orbit_buckets, agg.orbit_buckets)
+
+
+def test_reduce_partition_skips_empty_partitions(synthetic_rows):
+    binning = Binning.from_settings(load_settings())
+    reduce = reduce_partition(binning)
+    assert list(reduce(iter([]))) == []
+    hits = synthetic_rows.filter(pc.equal(synthetic_rows["HEAD"], 2)).select(list(HIT_COLUMNS)).slice(0, 100)
+    (row,) = list(reduce(iter(hits.to_batches() + [hits.to_batches()[0].slice(0, 0)])))
+    (agg,) = from_partial_rows(pa.Table.from_batches([row]), binning)
+    assert agg.hits == 100 and agg.rows_read == 0
+    np.testing.assert_array_equal(agg.occupancy, reduce_rows(synthetic_rows.slice(0, 0), binning).occupancy + reduce_hits(hits, binning).occupancy)
+    assert agg.occupancy.sum() + agg.hits_outside_chambers == 100
+
+
+def test_empty_and_hitless_batches(synthetic_rows):
+    binning = Binning.from_settings(load_settings())
+    empty = reduce_rows(synthetic_rows.slice(0, 0), binning)
+    assert empty.rows_read == 0 and empty.orbit_min is None and empty.drift_time.shape == (4, len(binning.drift_edges) - 1)
+    ancillary = synthetic_rows.filter(pc.not_equal(synthetic_rows["HEAD"], 2))
+    agg = reduce_rows(ancillary, binning)
+    assert agg.hits == 0 and agg.rows_read == ancillary.num_rows and agg.detector_orbits == 0
+    assert merge_aggregates([], binning).rows_read == 0
