@@ -2,14 +2,15 @@
 
 Times, in one local Spark session and interleaved (so machine load hits all alike):
 
-* ``current``  - ``processor.histograms.aggregate_batch`` as it is in the working tree;
-* ``v1``       - the same function at git ``HEAD`` (tasks 1-4 only), if it differs;
+* ``current``  - ``processor.histograms.aggregate_batch`` as it is in the working tree
+  (since processor v3: observed metrics + shuffle by ORBIT_CNT + one numpy ``mapInArrow``
+  pass, every output);
+* ``v1``       - the same function at git ``HEAD``, if it differs from the working tree;
 * ``count``    - ``batch.count()`` on the cached rows: one trivial job, the floor of any batch;
-* ``one-pass`` - a sketch of the suggested design: one ``mapInArrow`` pass reduces each
-  partition with numpy to occupancy counts and per-(chamber, orbit) 64-bit channel masks,
-  then ONE Spark job merges them (``bit_or`` of masks per orbit, ``bit_count`` ->
-  multiplicity). Tasks 3-4 only: it shows the cost floor of Spark's scheduling, not a
-  drop-in replacement. Its occupancy and multiplicity are checked against ``current``.
+* ``one-pass`` - the sketch that led to v3: one ``mapInArrow`` pass reducing each
+  partition to occupancy counts and per-(chamber, orbit) 64-bit channel masks, then ONE
+  Spark job merging them (``bit_or`` of masks per orbit, ``bit_count`` -> multiplicity).
+  Tasks 3-4 only. Its occupancy and multiplicity are checked against ``current``.
 
 Also counts the Spark jobs each variant runs per batch.
 """

@@ -90,7 +90,7 @@ def _consumer_config(bootstrap: str, group: str = "dtmon-processor") -> dict:
         "group.id": group,
         "enable.auto.commit": False,
         "enable.partition.eof": True,
-        "auto.offset.reset": "earliest",
+        "auto.offset.reset": "error",  # never jump to another offset silently: planned offsets are exact
         "fetch.max.bytes": 64 << 20,
         "max.partition.fetch.bytes": 16 << 20,
         "socket.timeout.ms": 10000,
@@ -296,6 +296,8 @@ def read_range(
                 if msg.offset() >= rng.end:
                     next_offset = rng.end
                     break
+                if msg.offset() < next_offset:  # never read an offset twice
+                    continue
                 next_offset = msg.offset() + 1
                 headers = header_dict(msg.headers())
                 values.append(msg.value() or b"")
@@ -371,17 +373,22 @@ class KafkaStreamReader(DataSourceStreamReader):
             consumer.assign(positions)
             waiting = {(tp.topic, tp.partition) for tp in positions}
             deadline = time.monotonic() + timeout_s
+            watermarks = {(tp.topic, tp.partition): tp.offset for tp in positions}
             while waiting and time.monotonic() < deadline:
                 msg = consumer.poll(0.5)  # one event at a time: consume(n) would wait out its timeout
                 if msg is None:
                     continue
                 key = (msg.topic(), msg.partition())
                 err = msg.error()
-                if err is not None and err.code() == KafkaError._PARTITION_EOF:
+                if err is None:
+                    self._known_end[key] = max(self._known_end.get(key, 0), msg.offset() + 1)
+                elif err.code() == KafkaError._PARTITION_EOF:
                     self._known_end[key] = max(self._known_end.get(key, 0), msg.offset())
                     waiting.discard(key)
-                elif err is None:
-                    self._known_end[key] = max(self._known_end.get(key, 0), msg.offset() + 1)
+                elif err.code() in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE) and key in waiting:
+                    # the broker has no offset ``start``: nothing was written there yet
+                    log.warning("end-offset probe: %s at offset %s is out of range (%s)", key, watermarks[key], err)
+                    waiting.discard(key)
             if waiting:
                 log.warning("no end-of-partition answer for %s; using watermarks", sorted(waiting))
         finally:
