@@ -111,7 +111,10 @@ def interrupt_and_wait(proc: subprocess.Popen, output: Output, timeout: float) -
 
 
 def kill_tree(proc: subprocess.Popen, pids: set[int]) -> None:
-    """Last-resort cleanup after a failed test: SIGKILL ``proc`` and the process groups of ``pids``."""
+    """Last-resort cleanup after a failed test: SIGKILL ``proc`` and the process groups of ``pids``
+    and of ``proc``'s current descendants (a test that fails early has not collected them yet)."""
+    if proc.poll() is None:
+        pids = set(pids) | descendants(proc.pid)
     for pid in pids:
         try:
             os.killpg(pid, signal.SIGKILL)
