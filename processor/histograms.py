@@ -2,14 +2,16 @@
 the extras E1/E2 (section 5.2.4: scintillator-tagged occupancy, drift time), detector time
 and run markers.
 
-``aggregate_batch`` is one Spark job of two stages. The one shuffle sends every row to a
-partition chosen by its ORBIT_CNT, so each partition holds whole orbits (a muon's chamber
-hits and its scintillator hit share the orbit). One ``mapInArrow`` pass then reduces each
-partition with numpy (``reduce_rows``) to a single small row of partial sums: counts,
-flattened histograms, orbit buckets, run markers. The driver collects those rows (one per
-shuffle partition) as Arrow and adds them up (``merge_aggregates``). ``reduce_rows`` and
-``merge_aggregates`` are pure and tested without Spark. ``build_message`` (pure) turns the
-result into the results message.
+``aggregate_batch`` is one Spark job of two stages. Every row passes an ``observe`` node
+that counts rows, malformed rows, Kafka times, runs and run markers; only the hits go on.
+The one shuffle sends each hit to a partition chosen by its ORBIT_CNT, so each partition
+holds whole orbits (a muon's chamber hits and its scintillator hit share the orbit). One
+``mapInArrow`` pass then reduces each partition with numpy (``reduce_hits``) to a single
+small row of partial sums: counts, flattened histograms, orbit buckets. The driver collects
+those rows (one per shuffle partition) as Arrow and adds them up (``merge_aggregates``).
+``reduce_rows`` (the same outputs from a whole batch of rows, used as the reference in
+tests), ``reduce_hits`` and ``merge_aggregates`` are pure and tested without Spark.
+``build_message`` (pure) turns the result into the results message.
 
 Orbits are matched within the micro-batch: the DAQ interleaves the two FPGAs' words in
 blocks, so an orbit split across two micro-batches loses its scintillator tag for the

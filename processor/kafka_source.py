@@ -373,7 +373,7 @@ class KafkaStreamReader(DataSourceStreamReader):
             consumer.assign(positions)
             waiting = {(tp.topic, tp.partition) for tp in positions}
             deadline = time.monotonic() + timeout_s
-            watermarks = {(tp.topic, tp.partition): tp.offset for tp in positions}
+            starts = {(tp.topic, tp.partition): tp.offset for tp in positions}
             while waiting and time.monotonic() < deadline:
                 msg = consumer.poll(0.5)  # one event at a time: consume(n) would wait out its timeout
                 if msg is None:
@@ -387,7 +387,7 @@ class KafkaStreamReader(DataSourceStreamReader):
                     waiting.discard(key)
                 elif err.code() in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE) and key in waiting:
                     # the broker has no offset ``start``: nothing was written there yet
-                    log.warning("end-offset probe: %s at offset %s is out of range (%s)", key, watermarks[key], err)
+                    log.warning("end-offset probe: %s at offset %s is out of range (%s)", key, starts[key], err)
                     waiting.discard(key)
             if waiting:
                 log.warning("no end-of-partition answer for %s; using watermarks", sorted(waiting))
