@@ -14,7 +14,7 @@ import numpy as np
 
 from dtmon.schema import ResultsMessage
 
-PROGRESS_LINE = re.compile(r"micro-batch (\d+): (\d+) rows, (\d+) ms")
+PROGRESS_LINE = re.compile(r"micro-batch (\d+): (\d+) (?:rows|messages), (\d+) ms")
 """The processor's per-batch progress line (``processor.app.ProgressLogger``): Spark's own
 ``batchDuration`` (trigger start to batch end, offsets look-up included)."""
 
@@ -26,7 +26,8 @@ def percentile(values, q: float) -> float | None:
 
 
 def spark_batch_durations(log_text: str) -> dict[int, tuple[int, float]]:
-    """``{batch_id: (input rows, duration s)}`` from the processor log's progress lines."""
+    """``{batch_id: (input Kafka messages, duration s)}`` from the processor log's progress lines
+    (input rows in logs of processors before v4)."""
     return {int(b): (int(rows), int(ms) / 1000.0) for b, rows, ms in PROGRESS_LINE.findall(log_text)}
 
 

@@ -36,11 +36,14 @@ def spark_session(settings: Settings, app_name: str = "dtmon-processor") -> Spar
         SparkSession.builder.appName(app_name)
         .master(settings.spark_master)
         .config("spark.sql.shuffle.partitions", str(settings.shuffle_partitions))
+        # one Spark job per micro-batch: adaptive execution would run the shuffle as a job of
+        # its own and has nothing to coalesce in a few partitions
+        .config("spark.sql.adaptive.enabled", "false")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.streaming.stopGracefullyOnShutdown", "true")
         .config("spark.executorEnv.PYSPARK_PYTHON", sys.executable)
-        # whole partitions cross to the mapInArrow reduction in few, large Arrow batches
+        # each partition's messages cross to the decoding mapInArrow in few, large Arrow batches
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", "200000")
     )
     if settings.spark_master.startswith("local"):  # nothing outside this machine talks to a local driver
@@ -145,7 +148,8 @@ class ResultsPublisher:
 
 
 class ProgressLogger(StreamingQueryListener):
-    """Logs every micro-batch's duration, input rows and rates (Spark's own progress report)."""
+    """Logs every micro-batch's duration, input Kafka messages and rates (Spark's own progress report;
+    the batch's DAQ rows are in the ``batch N: ...`` line that follows its results message)."""
 
     def onQueryStarted(self, event) -> None:
         log.info("query started: id=%s", event.id)
@@ -154,7 +158,7 @@ class ProgressLogger(StreamingQueryListener):
         p = event.progress
         if p.numInputRows:
             log.info(
-                "micro-batch %d: %d rows, %.0f ms (%s), %.0f rows/s processed",
+                "micro-batch %d: %d messages, %.0f ms (%s), %.0f messages/s processed",
                 p.batchId, p.numInputRows, p.batchDuration,
                 ", ".join(f"{k} {v}" for k, v in sorted(p.durationMs.items()) if k != "triggerExecution"),
                 p.processedRowsPerSecond or 0.0,
@@ -232,37 +236,11 @@ def read_query_id(checkpoint_location: str) -> str | None:
     return json.loads(metadata.read_text().splitlines()[0]).get("id")
 
 
-def warm_up(spark: SparkSession, settings: Settings) -> float:
-    """Run ``aggregate_batch`` once on two in-memory hit rows (nothing is published); return its s.
-
-    The first Spark job of a process pays for the Python workers (start, imports) and
-    code generation (9.5 s cold vs 0.9 s warm on the 2-core machine); paying it here
-    overlaps it with the producer's start. The streaming query's first batch still has
-    cold parts of its own (the source's reader): in ``dtmon up`` it took ~8 s after the
-    warm-up, and first results came ~1.5 s earlier than without it, within run-to-run noise.
-    """
-    import pyarrow as pa
-
-    from processor.kafka_source import OUTPUT_SCHEMA, SPARK_SCHEMA
-
-    started = time.monotonic()
-    rows = pa.Table.from_pylist(
-        [{"HEAD": 2, "FPGA": settings.scint_fpga, "TDC_CHANNEL": settings.scint_channel, "ORBIT_CNT": 1, "BX_COUNTER": 1,
-          "TDC_MEAS": 1.0, "produced_ms": 0, "synthetic": False, "run_event": 0},
-         {"HEAD": 2, "FPGA": 0, "TDC_CHANNEL": 1, "ORBIT_CNT": 1, "BX_COUNTER": 5, "TDC_MEAS": 1.0, "produced_ms": 0,
-          "synthetic": False, "run_event": 0}],
-        OUTPUT_SCHEMA,
-    )  # fmt: skip
-    aggregate_batch(spark.createDataFrame(rows, schema=SPARK_SCHEMA), settings)
-    return time.monotonic() - started
-
-
 def run_processor(settings: Settings) -> int:
     """Run the processor until SIGINT/SIGTERM or a query failure; return an exit code."""
     spark = spark_session(settings)
     spark.streams.addListener(ProgressLogger())
     publisher = ResultsPublisher(settings.bootstrap_servers, settings.results_topic)
-    log.info("warm-up job done in %.1f s", warm_up(spark, settings))
     query = start_query(spark, settings, publisher)
     log.info(
         "processor running: %s -> %s, trigger %.1f s, checkpoint %s",

@@ -2,16 +2,21 @@
 the extras E1/E2 (section 5.2.4: scintillator-tagged occupancy, drift time), detector time
 and run markers.
 
-``aggregate_batch`` is one Spark job of two stages. Every row passes an ``observe`` node
-that counts rows, malformed rows, Kafka times, runs and run markers; only the hits go on.
-The one shuffle sends each hit to a partition chosen by its ORBIT_CNT, so each partition
-holds whole orbits (a muon's chamber hits and its scintillator hit share the orbit). One
-``mapInArrow`` pass then reduces each partition with numpy (``reduce_hits``) to a single
-small row of partial sums: counts, flattened histograms, orbit buckets. The driver collects
-those rows (one per shuffle partition) as Arrow and adds them up (``merge_aggregates``).
-``reduce_rows`` (the same outputs from a whole batch of rows, used as the reference in
-tests), ``reduce_hits`` and ``merge_aggregates`` are pure and tested without Spark.
-``build_message`` (pure) turns the result into the results message.
+``aggregate_batch`` is one Spark job of two stages over the source's message rows (one
+row per Kafka message, ~10 000 DAQ rows each), so the JVM never handles a row per hit.
+Stage 1 (``mapInArrow(decode_partition)``) decodes each partition's messages straight into
+Arrow DAQ rows (``processor.kafka_source.decode_messages``), counts rows, malformed rows,
+Kafka times, runs and run markers (``reduce_totals``) and splits the hits into orbit
+buckets (``split_rows``: ORBIT_CNT mod the bucket count), each bucket one row holding its
+hits as an Arrow IPC payload. The one shuffle groups rows by bucket, so each partition
+holds whole orbits (a muon's chamber hits and its scintillator hit share the orbit).
+Stage 2 (``mapInArrow(reduce_partition)``) reduces each partition's hits with numpy
+(``reduce_hits``) and its share of the counts to a single small row of partial sums
+(``PARTIAL_SCHEMA``). The driver collects those rows as Arrow and adds them up
+(``merge_aggregates``). ``reduce_rows`` (the same outputs from a whole batch of rows, the
+reference in tests), ``reduce_totals``, ``split_rows``, ``reduce_hits`` and
+``merge_aggregates`` are pure and tested without Spark. ``build_message`` (pure) turns the
+result into the results message.
 
 Orbits are matched within the micro-batch: the DAQ interleaves the two FPGAs' words in
 blocks, so an orbit split across two micro-batches loses its scintillator tag for the
@@ -27,8 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import Column, DataFrame, Observation
-from pyspark.sql import functions as F
+from pyspark.sql import DataFrame
 
 from dtmon.hits import (
     BX_NS,
@@ -50,7 +54,7 @@ from dtmon.schema import (
     Scintillator,
 )
 from dtmon.settings import Settings
-from processor.kafka_source import RUN_DATA
+from processor.kafka_source import RUN_DATA, decode_messages
 from processor.state import RunStatus
 
 ORBIT_S = BX_PER_ORBIT * BX_NS * 1e-9
@@ -197,6 +201,31 @@ def reduce_rows(rows: pa.Table, binning: Binning) -> BatchAggregates:
     Returns:
         ``BatchAggregates`` with ``detector_orbits``/``orbit_jumps`` filled.
     """
+    out = reduce_totals(rows, binning)
+    hits = reduce_hits(rows.filter(hit_mask(rows)), binning)
+    for name in HIT_FIELDS:
+        setattr(out, name, getattr(hits, name))
+    return out
+
+
+def hit_mask(rows: pa.Table | pa.RecordBatch) -> pa.Array:
+    """Boolean (N,): the rows that are TDC hits (HEAD 2; null HEAD is a malformed row, not a hit)."""
+    return pa.array(_ints(rows["HEAD"], -1) == HEAD_HIT)
+
+
+def reduce_totals(rows: pa.Table | pa.RecordBatch, binning: Binning) -> BatchAggregates:
+    """The bookkeeping half of ``reduce_rows``: counts of rows, Kafka times, runs (pure).
+
+    Additive over any split of the rows (no need for whole orbits): ``rows_read`` (data
+    rows, run_event 0), ``malformed_rows`` (data rows with HEAD null), the oldest and
+    newest Kafka time in ms, ``synthetic``, the newest row's run and the run markers.
+
+    Args:
+        rows: N rows with the columns of ``processor.kafka_source.OUTPUT_SCHEMA``.
+        binning: only for the drift-time shape and scintillator of the empty histograms.
+    Returns:
+        ``BatchAggregates`` with the hit fields (``HIT_FIELDS``) empty.
+    """
     out = BatchAggregates(drift_edges=list(binning.drift_edges), scintillator=binning.scintillator)
     if rows.num_rows == 0:
         return out
@@ -219,11 +248,6 @@ def reduce_rows(rows: pa.Table, binning: Binning) -> BatchAggregates:
     if control.any():
         run_list = rows["run"].to_pylist()
         out.run_events = [(run_list[i], int(event[i]), int(produced[i])) for i in np.flatnonzero(control)]
-
-    is_hit = _ints(rows["HEAD"], -1) == HEAD_HIT
-    hits = reduce_hits(rows.filter(pa.array(is_hit)), binning)
-    for name in HIT_FIELDS:
-        setattr(out, name, getattr(hits, name))
     return out
 
 
@@ -407,46 +431,108 @@ def from_partial_rows(table: pa.Table, binning: Binning) -> list[BatchAggregates
     return parts
 
 
+SPLIT_SCHEMA = pa.schema([("bucket", pa.int32()), ("hits", pa.binary()), ("totals", pa.binary())])
+"""Rows between the two stages: orbit ``bucket`` and either ``hits``, the bucket's hit rows
+(``HIT_COLUMNS``) as an Arrow IPC stream, or ``totals``, one ``PARTIAL_SCHEMA`` row of
+counts (``reduce_totals``) as an Arrow IPC stream (bucket -1)."""
+SPLIT_SPARK_SCHEMA = "bucket int, hits binary, totals binary"
+"""``SPLIT_SCHEMA`` as a Spark DDL string (stage 1's ``mapInArrow`` output type)."""
+
+
+def _to_ipc(data: pa.Table | pa.RecordBatch) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, data.schema) as writer:
+        writer.write(data)
+    return sink.getvalue().to_pybytes()
+
+
+def _from_ipc(payload: bytes) -> pa.Table:
+    return pa.ipc.open_stream(payload).read_all()
+
+
+def split_rows(rows: pa.Table | pa.RecordBatch, binning: Binning, buckets: int) -> pa.RecordBatch:
+    """Stage 1 of ``aggregate_batch`` on decoded DAQ rows (pure): their counts and their hits by orbit bucket.
+
+    Args:
+        rows: N rows with the columns of ``processor.kafka_source.OUTPUT_SCHEMA``.
+        binning: passed to ``reduce_totals``.
+        buckets: number of orbit buckets (>= 1); a hit goes to bucket ORBIT_CNT mod ``buckets``.
+    Returns:
+        ``SPLIT_SCHEMA`` rows: one totals row (bucket -1), then one row per non-empty bucket
+        with its hits (``HIT_COLUMNS``, in row order).
+    """
+    bucket_ids, hit_payloads, totals = [-1], [None], [_to_ipc(to_partial_row(reduce_totals(rows, binning)))]
+    hits = rows.filter(hit_mask(rows)).select(list(HIT_COLUMNS))
+    if hits.num_rows:
+        bucket = _ints(hits["ORBIT_CNT"], 0) % buckets
+        for k in np.unique(bucket):
+            bucket_ids.append(int(k))
+            hit_payloads.append(_to_ipc(hits.filter(pa.array(bucket == k))))
+            totals.append(None)
+    return pa.RecordBatch.from_arrays(
+        [pa.array(bucket_ids, pa.int32()), pa.array(hit_payloads, pa.binary()), pa.array(totals, pa.binary())],
+        schema=SPLIT_SCHEMA,
+    )
+
+
+def reduce_split(split: pa.Table, binning: Binning) -> BatchAggregates | None:
+    """Stage 2 of ``aggregate_batch`` (pure): ``SPLIT_SCHEMA`` rows that hold whole orbit buckets -> one aggregate.
+
+    The hits of all rows are reduced together (``reduce_hits``) and merged with the counts
+    of the totals rows (``merge_aggregates``). Returns None for no rows.
+    """
+    if split.num_rows == 0:
+        return None
+    hits = [_from_ipc(h) for h in split["hits"].to_pylist() if h is not None]
+    parts = [p for t in split["totals"].to_pylist() if t is not None for p in from_partial_rows(_from_ipc(t), binning)]
+    if hits:
+        parts.append(reduce_hits(pa.concat_tables(hits), binning))
+    return merge_aggregates(parts, binning)
+
+
+def decode_partition(binning: Binning, buckets: int):
+    """Stage 1's ``mapInArrow`` function: record batches of source rows (``MESSAGE_SCHEMA``)
+    -> ``SPLIT_SCHEMA`` record batches (``decode_messages`` then ``split_rows``)."""
+
+    def decode(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            if batch.num_rows:
+                yield split_rows(decode_messages(batch), binning, buckets)
+
+    return decode
+
+
 def reduce_partition(binning: Binning):
-    """The ``mapInArrow`` function: all record batches of one partition of hit rows
-    (``HIT_COLUMNS``, whole orbits) -> one ``PARTIAL_SCHEMA`` row (none for an empty partition)."""
+    """Stage 2's ``mapInArrow`` function: all ``SPLIT_SCHEMA`` record batches of one
+    partition (whole orbit buckets) -> one ``PARTIAL_SCHEMA`` row (none for an empty partition)."""
 
     def reduce(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        received = [b for b in batches if b.num_rows]
-        if received:
-            yield to_partial_row(reduce_hits(pa.Table.from_batches(received), binning))
+        agg = reduce_split(pa.Table.from_batches(list(batches), schema=SPLIT_SCHEMA), binning)
+        if agg is not None:
+            yield to_partial_row(agg)
 
     return reduce
 
 
-def _totals_metrics() -> list[Column]:
-    """Spark aggregates of the bookkeeping fields over every row of a micro-batch (``reduce_rows``'s first half)."""
-    is_data = F.col("run_event") == RUN_DATA
-    return [
-        F.count(F.when(is_data, 1)).alias("rows"),
-        F.count(F.when(F.col("HEAD").isNull() & is_data, 1)).alias("malformed"),
-        F.min("produced_ms").alias("produced_min"),
-        F.max("produced_ms").alias("produced_max"),
-        F.max(F.col("synthetic").cast("int")).alias("synthetic"),
-        F.max(F.when(F.col("run").isNotNull(), F.struct("produced_ms", "run"))).alias("newest"),
-        F.collect_list(F.when(~is_data, F.struct("run", "run_event", "produced_ms"))).alias("events"),
-    ]
+BUCKETS_PER_PARTITION = 4
+"""Orbit buckets per shuffle partition: Spark hashes bucket ids to partitions, and a few
+buckets per partition keep the partitions' shares of hits close to even."""
 
 
-def aggregate_batch(rows: DataFrame, settings: Settings | None = None) -> BatchAggregates:
-    """Reduce one micro-batch of DAQ rows to the task 1-4 outputs and the extras, in Spark.
+def aggregate_batch(messages: DataFrame, settings: Settings | None = None) -> BatchAggregates:
+    """Reduce one micro-batch of raw-topic messages to the task 1-4 outputs and the extras, in Spark.
 
-    One Spark job, one scan of the source. Every row passes an ``observe`` node that
-    counts rows, malformed rows, Kafka times, runs and run markers on the way (Spark's
-    observed metrics); only the hits (HEAD 2, ``HIT_COLUMNS``) go on:
-    ``repartition(settings.shuffle_partitions, ORBIT_CNT)`` puts whole orbits in each
-    partition, ``mapInArrow(reduce_partition)`` reduces each with ``reduce_hits``, and
-    the driver merges the partial rows (``merge_aggregates``). Same result as
-    ``reduce_rows`` on the whole batch.
+    One Spark job of two stages (see the module docstring):
+    ``mapInArrow(decode_partition)`` decodes every message to DAQ rows, counts them and
+    splits the hits into ``settings.shuffle_partitions`` x ``BUCKETS_PER_PARTITION`` orbit
+    buckets; ``repartition(settings.shuffle_partitions, "bucket")`` puts whole orbits in
+    each partition; ``mapInArrow(reduce_partition)`` reduces each partition to one row;
+    the driver merges the rows (``merge_aggregates``). Same result as ``reduce_rows`` on
+    the whole batch's decoded rows.
 
     Args:
-        rows: columns of ``processor.kafka_source.SPARK_SCHEMA``; malformed rows have HEAD
-            null and run_event 0, control rows have run_event 1 or 2.
+        messages: source rows, columns of ``processor.kafka_source.SPARK_SCHEMA`` (one row
+            per Kafka message).
         settings: scintillator channel, drift-time range and bins, max orbit gap, shuffle
             partitions (default: ``Settings()``).
     Returns:
@@ -456,18 +542,10 @@ def aggregate_batch(rows: DataFrame, settings: Settings | None = None) -> BatchA
     """
     s = settings or Settings()
     binning = Binning.from_settings(s)
-    totals = Observation("dtmon-batch-totals")
-    hits = rows.observe(totals, *_totals_metrics()).where(F.col("HEAD") == HEAD_HIT).select(*HIT_COLUMNS)
-    partials = hits.repartition(s.shuffle_partitions, "ORBIT_CNT").mapInArrow(reduce_partition(binning), PARTIAL_SPARK_SCHEMA)
-    out = merge_aggregates(from_partial_rows(partials.toArrow(), binning), binning)
-    t = totals.get
-    out.rows_read, out.malformed_rows = int(t["rows"]), int(t["malformed"])
-    out.produced_first_ms, out.produced_last_ms = t["produced_min"], t["produced_max"]
-    out.synthetic = bool(t["synthetic"])
-    if t["newest"] is not None:
-        out.newest_ms, out.run = t["newest"]["produced_ms"], t["newest"]["run"]
-    out.run_events = [(e["run"], e["run_event"], e["produced_ms"]) for e in t["events"]]
-    return out
+    buckets = s.shuffle_partitions * BUCKETS_PER_PARTITION
+    split = messages.mapInArrow(decode_partition(binning, buckets), SPLIT_SPARK_SCHEMA)
+    partials = split.repartition(s.shuffle_partitions, "bucket").mapInArrow(reduce_partition(binning), PARTIAL_SPARK_SCHEMA)
+    return merge_aggregates(from_partial_rows(partials.toArrow(), binning), binning)
 
 
 def build_message(

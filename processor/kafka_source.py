@@ -12,17 +12,21 @@ like the built-in source where it matters:
   query restarted from its checkpoint resumes exactly where it stopped;
 * partitions that appear later are read from their start.
 
-Unlike the built-in source it decodes the raw-topic messages (``dtmon.wire``) straight
-into Arrow record batches of DAQ rows, plus the Kafka timestamp of the message each row
-came in (``produced_ms``), the synthetic-data flag and the run (header ``dtmon-run``).
-A message that cannot be decoded becomes one all-null row (a malformed row, counted
-downstream), never a failed task.
+Like the built-in source it yields **one row per Kafka message** (``MESSAGE_SCHEMA``):
+topic, partition, offset, Kafka timestamp, the ``content-type``, ``dtmon-synthetic`` and
+``dtmon-run`` headers, and the value bytes. The value is decoded downstream
+(``decode_records``, called by ``processor.histograms`` inside the micro-batch's first
+Spark stage) straight into Arrow record batches of DAQ rows (``OUTPUT_SCHEMA``): a
+message carries ~10 000 DAQ rows, so the JVM handles one row per message, never one per
+hit. A message that cannot be decoded becomes one all-null DAQ row (a malformed row,
+counted downstream), never a failed task.
 
 Run markers: at each run start and end the producer sends a control message (header
 ``content-type: application/vnd.dtmon.control+json``, header ``dtmon-run``, value
-``{"event": "run-start"|"run-end", "run": N, "file": ..., "rows": n}``). It becomes one
-row with every DAQ column null, ``run`` = N and ``run_event`` = 1 (start) or 2 (end);
-data rows have ``run_event`` = 0. A malformed row is one with HEAD null and run_event 0.
+``{"event": "run-start"|"run-end", "run": N, "file": ..., "rows": n}``). ``decode_records``
+turns it into one row with every DAQ column null, ``run`` = N and ``run_event`` = 1
+(start) or 2 (end); data rows have ``run_event`` = 0. A malformed row is one with HEAD
+null and run_event 0.
 
 Log end offsets: on real Kafka, ListOffsets(latest) is the log end. Tansu 0.6 answers the
 last record batch's base offset + 1 instead, so the end is confirmed by reading from
@@ -49,14 +53,29 @@ from dtmon.wire import CONTENT_TYPE_CONTROL, CONTENT_TYPE_CSV, decode_message, h
 log = logging.getLogger(__name__)
 
 SOURCE_NAME = "dtmon-kafka"
-SPARK_SCHEMA = (
-    "HEAD tinyint, FPGA tinyint, TDC_CHANNEL smallint, ORBIT_CNT bigint, BX_COUNTER int, "
-    "TDC_MEAS double, produced_ms bigint, synthetic boolean, run int, run_event tinyint"
+
+MESSAGE_SCHEMA = pa.schema(
+    [
+        pa.field("topic", pa.string()),
+        pa.field("partition", pa.int32()),
+        pa.field("offset", pa.int64()),
+        pa.field("produced_ms", pa.int64()),
+        pa.field("content_type", pa.string()),
+        pa.field("synthetic", pa.bool_()),
+        pa.field("run", pa.int32()),
+        pa.field("value", pa.binary()),
+    ]
 )
-"""Rows the source yields: the DAQ columns (``dtmon.hits.HIT_SCHEMA``), the Kafka
-timestamp of the message in ms since the epoch, whether the rows are synthetic, the run
-number (null without a ``dtmon-run`` header) and the run event (``RUN_DATA``,
-``RUN_START``, ``RUN_END``)."""
+"""Rows the source yields, one per Kafka message: where it sits, its Kafka timestamp in ms
+since the epoch, its ``content-type`` header, whether it holds synthetic rows
+(``dtmon-synthetic: 1``), its run (``dtmon-run``, null without the header or when it is
+not an integer >= 0) and the value bytes."""
+
+SPARK_SCHEMA = (
+    "topic string, partition int, offset bigint, produced_ms bigint, content_type string, synthetic boolean, "
+    "run int, value binary"
+)
+"""``MESSAGE_SCHEMA`` as a Spark DDL string (the source's schema)."""
 
 OUTPUT_SCHEMA = pa.schema(
     list(HIT_SCHEMA)
@@ -67,6 +86,10 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field("run_event", pa.int8()),
     ]
 )
+"""DAQ rows decoded from messages (``decode_records``): the DAQ columns
+(``dtmon.hits.HIT_SCHEMA``), the Kafka timestamp of the message each row came in (ms since
+the epoch), the synthetic flag, the run and the run event (``RUN_DATA``, ``RUN_START``,
+``RUN_END``)."""
 
 RUN_DATA, RUN_START, RUN_END = 0, 1, 2
 RUN_EVENTS = {"run-start": RUN_START, "run-end": RUN_END}
@@ -188,6 +211,7 @@ def decode_records(
     timestamps_ms: list[int],
     synthetic: list[bool],
     runs: list[int | None] | None = None,
+    origins: list[str] | None = None,
 ) -> pa.RecordBatch:
     """Decode raw-topic message values into one record batch with ``OUTPUT_SCHEMA``.
 
@@ -198,6 +222,7 @@ def decode_records(
     Args:
         values, content_types, timestamps_ms, synthetic: per message, length M.
         runs: per message, the ``dtmon-run`` header as an int (None: no header); default all None.
+        origins: per message, where it came from (e.g. ``topic/partition@offset``), for the log.
     Returns:
         record batch of N rows (N = rows in all messages, + 1 per undecodable or control message).
     """
@@ -231,7 +256,8 @@ def decode_records(
             else:
                 add(decode_message(values[i], content_types[i]), timestamps_ms[i], synthetic[i], runs[i])
         except DecodeError as exc:
-            log.error("undecodable raw message (%s): counted as one malformed row", exc)
+            where = origins[i] if origins else f"#{i} of the batch"
+            log.error("undecodable raw message %s (%s): counted as one malformed row", where, exc)
             add(_null_row(), timestamps_ms[i], synthetic[i], runs[i])
         i += 1
     if not tables:
@@ -256,31 +282,51 @@ def _null_row() -> pa.Table:
     return pa.Table.from_pylist([{}], HIT_SCHEMA)
 
 
+def decode_messages(messages: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
+    """Decode a batch of source rows (``MESSAGE_SCHEMA``) into DAQ rows (``OUTPUT_SCHEMA``).
+
+    ``decode_records`` on the message columns; an undecodable message is logged with its
+    topic, partition and offset and becomes one malformed row.
+    """
+    cols = {name: messages.column(name).to_pylist() for name in MESSAGE_SCHEMA.names}
+    return decode_records(
+        [v or b"" for v in cols["value"]],
+        cols["content_type"],
+        [0 if t is None else t for t in cols["produced_ms"]],
+        [bool(x) for x in cols["synthetic"]],
+        cols["run"],
+        [f"{t}/{p}@{o}" for t, p, o in zip(cols["topic"], cols["partition"], cols["offset"])],
+    )
+
+
 def read_range(
     bootstrap: str, rng: KafkaRange, bytes_per_batch: int = 16 << 20, stall_timeout_s: float = 60.0
 ) -> Iterator[pa.RecordBatch]:
-    """Read offsets ``[rng.start, rng.end)`` of one partition as decoded record batches.
+    """Read offsets ``[rng.start, rng.end)`` of one partition as record batches of messages (``MESSAGE_SCHEMA``).
 
-    Messages are decoded together until about ``bytes_per_batch`` of message values (or
-    10 000 messages) are pending, so each yielded batch holds many DAQ rows.
+    Messages are gathered until about ``bytes_per_batch`` of message values (or 10 000
+    messages) are pending, so each yielded batch holds many DAQ rows.
 
     Raises:
         TimeoutError: no new message arrived for ``stall_timeout_s`` while offsets were
             still missing (Spark then retries the task).
-        confluent_kafka.KafkaException: a fatal consumer error.
+        RuntimeError: a fatal consumer error.
     """
     from confluent_kafka import Consumer, KafkaError, TopicPartition
 
     consumer = Consumer(_consumer_config(bootstrap))
     consumer.assign([TopicPartition(rng.topic, rng.partition, rng.start)])
-    values: list[bytes] = []
-    ctypes: list[str | None] = []
-    stamps: list[int] = []
-    synthetic: list[bool] = []
-    runs: list[int | None] = []
+    columns: dict[str, list] = {name: [] for name in MESSAGE_SCHEMA.names}
     pending_bytes = 0
     next_offset = rng.start
     last_progress = time.monotonic()
+
+    def flush() -> pa.RecordBatch:
+        batch = pa.RecordBatch.from_pydict(columns, schema=MESSAGE_SCHEMA)
+        for values in columns.values():
+            values.clear()
+        return batch
+
     try:
         while next_offset < rng.end:
             messages = consumer.consume(min(rng.end - next_offset, 1000), timeout=1.0)
@@ -300,20 +346,24 @@ def read_range(
                     continue
                 next_offset = msg.offset() + 1
                 headers = header_dict(msg.headers())
-                values.append(msg.value() or b"")
-                ctypes.append(headers.get("content-type"))
-                stamps.append(msg.timestamp()[1])
-                synthetic.append(headers.get("dtmon-synthetic") == "1")
-                runs.append(parse_run(headers.get("dtmon-run")))
-                pending_bytes += len(values[-1])
+                value = msg.value() or b""
+                columns["topic"].append(rng.topic)
+                columns["partition"].append(rng.partition)
+                columns["offset"].append(msg.offset())
+                columns["produced_ms"].append(msg.timestamp()[1])
+                columns["content_type"].append(headers.get("content-type"))
+                columns["synthetic"].append(headers.get("dtmon-synthetic") == "1")
+                columns["run"].append(parse_run(headers.get("dtmon-run")))
+                columns["value"].append(value)
+                pending_bytes += len(value)
                 last_progress = time.monotonic()
-                if pending_bytes >= bytes_per_batch or len(values) >= 10_000:
-                    yield decode_records(values, ctypes, stamps, synthetic, runs)
-                    values, ctypes, stamps, synthetic, runs, pending_bytes = [], [], [], [], [], 0
+                if pending_bytes >= bytes_per_batch or len(columns["value"]) >= 10_000:
+                    yield flush()
+                    pending_bytes = 0
             if time.monotonic() - last_progress > stall_timeout_s:
                 raise TimeoutError(f"no message for {stall_timeout_s} s at offset {next_offset} of {rng}")
-        if values:
-            yield decode_records(values, ctypes, stamps, synthetic, runs)
+        if columns["value"]:
+            yield flush()
     finally:
         consumer.close()
 
@@ -458,7 +508,7 @@ class KafkaStreamReader(DataSourceStreamReader):
 
 
 class KafkaDataSource(DataSource):
-    """``spark.readStream.format("dtmon-kafka")``: DAQ rows from the raw Kafka topic."""
+    """``spark.readStream.format("dtmon-kafka")``: the raw Kafka topic, one row per message (``MESSAGE_SCHEMA``)."""
 
     @classmethod
     def name(cls) -> str:

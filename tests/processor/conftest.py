@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -9,10 +11,10 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from dtmon.hits import decode_csv
+from dtmon.hits import HIT_SCHEMA, decode_csv
 from dtmon.settings import load_settings
-from dtmon.wire import CONTENT_TYPE_ARROW, encode_arrow
-from processor.kafka_source import OUTPUT_SCHEMA
+from dtmon.wire import CONTENT_TYPE_ARROW, CONTENT_TYPE_CONTROL, encode_arrow
+from processor.kafka_source import MESSAGE_SCHEMA, OUTPUT_SCHEMA, RUN_DATA, RUN_END, RUN_START, SPARK_SCHEMA
 
 
 @pytest.fixture(scope="session")
@@ -86,20 +88,51 @@ def expected_outputs(frame: pd.DataFrame) -> dict:
     }
 
 
-def with_source_columns(table: pa.Table, produced_ms: int = 1_700_000_000_000, run: int | None = None) -> pa.Table:
-    """Add the columns the Kafka source adds: Kafka timestamp (ms, one per row, increasing),
-    synthetic flag, run (``run`` or null) and run event 0 (data rows)."""
+def with_source_columns(
+    table: pa.Table, produced_ms: int = 1_700_000_000_000, run: int | None = None, rows_per_message: int = 1
+) -> pa.Table:
+    """Add the columns decoding adds to DAQ rows (``OUTPUT_SCHEMA``): Kafka timestamp (ms,
+    increasing by 1 per ``rows_per_message`` rows), synthetic flag, run (``run`` or null)
+    and run event 0 (data rows)."""
     n = table.num_rows
     return pa.Table.from_arrays(
         list(table.columns)
         + [
-            pa.array(np.arange(n, dtype=np.int64) + produced_ms),
+            pa.array(np.arange(n, dtype=np.int64) // rows_per_message + produced_ms),
             pa.array(np.zeros(n, bool)),
             pa.array([run] * n, pa.int32()),
             pa.array(np.zeros(n, np.int8)),
         ],
         schema=OUTPUT_SCHEMA,
     )
+
+
+def as_messages(rows: pa.Table) -> pa.Table:
+    """The source rows (``MESSAGE_SCHEMA``) that decode to ``rows`` (``OUTPUT_SCHEMA``).
+
+    Consecutive data rows with the same Kafka time, synthetic flag and run become one
+    Arrow message; a control row (run_event 1/2) becomes a control message.
+    """
+    meta = rows.select(["produced_ms", "synthetic", "run", "run_event"]).to_pylist()
+    messages, start = [], 0
+    for i in range(1, len(meta) + 1):
+        if i < len(meta) and meta[i] == meta[start] and meta[i]["run_event"] == RUN_DATA:
+            continue
+        m = meta[start]
+        if m["run_event"] == RUN_DATA:
+            ctype, value = CONTENT_TYPE_ARROW, encode_arrow(rows.slice(start, i - start).select(HIT_SCHEMA.names))
+        else:
+            event = {RUN_START: "run-start", RUN_END: "run-end"}[m["run_event"]]
+            ctype, value = CONTENT_TYPE_CONTROL, json.dumps({"event": event, "run": m["run"]}).encode()
+        messages.append({"topic": "test", "partition": 0, "offset": len(messages), "produced_ms": m["produced_ms"],
+                         "content_type": ctype, "synthetic": m["synthetic"], "run": m["run"], "value": value})
+        start = i
+    return pa.Table.from_pylist(messages, MESSAGE_SCHEMA)
+
+
+def message_frame(spark, rows: pa.Table):
+    """A Spark DataFrame of source rows (``SPARK_SCHEMA``) that decode to ``rows`` (``as_messages``)."""
+    return spark.createDataFrame(as_messages(rows), schema=SPARK_SCHEMA)
 
 
 def edges_of(settings) -> np.ndarray:

@@ -18,12 +18,13 @@ from processor.histograms import (
     detector_span,
     drift_time_edges,
 )
-from processor.kafka_source import OUTPUT_SCHEMA, RUN_END, RUN_START, SPARK_SCHEMA
+from processor.kafka_source import OUTPUT_SCHEMA, RUN_END, RUN_START
 from processor.state import RunStatus
 from tests.processor.conftest import (
     edges_of,
     expected_extras,
     expected_outputs,
+    message_frame,
     with_source_columns,
 )
 
@@ -31,7 +32,7 @@ SYNTH_ROWS = 200_000
 
 
 def as_frame(spark, table: pa.Table):
-    return spark.createDataFrame(table, schema=SPARK_SCHEMA)
+    return message_frame(spark, table)
 
 
 def assert_extras_match(agg, expected: dict, settings) -> None:
@@ -58,7 +59,7 @@ def synthetic_run(spark):
     """SYNTHETIC rows (dtmon.synth, seed 11, scintillator at the PDF's FPGA 1 channel 128)."""
     table = generate(SYNTH_ROWS, seed=11)
     settings = load_settings()
-    return table, settings, aggregate_batch(as_frame(spark, with_source_columns(table)), settings)
+    return table, settings, aggregate_batch(as_frame(spark, with_source_columns(table, rows_per_message=10_000)), settings)
 
 
 def test_genuine_rows_extras_match_pandas(genuine_run, genuine_table):
@@ -138,13 +139,13 @@ def test_synthetic_counter_jump_is_left_out_of_detector_time(spark):
     second = generate(20_000, seed=4, params=SynthParams(start_orbit=start))
     table = pa.concat_tables([first, second])
     settings = load_settings()
-    agg = aggregate_batch(as_frame(spark, with_source_columns(table)), settings)
+    agg = aggregate_batch(as_frame(spark, with_source_columns(table, rows_per_message=1_000)), settings)
     expected = expected_extras(table.to_pandas(), (1, 128), edges_of(settings), settings.max_orbit_gap)
     assert expected["orbit_jumps"] == 1
     assert_extras_match(agg, expected, settings)
     # a max gap wider than the jump keeps it: the whole span counts
     wide = load_settings(max_orbit_gap=20_000_000)
-    agg_wide = aggregate_batch(as_frame(spark, with_source_columns(table)), wide)
+    agg_wide = aggregate_batch(as_frame(spark, with_source_columns(table, rows_per_message=1_000)), wide)
     hits = table.to_pandas().query("HEAD == 2").ORBIT_CNT
     assert agg_wide.orbit_jumps == 0
     assert agg_wide.detector_orbits == hits.max() - hits.min() + 1

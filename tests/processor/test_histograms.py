@@ -10,13 +10,12 @@ import pytest
 from dtmon.hits import HIT_SCHEMA
 from dtmon.schema import ResultsMessage
 from processor.histograms import BatchAggregates, aggregate_batch, build_message
-from processor.kafka_source import SPARK_SCHEMA
-from tests.processor.conftest import expected_outputs, with_source_columns
+from tests.processor.conftest import expected_outputs, message_frame, with_source_columns
 
 
 def as_frame(spark, table: pa.Table):
-    """A Spark DataFrame with the Kafka source's schema, built from Arrow (nulls stay nulls)."""
-    return spark.createDataFrame(with_source_columns(table), schema=SPARK_SCHEMA)
+    """A Spark DataFrame of source rows, one Kafka message per DAQ row (nulls stay nulls)."""
+    return message_frame(spark, with_source_columns(table))
 
 
 def test_aggregate_genuine_rows_matches_pandas(spark, genuine_table):

@@ -16,6 +16,7 @@ from dtmon.wire import (
     encode_arrow,
 )
 from processor.kafka_source import (
+    MESSAGE_SCHEMA,
     OUTPUT_SCHEMA,
     RUN_DATA,
     RUN_END,
@@ -23,6 +24,7 @@ from processor.kafka_source import (
     KafkaRange,
     KafkaStreamReader,
     cap_offsets,
+    decode_messages,
     decode_records,
     parse_control,
     parse_run,
@@ -84,7 +86,12 @@ def test_end_offsets_and_read_back_on_real_broker(kafka_bootstrap, topic_name, g
     assert sum(end[topic_name].values()) == sent
 
     batches = [b for rng in plan_ranges(start, end, min_partitions=3) for b in read_range(kafka_bootstrap, rng)]
-    rows = pa.Table.from_batches(batches, schema=OUTPUT_SCHEMA)
+    messages = pa.Table.from_batches(batches, schema=MESSAGE_SCHEMA)  # one row per Kafka message, like Spark's own source
+    assert messages.num_rows == sent
+    assert sorted(zip(messages["partition"].to_pylist(), messages["offset"].to_pylist())) == sorted(
+        (p, o) for p in (0, 1) for o in range(end[topic_name][str(p)]))
+    assert set(messages["content_type"].to_pylist()) == {CONTENT_TYPE_ARROW}
+    rows = pa.Table.from_batches([decode_messages(b) for b in batches], schema=OUTPUT_SCHEMA)
     assert rows.num_rows == genuine_table.num_rows
     key = ["ORBIT_CNT", "BX_COUNTER", "TDC_CHANNEL", "FPGA", "HEAD", "TDC_MEAS"]
     got = rows.select(HIT_SCHEMA.names).to_pandas().sort_values(key).reset_index(drop=True)

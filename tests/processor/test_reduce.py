@@ -1,4 +1,4 @@
-"""The pure per-partition reduction (``reduce_rows``), its merge and its Arrow round trip,
+"""The pure reductions (``reduce_rows``, the two stages ``split_rows``/``reduce_split``), their merge and Arrow round trip,
 without Spark, against the independent pandas computations of ``conftest``."""
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ import pytest
 from dtmon.settings import load_settings
 from dtmon.synth import generate
 from processor.histograms import (
-    HIT_COLUMNS,
+    SPLIT_SCHEMA,
     Binning,
     from_partial_rows,
     merge_aggregates,
     reduce_partition,
-    reduce_hits,
     reduce_rows,
+    reduce_split,
+    split_rows,
     to_partial_row,
 )
 from processor.kafka_source import OUTPUT_SCHEMA, RUN_END, RUN_START
@@ -100,16 +101,36 @@ def test_partial_row_round_trip_and_run_markers(synthetic_rows):
     np.testing.assert_array_equal(back.orbit_buckets, agg.orbit_buckets)
 
 
+def test_two_stages_over_any_split_of_messages_give_the_whole(synthetic_rows):
+    """Stage 1 (``split_rows``) on input partitions that cut orbits apart, rows grouped by
+    bucket (as the shuffle does), stage 2 (``reduce_split``) per group, merged: == the whole batch."""
+    binning = Binning.from_settings(load_settings())
+    orbit = pc.fill_null(synthetic_rows["ORBIT_CNT"], -1).to_numpy()
+    hit = np.flatnonzero(pc.fill_null(synthetic_rows["HEAD"], -1).to_numpy() == 2)
+    inside = hit[1:][orbit[hit[1:]] == orbit[hit[:-1]]]  # a hit whose orbit began before it
+    cut = int(inside[inside > synthetic_rows.num_rows // 3][0])
+    assert orbit[cut] in set(orbit[hit[hit < cut]])  # the cut splits this orbit's hits
+    splits = pa.Table.from_batches([split_rows(synthetic_rows.slice(0, cut), binning, 4),
+                                    split_rows(synthetic_rows.slice(cut), binning, 4)])
+    assert splits.schema.equals(SPLIT_SCHEMA)
+    assert sorted(set(splits["bucket"].to_pylist())) == [-1, 0, 1, 2, 3]
+    groups = [splits.filter(pc.is_in(splits["bucket"], pa.array(g, pa.int32()))) for g in ([-1, 2], [0, 1, 3])]
+    merged = merge_aggregates([reduce_split(g, binning) for g in groups], binning)
+    assert_same(merged, reduce_rows(synthetic_rows, binning))
+    # each bucket holds only its orbits, and every hit once
+    hits = sum(pa.ipc.open_stream(h).read_all().num_rows for h in splits["hits"].to_pylist() if h is not None)
+    assert hits == int(pc.sum(pc.equal(synthetic_rows["HEAD"], 2)).as_py())
+
+
 def test_reduce_partition_skips_empty_partitions(synthetic_rows):
     binning = Binning.from_settings(load_settings())
     reduce = reduce_partition(binning)
     assert list(reduce(iter([]))) == []
-    hits = synthetic_rows.filter(pc.equal(synthetic_rows["HEAD"], 2)).select(list(HIT_COLUMNS)).slice(0, 100)
-    (row,) = list(reduce(iter(hits.to_batches() + [hits.to_batches()[0].slice(0, 0)])))
+    split = split_rows(synthetic_rows.slice(0, 500), binning, 2)
+    (row,) = list(reduce(iter([split, split.slice(0, 0)])))
     (agg,) = from_partial_rows(pa.Table.from_batches([row]), binning)
-    assert agg.hits == 100 and agg.rows_read == 0
-    np.testing.assert_array_equal(agg.occupancy, reduce_rows(synthetic_rows.slice(0, 0), binning).occupancy + reduce_hits(hits, binning).occupancy)
-    assert agg.occupancy.sum() + agg.hits_outside_chambers == 100
+    assert_same(agg, reduce_rows(synthetic_rows.slice(0, 500), binning))
+    assert agg.rows_read == 500 and agg.occupancy.sum() + agg.hits_outside_chambers == agg.hits > 0
 
 
 def test_empty_and_hitless_batches(synthetic_rows):
