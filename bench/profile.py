@@ -1,8 +1,9 @@
 """``python -m bench.profile``: where the processor's time goes, piece by piece, on SYNTHETIC rows.
 
-1. **Source read** (the Python worker's job): ``processor.kafka_source.read_range`` over
-   a filled partition under cProfile, in this process: rows/s and the top functions
-   (Kafka fetch vs Arrow/CSV decode), for the arrow and the csv-line wire.
+1. **Source read and decode**: ``processor.kafka_source.read_range`` (the source's Python
+   worker: one row per Kafka message) and ``decode_messages`` (the first stage of
+   ``aggregate_batch``) over a filled partition under cProfile, in this process: DAQ rows/s
+   and the top functions (Kafka fetch vs Arrow/CSV decode), for the arrow and the csv-line wire.
 2. **Micro-batch** in a real local Spark streaming query on the same source, with batches
    capped to the same rows: Spark's own ``durationMs`` breakdown (latestOffset, addBatch,
    walCommit, commitOffsets, ...) and, inside ``addBatch``, the source scan
@@ -67,13 +68,13 @@ def fill(bootstrap: str, topic: str, table, wire: str, rows_per_message: int = 1
 
 
 def profile_source(bootstrap: str, topic: str, messages: int, rows: int) -> dict:
-    """Read the whole partition with ``read_range`` under cProfile; rows/s and top functions."""
-    from processor.kafka_source import KafkaRange, read_range
+    """Read the whole partition with ``read_range`` and decode it under cProfile; DAQ rows/s and top functions."""
+    from processor.kafka_source import KafkaRange, decode_messages, read_range
 
     profiler = cProfile.Profile()
     wall, cpu = time.perf_counter(), time.process_time()
     profiler.enable()
-    got = sum(batch.num_rows for batch in read_range(bootstrap, KafkaRange(topic, 0, 0, messages)))
+    got = sum(decode_messages(batch).num_rows for batch in read_range(bootstrap, KafkaRange(topic, 0, 0, messages)))
     profiler.disable()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     out = io.StringIO()
@@ -106,7 +107,7 @@ def profile_batches(bootstrap: str, topic: str, cap_messages: int, batches_wante
         def onQueryProgress(self, event):
             p = event.progress
             if p.numInputRows:
-                progress.append({"batch": p.batchId, "rows": p.numInputRows, "duration_ms": dict(p.durationMs)})
+                progress.append({"batch": p.batchId, "messages": p.numInputRows, "duration_ms": dict(p.durationMs)})
 
     spark.streams.addListener(Listener())
     tracker = spark.sparkContext.statusTracker()
@@ -128,7 +129,7 @@ def profile_batches(bootstrap: str, topic: str, cap_messages: int, batches_wante
             aggregate_batch(batch)
         t_c = time.perf_counter()
         batch.unpersist()
-        inner.append({"batch": batch_id, "rows": n, "scan_s": t_b - t_a, "aggregate_s": t_c - t_b,
+        inner.append({"batch": batch_id, "messages": n, "scan_s": t_b - t_a, "aggregate_s": t_c - t_b,
                       "jobs": len(jobs()) - jobs_before})
 
     query = (
@@ -151,7 +152,7 @@ def profile_batches(bootstrap: str, topic: str, cap_messages: int, batches_wante
         "session_start_s": session_s,
         "first_batch_ms": progress[0]["duration_ms"] if progress else None,
         "steady_batches": len(steady),
-        "rows_per_batch": float(np.mean([p["rows"] for p in steady])) if steady else None,
+        "messages_per_batch": float(np.mean([p["messages"] for p in steady])) if steady else None,
         "mean_duration_ms": {k: float(np.mean([p["duration_ms"].get(k, 0) for p in steady])) for k in keys},
         "mean_scan_s": float(np.mean([i["scan_s"] for i in inner[1:]])) if len(inner) > 1 else None,
         "mean_aggregate_s": float(np.mean([i["aggregate_s"] for i in inner[1:]])) if len(inner) > 1 else None,
@@ -194,7 +195,7 @@ def main(
             topic = f"profile-{wire}-{int(time.time())}"
             messages = fill(broker.address, topic, table, wire)
             source = profile_source(broker.address, topic, messages, rows)
-            print(f"\n== SYNTHETIC {wire}: read_range {source['rows']:,} rows in {source['wall_s']:.2f} s wall / "
+            print(f"\n== SYNTHETIC {wire}: read_range + decode_messages {source['rows']:,} rows in {source['wall_s']:.2f} s wall / "
                   f"{source['cpu_s']:.2f} s CPU = {source['rows_per_s']:,.0f} rows/s (one Python process)")
             print(source["top_tottime"])
             entry = {"messages": messages, "source": source}
