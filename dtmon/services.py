@@ -26,23 +26,32 @@ class Service:
     address: str
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Terminate the child's process group (SIGTERM, then SIGKILL after ``timeout`` s)."""
+        """Stop the child, then its process group (``stop_process``)."""
         stop_process(self.process, timeout)
 
 
 def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> None:
-    """SIGTERM a child started with ``start_new_session=True`` and its group; SIGKILL if it hangs."""
-    if process.poll() is not None:
-        return
+    """Stop a child started with ``start_new_session=True``, then what is left of its process group.
+
+    SIGTERM goes to the child alone first, so it can stop what it started in order (the
+    processor stops its streaming query and Spark before the JVM goes; a JVM that got the
+    signal too would shut down under it). A child still running after ``timeout`` s gets
+    SIGKILL with its whole group; group members that outlive the child get SIGTERM.
+    """
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait(timeout)
     try:
         os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def wait_for_port(host: str, port: int, timeout: float, process: subprocess.Popen | None = None) -> None:

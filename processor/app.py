@@ -236,6 +236,20 @@ def read_query_id(checkpoint_location: str) -> str | None:
     return json.loads(metadata.read_text().splitlines()[0]).get("id")
 
 
+def stop_between_batches(query: StreamingQuery, timeout_s: float = 10.0) -> None:
+    """Stop ``query`` when no micro-batch is running, or after ``timeout_s`` s.
+
+    A stop during a micro-batch cancels its Spark job, and the cancellation surfaces as an
+    error in the batch function (a traceback in the log for a normal stop); a stopped batch
+    is not lost, the restarted query runs it again from the checkpoint.
+    """
+    deadline = time.monotonic() + timeout_s
+    while query.isActive and query.status.get("isTriggerActive") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if query.isActive:
+        query.stop()
+
+
 def run_processor(settings: Settings) -> int:
     """Run the processor until SIGINT/SIGTERM or a query failure; return an exit code."""
     spark = spark_session(settings)
@@ -252,10 +266,10 @@ def run_processor(settings: Settings) -> int:
     while not stop.is_set() and query.isActive:
         stop.wait(0.5)
     failure = query.exception()
-    if query.isActive:
-        query.stop()
+    stop_between_batches(query)
     spark.stop()
     if failure is not None:
         log.error("streaming query failed: %s", failure)
         return 1
+    log.info("processor stopped")
     return 0

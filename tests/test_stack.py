@@ -146,6 +146,8 @@ def test_dtmon_up_streams_genuine_rows_to_the_dashboard_and_stops_cleanly(tmp_pa
     text = out.read_text()
     assert proc.returncode == 0, text
     assert "all dtmon children stopped" in text
+    processor_log = (workdir / "logs" / "processor.log").read_text()
+    assert "processor stopped" in processor_log, processor_log[-3000:]  # query and Spark stopped in order, exit 0
     left = [p for p in pids if alive(p)]
     assert not left, f"still running after dtmon up stopped ({stop_s:.1f} s): {left}"
     assert not any(port_open(p) for p in (broker_port, s3_port, dashboard_port))
