@@ -15,7 +15,7 @@ like the built-in source where it matters:
 Like the built-in source it yields **one row per Kafka message** (``MESSAGE_SCHEMA``):
 topic, partition, offset, Kafka timestamp, the ``content-type``, ``dtmon-synthetic`` and
 ``dtmon-run`` headers, and the value bytes. The value is decoded downstream
-(``decode_records``, called by ``processor.histograms`` inside the micro-batch's first
+(``decode_messages``, called by ``processor.histograms`` inside the micro-batch's first
 Spark stage) straight into Arrow record batches of DAQ rows (``OUTPUT_SCHEMA``): a
 message carries ~10 000 DAQ rows, so the JVM handles one row per message, never one per
 hit. A message that cannot be decoded becomes one all-null DAQ row (a malformed row,
