@@ -17,9 +17,18 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from dtmon.hits import CELLS_PER_CHAMBER, N_CHAMBERS
 
 RESULTS_SCHEMA_ID = "dtmon.results"
-RESULTS_VERSION = 2
-"""Version 2 adds the physics extras (PDF section 5.2.4), channel health and runs; every
-version-1 field is unchanged, and a version-1 message still parses (new fields default)."""
+RESULTS_VERSION = 3
+"""Version 2 adds the physics extras (PDF section 5.2.4), channel health and runs; version 3
+adds data-quality verdicts (``quality``), time-box fits, how the scintillator channel was
+chosen and stream events. Every older field is unchanged, and a version-1 or -2 message still
+parses (new fields default)."""
+
+QualityLevel = Literal["good", "warning", "bad", "null"]
+"""Quality of a checked object, as ALICE QualityControl's Good / Medium / Bad / Null:
+``null`` means not enough statistics (or no data) to judge."""
+
+QUALITY_ORDER: dict[str, int] = {"null": 0, "good": 1, "warning": 2, "bad": 3}
+"""Severity used to aggregate qualities: the worst non-null quality wins; all null gives null."""
 
 
 class Histogram(BaseModel):
@@ -92,10 +101,103 @@ class Scintillator(BaseModel):
 
     fpga: int = Field(ge=0, le=7)
     channel: int = Field(ge=0, le=511)
+    source: Literal["configured", "detected", "default"] | None = Field(
+        None, description="v3: how the channel was chosen: set by the user, found in the data, or the PDF default"
+    )
+    reason: str | None = Field(None, description="v3: one line saying why this channel was chosen")
+
+
+class CheckResult(BaseModel):
+    """The verdict of one check on one object (a chamber or the whole detector), version 3."""
+
+    model_config = ConfigDict(frozen=True)
+
+    check: str = Field(description="check name, e.g. rate, dead_channels, noisy_channels, time_box, "
+                       "occupancy_shape, drift_time_shape, scintillator")
+    quality: QualityLevel
+    reason: str = Field(description="one line a shifter reads, with the numbers behind the verdict")
+    values: dict[str, float | int | str | bool | None | list[int] | list[float]] = Field(
+        default_factory=dict, description="the numbers behind the verdict (units in the key names: _hz, _ns, _um_per_ns)"
+    )
+
+
+class TimeBoxFit(BaseModel):
+    """Time-box fit of one chamber's drift-time histogram (version 3).
+
+    t0 at the rising edge, t_max at the falling edge; drift velocity = 21 mm / (t_max - t0)
+    (half a 42 mm cell, course PDF section 4.2). Fields are None when the fit was not done.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    chamber: int = Field(ge=0, lt=N_CHAMBERS)
+    tagged_hits: int = Field(ge=0, description="scintillator-tagged hits in the fitted histogram")
+    t0_ns: float | None = None
+    t0_err_ns: float | None = None
+    t_max_ns: float | None = None
+    t_max_err_ns: float | None = None
+    v_drift_um_per_ns: float | None = None
+    v_drift_err_um_per_ns: float | None = None
+
+
+class ChamberQuality(BaseModel):
+    """Quality of one chamber: the worst of its checks, with that check's reason (version 3)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    chamber: int = Field(ge=0, lt=N_CHAMBERS)
+    quality: QualityLevel
+    reason: str
+    checks: list[CheckResult] = Field(default_factory=list)
+    dead_channels: list[int] = Field(default_factory=list, description="local channels 0-63 judged dead")
+    noisy_channels: list[int] = Field(default_factory=list, description="local channels 0-63 judged noisy")
+
+
+class QualityWindow(BaseModel):
+    """What the checks judged: the last ``batches`` micro-batches (version 3)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    batches: int = Field(ge=0)
+    hits: int = Field(ge=0, description="chamber hits in the window")
+    detector_time_s: float = Field(ge=0, description="detector (orbit counter) time the window spans, s")
+
+
+class QualityReport(BaseModel):
+    """Data-quality verdict of a window of micro-batches (version 3).
+
+    ``quality`` is the worst of the chambers and the detector-wide checks, ``reason`` the
+    reason of the object that set it (prefixed with the chamber).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    quality: QualityLevel
+    reason: str
+    window: QualityWindow
+    chambers: list[ChamberQuality] = Field(min_length=N_CHAMBERS, max_length=N_CHAMBERS)
+    detector: list[CheckResult] = Field(default_factory=list, description="detector-wide checks, e.g. scintillator")
+    time_box: list[TimeBoxFit] = Field(default_factory=list)
+    reference: str | None = Field(None, description="name of the reference run the shapes were compared with")
+
+
+class StreamEvent(BaseModel):
+    """Something that happened once, shown on the timeline, not as a lasting alarm (version 3).
+
+    Kinds: ``orbit_jump`` (ORBIT_CNT reset or gap), ``checkpoint_reset`` (offsets refused
+    and reset), ``rejected_message`` (a raw message failed validation), ``run_start``,
+    ``run_end``.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: str
+    time: float = Field(description="wall-clock time the processor saw it (epoch s)")
+    detail: str = Field(description="one line: what, where (topic/partition@offset), how many")
 
 
 class ResultsMessage(BaseModel):
-    """Everything dtmon computes for one micro-batch (schema ``dtmon.results`` version 1).
+    """Everything dtmon computes for one micro-batch (schema ``dtmon.results``, version ``RESULTS_VERSION``).
 
     Times are Unix epoch seconds (float, UTC). ``produced_first``/``produced_last`` are
     the Kafka timestamps of the oldest and newest raw message read in the batch, so
@@ -135,6 +237,11 @@ class ResultsMessage(BaseModel):
     run_state: Literal["running", "ended"] | None = Field(None, description="v2: ended once the run's end marker is read")
     run_started: float | None = Field(None, description="v2: wall-clock time the producer started the run (epoch s)")
 
+    # --- version 3 -------------------------------------------------------------
+    quality: QualityReport | None = Field(None, description="v3: data-quality verdict over the check window")
+    events: list[StreamEvent] = Field(default_factory=list, description="v3: events seen in this micro-batch")
+    rejected_messages: int = Field(0, ge=0, description="v3: raw messages that failed validation in this batch (skipped, logged)")
+
     @property
     def hits_per_chamber(self) -> list[int]:
         """Hits in chambers 0..3, shape (4,)."""
@@ -149,7 +256,7 @@ class ResultsMessage(BaseModel):
         """Parse and validate a results message.
 
         Raises:
-            pydantic.ValidationError: the document is not a valid version-1 message.
+            pydantic.ValidationError: the document is not a valid results message.
         """
         return cls.model_validate_json(data)
 

@@ -194,7 +194,7 @@ def test_build_message_version_2_fields(genuine_run):
     run = RunStatus(run=3, state="ended", started=1_700_000_000.5)
     message = build_message(4, agg, trigger_interval_s=2.0, batch_started=1.0, published=2.0, run=run)
     parsed = ResultsMessage.from_json(message.to_json())
-    assert parsed.version == RESULTS_VERSION == 2
+    assert parsed.version == RESULTS_VERSION == 3
     assert (parsed.scintillator.fpga, parsed.scintillator.channel) == (1, 138)
     assert [c.drift_time.bin_counts for c in parsed.chambers] == agg.drift_time.tolist()
     assert [c.occupancy_scint.bin_counts for c in parsed.chambers] == agg.occupancy_scint.tolist()
