@@ -7,7 +7,7 @@
 2. **Micro-batch** in a real local Spark streaming query on the same source, with batches
    capped to the same rows: Spark's own ``durationMs`` breakdown (latestOffset, addBatch,
    walCommit, commitOffsets, ...) and, inside ``addBatch``, the source scan
-   (``persist`` + ``count``) separated from ``processor.histograms.aggregate_batch`` on the
+   (``persist`` + ``count``) separated from ``processor.plan.aggregate_batch`` on the
    cached rows, plus the number of Spark jobs and stages per batch.
 
 A fresh Tansu broker is started on a free loopback port and stopped at the end.
@@ -90,7 +90,7 @@ def profile_batches(bootstrap: str, topic: str, cap_messages: int, batches_wante
 
     from dtmon.settings import load_settings
     from processor.app import spark_session
-    from processor.histograms import aggregate_batch
+    from processor.plan import aggregate_batch
     from processor.kafka_source import SOURCE_NAME, kafka_options
 
     settings = load_settings(spark_master=master, shuffle_partitions=shuffle_partitions)

@@ -665,7 +665,9 @@ def cli_synth(
         float, typer.Option(min=0.001, help="muons crossing at least one chamber, Hz")
     ] = _DEFAULTS.muon_rate_hz,
     scint_channel: Annotated[int, typer.Option(min=128, max=511, help="scintillator TDC_CHANNEL on FPGA 1")] = SCINT_CHANNEL,
-    endpoint_url: Annotated[str | None, typer.Option(help="S3 endpoint (e.g. moto) for s3:// destinations")] = None,
+    endpoint_url: Annotated[
+        str | None, typer.Option("--s3-endpoint-url", "--endpoint-url", help="S3 endpoint (e.g. moto) for s3:// destinations")
+    ] = None,
 ) -> None:
     """Write SYNTHETIC MiniDT DAQ files (seeded telescope model) plus the dtmon-synthetic.json manifest.
 

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 from confluent_kafka import KafkaError
 
-from dtmon.hits import HIT_SCHEMA, DecodeError
+from dtmon.hits import HIT_SCHEMA
 from dtmon.wire import (
     CONTENT_TYPE_ARROW,
     CONTENT_TYPE_CONTROL,
