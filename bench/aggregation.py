@@ -51,7 +51,8 @@ def main(
     out: Annotated[Path, typer.Option(help="JSON output")] = Path("artifacts/bench-aggregation.json"),
 ) -> None:
     """Time the per-batch aggregation on one cached SYNTHETIC batch."""
-    from bench.procstats import descendants, parent_map, read_process
+    from bench.procstats import read_process, tree
+    from dtmon.supervisor import process_parents
     from dtmon.settings import load_settings
     from dtmon.synth import generate
     from processor.app import spark_session
@@ -72,7 +73,7 @@ def main(
     variants = {"aggregate_batch": lambda: aggregate_batch(batch, settings), "count (1 job, floor)": lambda: batch.count()}
 
     def tree_cpu() -> float:  # this process + the JVM + Python workers, s
-        procs = [read_process(pid) for pid in descendants(os.getpid(), parent_map())]
+        procs = [read_process(pid) for pid in tree(os.getpid(), process_parents())]
         return sum(p.cpu_s for p in procs if p is not None)
 
     times: dict[str, list[float]] = {k: [] for k in variants}

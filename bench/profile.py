@@ -29,7 +29,7 @@ import typer
 
 from dtmon.kafka import KafkaClients
 from dtmon.services import free_port, start_broker
-from dtmon.wire import CONTENT_TYPE_ARROW, CONTENT_TYPE_CSV, encode_arrow
+from dtmon.wire import CONTENT_TYPE_ARROW, CONTENT_TYPE_CSV, HEADER_CONTENT_TYPE, HEADER_SYNTHETIC, encode_arrow
 
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
 
@@ -42,8 +42,8 @@ def fill(bootstrap: str, topic: str, table, wire: str, rows_per_message: int = 1
     clients.ensure_topic(topic, 1, timeout=30)
     producer = clients.producer(linger_ms=20, acks="all", compression_type="none" if wire == "arrow" else "lz4",
                                 queue_buffering_max_messages=1_000_000)
-    headers_arrow = [("content-type", CONTENT_TYPE_ARROW.encode()), ("dtmon-synthetic", b"1")]
-    headers_csv = [("content-type", CONTENT_TYPE_CSV.encode()), ("dtmon-synthetic", b"1")]
+    headers_arrow = [(HEADER_CONTENT_TYPE, CONTENT_TYPE_ARROW.encode()), (HEADER_SYNTHETIC, b"1")]
+    headers_csv = [(HEADER_CONTENT_TYPE, CONTENT_TYPE_CSV.encode()), (HEADER_SYNTHETIC, b"1")]
     sent = 0
     if wire == "arrow":
         for start in range(0, table.num_rows, rows_per_message):

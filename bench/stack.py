@@ -295,7 +295,7 @@ def read_raw_topic(bootstrap: str, topic: str, timeout_s: float = 120.0) -> list
     """
     import pyarrow as pa
 
-    from dtmon.wire import CONTENT_TYPE_ARROW, CONTENT_TYPE_CSV, header_dict
+    from dtmon.wire import CONTENT_TYPE_ARROW, CONTENT_TYPE_CSV, HEADER_CONTENT_TYPE, header_dict
 
     consumer = KafkaClients(bootstrap).consumer("dtmon-bench-raw", enable_partition_eof=True, fetch_max_bytes=64 << 20)
     try:
@@ -310,7 +310,7 @@ def read_raw_topic(bootstrap: str, topic: str, timeout_s: float = 120.0) -> list
                         waiting.discard(msg.partition())
                     continue
                 value = msg.value() or b""
-                content_type = header_dict(msg.headers()).get("content-type")
+                content_type = header_dict(msg.headers()).get(HEADER_CONTENT_TYPE)
                 if content_type == CONTENT_TYPE_CSV:
                     rows = max(1, value.rstrip(b"\n").count(b"\n") + 1)
                 elif content_type in (None, CONTENT_TYPE_ARROW):

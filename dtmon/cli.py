@@ -69,6 +69,22 @@ class UsageError(Exception):
     """Bad input from the operator: printed as a one-line error, exit code 2."""
 
 
+def report_stop(error: BaseException) -> int:
+    """Print why a command stops early and return its exit code: 0 for Ctrl-C/SIGTERM, 2 for
+    bad input (``UsageError``, ``SourceError``), 1 for a dead child or any other error."""
+    if isinstance(error, KeyboardInterrupt):
+        console.print("interrupted: stopping")
+        return 0
+    if isinstance(error, ChildDied):
+        report_death(error)
+        return 1
+    if isinstance(error, (UsageError, SourceError)):
+        console.print(f"[bold red]error:[/] {error}")
+        return 2
+    console.print(f"[bold red]error:[/] {type(error).__name__}: {error}")
+    return 1
+
+
 def _connect_host(host: str) -> str:
     """Where to reach a server bound to ``host`` from this machine."""
     return "127.0.0.1" if host in ("", "0.0.0.0") else host
@@ -92,14 +108,8 @@ def serve(start: Callable[[], Service], ready: Callable[[], None]) -> None:
             stack.start_service(start)
             ready()
             code = run_until_interrupted(stack)
-        except KeyboardInterrupt:
-            console.print("interrupted: stopping")
-        except (UsageError, SourceError) as error:
-            console.print(f"[bold red]error:[/] {error}")
-            code = 2
-        except Exception as error:  # noqa: BLE001 - report, then stop what was started
-            console.print(f"[bold red]error:[/] {type(error).__name__}: {error}")
-            code = 1
+        except (KeyboardInterrupt, Exception) as error:  # report, then stop what was started
+            code = report_stop(error)
         finally:
             with signals_ignored():
                 stack.stop()
@@ -441,17 +451,8 @@ def up(
             console.print(f"dashboard answering after {time.monotonic() - t0:.1f} s")
             console.print(f"Dashboard: [bold green]{url}[/]   (Ctrl-C stops everything)")
             code = run_until_interrupted(stack)
-        except KeyboardInterrupt:
-            console.print("interrupted: stopping")
-        except ChildDied as error:
-            report_death(error)
-            code = 1
-        except (UsageError, SourceError) as error:
-            console.print(f"[bold red]error:[/] {error}")
-            code = 2
-        except Exception as error:  # noqa: BLE001 - report, then stop what was started
-            console.print(f"[bold red]error:[/] {type(error).__name__}: {error}")
-            code = 1
+        except (KeyboardInterrupt, Exception) as error:  # report, then stop what was started
+            code = report_stop(error)
         finally:
             with signals_ignored():
                 stack.stop()

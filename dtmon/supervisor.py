@@ -123,13 +123,20 @@ def _proc_state(pid: int) -> tuple[str, int] | None:
     return fields[0], int(fields[1])
 
 
-def descendants(pid: int) -> set[int]:
-    """Pids of all processes below ``pid`` (children, grandchildren, ...), read from /proc."""
+def process_parents() -> dict[int, int]:
+    """pid -> parent pid of every process on the machine, read from /proc."""
     parents = {}
     for entry in Path("/proc").iterdir():
         state = _proc_state(int(entry.name)) if entry.name.isdigit() else None
         if state is not None:
             parents[int(entry.name)] = state[1]
+    return parents
+
+
+def descendants(pid: int, parents: dict[int, int] | None = None) -> set[int]:
+    """Pids of all processes below ``pid`` (children, grandchildren, ...) in ``parents``
+    (pid -> parent pid; default ``process_parents()``)."""
+    parents = process_parents() if parents is None else parents
     found: set[int] = set()
     level = {pid}
     while level:

@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import KafkaError, TopicPartition
 
 from dtmon.kafka import KafkaClients
-from dtmon.schema import ResultsMessage
+from dtmon.schema import RESULTS_VERSION, ResultsMessage
 from dtmon.settings import load_settings
 from dtmon.wire import CONTENT_TYPE_ARROW, CONTENT_TYPE_CONTROL, encode_arrow
 from processor.app import ResultsPublisher, start_query
@@ -165,7 +165,7 @@ def test_runs_are_carried_into_the_results(spark, kafka_bootstrap, genuine_table
     assert sum(m.rows_read for m in run5) == genuine_table.num_rows  # markers are not rows
     assert sum(m.malformed_rows for m in everything) == 0
     for m in everything:
-        assert m.version == 2 and (m.scintillator.fpga, m.scintillator.channel) == (1, 138)
+        assert m.version == RESULTS_VERSION and (m.scintillator.fpga, m.scintillator.channel) == (1, 138)
         assert m.channel_health is not None and m.channel_health.window_batches == 4
         assert m.detector_time_s is not None and m.detector_time_s < 1.0
     # run 5 was on the topic before the query started: the first micro-batch holds all of
