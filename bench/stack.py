@@ -92,7 +92,7 @@ class Stack:
         log = self.workdir / f"{name}.log"
         child = Child(name, start_in_session(cmd, log, env or child_env(), cwd), log, time.monotonic())
         self.children.append(child)
-        self.sampler.add(name, process.pid)
+        self.sampler.add(name, child.process.pid)
         return child
 
     def create_topic(self, topic: str, partitions: int = 1) -> None:
