@@ -16,6 +16,12 @@ main-thread task longer than 50 ms, W3C Long Tasks API):
   within ``--interval`` s after the message was published (0 when no task exceeded 50 ms);
   reported as max and median over the updates, per tab.
 
+Wall-clock long tasks grow with the machine's load (other processes take the CPU from the
+renderer). So the page is also traced (Chromium tracing, ``toplevel`` tasks of the renderer's
+main thread with their thread CPU time ``tdur``): ``update_cpu_ms`` is the main thread's CPU
+time per update window and ``update_longest_task_cpu_ms`` the CPU time of its longest task —
+figures that do not depend on the load. The 1-minute load average is recorded with each run.
+
 Run from the repository root: ``python -m bench.page_timing [--repo DIR] [--json out.json]``.
 Targets (issue 10): update_block_ms <= 100, data_shown_ms <= 3000.
 """
@@ -110,6 +116,39 @@ def publish(producer: Producer, topic: str, messages: list[ResultsMessage]) -> N
         raise RuntimeError("results messages not delivered")
 
 
+def main_thread_cpu(trace: dict, marks: list[str], window_ms: float) -> list[tuple[float, float, float]]:
+    """Per mark (``performance.mark`` names, in order): (main-thread CPU ms, longest task CPU ms,
+    longest task wall ms) of the renderer tasks that started within ``window_ms`` after it."""
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    at = {e["name"]: e for e in events if e.get("name") in marks and e.get("ph") in ("R", "I", "n", "b")}
+    out = []
+    for name in marks:
+        mark = at.get(name)
+        if mark is None:
+            out.append((float("nan"),) * 3)
+            continue
+        start, end = mark["ts"], mark["ts"] + window_ms * 1000
+        tasks = [e for e in events if e.get("ph") == "X" and e.get("name") in ("RunTask", "ThreadControllerImpl::RunTask")
+                 and e.get("pid") == mark["pid"] and e.get("tid") == mark["tid"] and start <= e["ts"] < end]
+        cpu = [e.get("tdur", e.get("dur", 0)) / 1000 for e in tasks]
+        wall = [e.get("dur", 0) / 1000 for e in tasks]
+        out.append((sum(cpu), max(cpu, default=0.0), max(wall, default=0.0)))
+    return out
+
+
+def load_cpu(trace: dict, mark_name: str) -> dict:
+    """Main-thread CPU of the page load: ``load_cpu_ms`` (all renderer main-thread tasks up to the
+    mark) and ``load_longest_task_cpu_ms``."""
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    mark = next((e for e in events if e.get("name") == mark_name), None)
+    if mark is None:
+        return {}
+    cpu = [e.get("tdur", e.get("dur", 0)) / 1000 for e in events
+           if e.get("ph") == "X" and e.get("name") in ("RunTask", "ThreadControllerImpl::RunTask")
+           and e.get("pid") == mark["pid"] and e.get("tid") == mark["tid"] and e["ts"] <= mark["ts"]]
+    return {"load_cpu_ms": round(sum(cpu), 1), "load_longest_task_cpu_ms": round(max(cpu, default=0.0), 1)}
+
+
 def measure(repo: Path, prefill: int, updates: int, interval: float, tabs: list[str], viewport: tuple[int, int],
             workdir: Path) -> dict:
     """Run the whole measurement once; returns the figures (milliseconds)."""
@@ -138,16 +177,22 @@ def measure(repo: Path, prefill: int, updates: int, interval: float, tabs: list[
                 cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for_port("127.0.0.1", port, 60, server)
         time.sleep(3.0)  # let the server's consumer replay the prefill before the page opens
-        out: dict = {"repo": str(repo), "prefill": prefill, "viewport": list(viewport), "tabs": {}}
+        out: dict = {"repo": str(repo), "prefill": prefill, "viewport": list(viewport), "tabs": {},
+                     "loadavg_1min_at_load": round(os.getloadavg()[0], 2)}
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             try:
                 page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
                 page.add_init_script(OBSERVE_LONG_TASKS)
+                browser.start_tracing(page=page, categories=["toplevel", "blink.user_timing",
+                                                             "disabled-by-default-devtools.timeline"])
                 page.goto(f"http://127.0.0.1:{port}/dashboard", timeout=60_000)
                 page.wait_for_function(DATA_SHOWN, timeout=60_000, polling=20)
                 shown = page.evaluate("performance.now()")
                 page.wait_for_timeout(1500)
+                page.evaluate("performance.mark('dtmon-loaded')")
+                trace = json.loads(browser.stop_tracing())
+                out.update(load_cpu(trace, "dtmon-loaded"))
                 tasks = page.evaluate("window.__longtasks")
                 during = [(s, d) for s, d in tasks if s <= shown]
                 out["data_shown_ms"] = round(max([shown, *(s + d for s, d in during)]), 1)
@@ -156,17 +201,24 @@ def measure(repo: Path, prefill: int, updates: int, interval: float, tabs: list[
                 for tab in tabs:
                     page.locator(".bk-tab", has_text=tab).first.click()
                     page.wait_for_timeout(int(interval * 1000))
-                    blocks = []
-                    for _ in range(updates):
-                        mark = page.evaluate("performance.now()")
+                    blocks, marks = [], []
+                    browser.start_tracing(page=page, categories=["toplevel", "blink.user_timing",
+                                                                 "disabled-by-default-devtools.timeline"])
+                    for k in range(updates):
+                        marks.append(f"dtmon-update-{tab}-{k}")
+                        mark = page.evaluate("(n) => { performance.mark(n); return performance.now(); }", marks[-1])
                         publish(producer, topic, [results_message(batch, time.time(), rng)])
                         batch += 1
                         page.wait_for_timeout(int(interval * 1000))
                         tasks = page.evaluate("window.__longtasks")
                         blocks.append(sum(d for s, d in tasks if mark <= s < mark + interval * 1000))
+                    cpu = main_thread_cpu(json.loads(browser.stop_tracing()), marks, interval * 1000)
                     out["tabs"][tab] = {"update_block_max_ms": round(max(blocks), 1),
                                         "update_block_median_ms": round(statistics.median(blocks), 1),
-                                        "updates": len(blocks)}
+                                        "update_cpu_median_ms": round(statistics.median(c[0] for c in cpu), 1),
+                                        "update_longest_task_cpu_median_ms": round(statistics.median(c[1] for c in cpu), 1),
+                                        "update_longest_task_cpu_max_ms": round(max(c[1] for c in cpu), 1),
+                                        "updates": len(blocks), "loadavg_1min": round(os.getloadavg()[0], 2)}
             finally:
                 browser.close()
         return out

@@ -4,8 +4,8 @@ Model names (for ``Bokeh.documents[0].get_model_by_name`` in the browser test):
 header divs ``summary`` (quality tiles, each a ``[data-tile]`` element with ``data-quality``),
 ``stale``, ``synthetic``, ``run``, ``status``, ``scintillator``, ``flags``, ``view-caption``;
 widgets ``view-mode``, ``window-n``, ``log-scale``, ``reset``, ``use-reference``; ``tabs``.
-Figures ``total-hits``, ``chamber-rates``, ``occupancy-0..3``, ``occupancy_scint-0..3`` (E1),
-``multiplicity-0..3``, ``drift_time-0..3`` (E2), ``map-0..3``, ``trend-rate``, ``trend-t0``,
+Figures ``total-hits``, ``chamber-rates``, ``occupancy``, ``occupancy_scint`` (E1) and
+``multiplicity`` (the four chambers side by side), ``drift_time-0..3`` (E2), ``map-0..3``, ``trend-rate``, ``trend-t0``,
 ``trend-vdrift``, ``trend-quality``, ``event-timeline``; data sources ``series-source``,
 ``occupancy-source``, ``occupancy_scint-source``, ``multiplicity-source``, ``drift_time-source``,
 ``map-0-source..map-3-source``, ``rates-source``, ``health-source``, ``trend-source``,
@@ -18,6 +18,7 @@ redrawn when it becomes active.
 from __future__ import annotations
 
 import html
+import math
 import time
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from bokeh.models import (
     LinearColorMapper,
     NumberFormatter,
     RadioButtonGroup,
+    Range1d,
     Span,
     Spinner,
     TableColumn,
@@ -49,6 +51,7 @@ from bokeh.models import (
 )
 from bokeh.palettes import Category10, Viridis256
 from bokeh.plotting import figure
+from bokeh.transform import dodge
 
 from dashboard.reference import load_reference, reference_histograms, save_reference
 from dashboard.state import (
@@ -229,12 +232,41 @@ def _figure(name: str, title: str, height: int, **kwargs):
 def _histogram_figure(kind: str, chamber: int, source: ColumnDataSource, height: int):
     title, xlabel, ylabel = HIST_LABELS[kind]
     fig = _figure(f"{kind}-{chamber}", f"Chamber {chamber} {title}", height, x_axis_label=xlabel,
-                  y_axis_label=ylabel)
+                  y_axis_label=ylabel, y_range=Range1d(0, 1))  # set by SessionView._fit_y (y_end)
     fig.quad(left="left", right="right", top=f"y{chamber}", bottom="bottom", source=source, color=COLORS[chamber],
              line_color="white")
     fig.add_tools(HoverTool(tooltips=[("bin", "@left{0.[0]} – @right{0.[0]}"), ("count", f"@ch{chamber}")]))
-    fig.y_range.start = 0
     fig.yaxis.ticker = BasicTicker(min_interval=1)  # counts: integer ticks only
+    return fig
+
+
+SIDE_BY_SIDE = 66.0
+"""x offset between chambers drawn side by side in one figure (64 bins and a gap)."""
+
+
+def _chambers_figure(kind: str, source: ColumnDataSource, height: int):
+    """One figure with the four chambers' ``kind`` histograms side by side (chamber c shifted by
+    ``SIDE_BY_SIDE * c``), x ticks in local bins, a label per chamber."""
+    title, xlabel, ylabel = HIST_LABELS[kind]
+    fig = _figure(kind, f"{title[0].upper()}{title[1:]} — chamber 0 (blue) | 1 (orange) | 2 (green) | 3 (red)",
+                  height, x_axis_label=xlabel,
+                  y_axis_label=ylabel, y_range=Range1d(0, 1), x_range=(-1.5, SIDE_BY_SIDE * N_CHAMBERS - 1))
+    ticks, labels = [], {}
+    for c in range(N_CHAMBERS):
+        shift = SIDE_BY_SIDE * c
+        r = fig.quad(left=dodge("left", shift), right=dodge("right", shift), top=f"y{c}", bottom="bottom",
+                     source=source, color=COLORS[c], line_color="white", line_width=0.5)
+        fig.add_tools(HoverTool(renderers=[r], tooltips=[("chamber", str(c)), ("bin", "@left{0.[0]} – @right{0.[0]}"),
+                                                         ("count", f"@ch{c}")]))
+        if c:
+            fig.add_layout(Span(location=shift - 1.0, dimension="height", line_color="#888", line_width=1))
+        for local in (0, 16, 32, 48):
+            ticks.append(shift + local)
+            labels[shift + local] = str(local)
+    fig.xaxis.ticker = FixedTicker(ticks=ticks)
+    fig.xaxis.major_label_overrides = labels
+    fig.yaxis.ticker = BasicTicker(min_interval=1)  # counts: integer ticks only
+    fig.xgrid.visible = False
     return fig
 
 
@@ -274,6 +306,28 @@ def _trend_figure(name: str, title: str, ylabel: str, source: ColumnDataSource, 
     fig.legend.orientation = "horizontal"
     fig.legend.background_fill_alpha = 0.5
     return fig
+
+
+def nice_top(data_max: float, log: bool) -> float:
+    """Upper end of a count axis showing ``data_max``: the next 1-2-5 step above 1.05 * data_max
+    (at least 1), or on a log scale log10 of the next power of ten above it."""
+    if log:
+        return float(math.ceil(math.log10(max(data_max, 1.0)) + 0.05))
+    target = max(1.05 * data_max, 1.0)
+    exponent = 10.0 ** math.floor(math.log10(target))
+    return next(step * exponent for step in (1, 2, 5, 10) if step * exponent >= target)
+
+
+def y_end(current: float, data_max: float, log: bool) -> float | None:
+    """New end of a fixed count axis, or None to keep ``current``: the axis grows as soon as the data
+    reach it and shrinks only when the data fill less than a third of it, so that the axes (and the
+    plot layout BokehJS recomputes when they change) stay put across most live updates."""
+    top = nice_top(data_max, log)
+    if log:
+        return top if top != current else None
+    if data_max >= current or current > 3 * top:
+        return top
+    return None
 
 
 def _pm(value: float, error: float | None) -> str:
@@ -367,19 +421,25 @@ class SessionView:
                          sizing_mode="stretch_width", styles={"font-size": "13px"})
 
         # --- histograms ----------------------------------------------------------------------
-        self.hist_figures: dict[str, list] = {kind: [] for kind in HIST_LABELS}
+        # Occupancy, E1 and multiplicity: one figure each, the four chambers side by side (BokehJS
+        # spends its update time per figure, measuring axes and laying out: 3 figures, not 12).
+        self.hist_figures: dict[str, list] = {}
         for kind in ("occupancy", "occupancy_scint", "multiplicity"):
-            for c in range(N_CHAMBERS):
-                self.hist_figures[kind].append(_histogram_figure(kind, c, self.sources[kind], 190))
-        for c, fig in enumerate(self.hist_figures["occupancy"]):
-            src = self.sources["occupancy"]
-            fig.quad(left="left", right="right", top=f"dead_ch{c}", bottom="bottom", source=src, line_color=None,
+            self.hist_figures[kind] = [_chambers_figure(kind, self.sources[kind], 185)]
+        occ = self.hist_figures["occupancy"][0]
+        src = self.sources["occupancy"]
+        for c in range(N_CHAMBERS):
+            shift = {"left": dodge("left", SIDE_BY_SIDE * c), "right": dodge("right", SIDE_BY_SIDE * c)}
+            occ.quad(**shift, top=f"dead_ch{c}", bottom="bottom", source=src, line_color=None,
                      fill_color=STATUS_LINE["dead"], fill_alpha=0.5)
-            fig.quad(left="left", right="right", top=f"noisy_ch{c}", bottom="bottom", source=src, line_color=None,
+            occ.quad(**shift, top=f"noisy_ch{c}", bottom="bottom", source=src, line_color=None,
                      fill_color=STATUS_LINE["noisy"])
-            fig.scatter(x="centre", y=f"noisy_ch{c}", source=src, marker="inverted_triangle", size=11,
-                        color=STATUS_LINE["noisy"])
+            occ.scatter(x=dodge("centre", SIDE_BY_SIDE * c), y=f"noisy_ch{c}", source=src,
+                        marker="inverted_triangle", size=9, color=STATUS_LINE["noisy"])
+            occ.step(x=dodge("centre", SIDE_BY_SIDE * c), y=f"ref_ch{c}", source=src, mode="center",
+                     line_color="black", line_width=1.5, line_dash="dashed")
         self.fit_spans: list[tuple[Span, Span]] = []
+        self.hist_figures["drift_time"] = []
         for c in range(N_CHAMBERS):
             fig = _histogram_figure("drift_time", c, self.sources["drift_time"], 220)
             fig.add_layout(BoxAnnotation(left=TIME_BOX_NS[0], right=TIME_BOX_NS[1], fill_color="green",
@@ -389,11 +449,9 @@ class SessionView:
             for span in spans:
                 fig.add_layout(span)
             self.fit_spans.append(spans)
+            fig.step(x="centre", y=f"ref_ch{c}", source=self.sources["drift_time"], mode="center",
+                     line_color="black", line_width=1.5, line_dash="dashed")
             self.hist_figures["drift_time"].append(fig)
-        for kind in ("occupancy", "drift_time"):
-            for c, fig in enumerate(self.hist_figures[kind]):
-                fig.step(x="centre", y=f"ref_ch{c}", source=self.sources[kind], mode="center", line_color="black",
-                         line_width=1.5, line_dash="dashed")
         self.map_figures = [_map_figure(c, self.maps[c], self.mapper) for c in range(N_CHAMBERS)]
 
         self.count_figures = [f for figs in self.hist_figures.values() for f in figs]
@@ -440,12 +498,10 @@ class SessionView:
             TabPanel(title="Overview", child=column(row(total, rates, **grid), row(rates_table, rates_note, **grid),
                                                     **grid)),
             TabPanel(title="Occupancy", child=column(
-                Div(text=f"<b>Occupancy</b> per local channel (TDC_CHANNEL mod 64) · {legend}"),
-                row(*self.hist_figures["occupancy"], **grid),
-                Div(text="<b>E1 — scintillator-tagged occupancy</b>: only orbits with a scintillator hit"),
-                row(*self.hist_figures["occupancy_scint"], **grid),
-                Div(text="<b>Multiplicity</b>: orbits by number of active channels in the chamber"),
-                row(*self.hist_figures["multiplicity"], **grid), **grid)),
+                Div(text=f"<b>Chambers 0 | 1 | 2 | 3 side by side</b>, local channel 0–63 (TDC_CHANNEL mod 64) "
+                         f"each · {legend}"),
+                *self.hist_figures["occupancy"], *self.hist_figures["occupancy_scint"],
+                *self.hist_figures["multiplicity"], **grid)),
             TabPanel(title="Time box", child=column(
                 Div(text="<b>E2 — time box</b>: DRIFTIME = t_hit − t_scint + offset[chamber] (offsets "
                          f"{', '.join(f'{o:g}' for o in SCINT_CHAMBER_OFFSET_NS)} ns); green box 0–390 ns "
@@ -470,7 +526,13 @@ class SessionView:
             TabPanel(title="Trends", child=column(trend_q, trend_rate, trend_t0, trend_vd, **grid)),
             TabPanel(title="Events", child=column(timeline, events_table, **grid)),
         ])
-        self.tabs.on_change("active", lambda attr, old, new: self._draw_tab(new))
+        # A tab's plots join the document when it is first shown: the page loads and lays out
+        # only the Overview (BokehJS builds the views of every model in the document).
+        self.tab_children = [panel.child for panel in self.tabs.tabs]
+        for i, panel in enumerate(self.tabs.tabs):
+            if i != self.tabs.active:
+                panel.child = Div(text="loading…")
+        self.tabs.on_change("active", lambda attr, old, new: self._show_tab(new))
         self.tab_drawers = [self._draw_overview, self._draw_occupancy, self._draw_time_box, self._draw_maps,
                             self._draw_health, self._draw_trends, self._draw_events]
 
@@ -506,6 +568,17 @@ class SessionView:
         for fig in self.count_figures:
             fig.y_range.start = LOG_BOTTOM if log else 0
         self._redraw()
+
+    def _fit_y(self, kind: str, data: dict[str, list[float]]) -> None:
+        """Set the fixed y ranges of the ``kind`` histograms to their drawn values (``y_end``)."""
+        figs = self.hist_figures[kind]
+        for i, fig in enumerate(figs):
+            chambers = [i] if len(figs) == N_CHAMBERS else range(N_CHAMBERS)
+            values = [v for c in chambers for key in (f"y{c}", f"ref_ch{c}") for v in data.get(key, ()) if v == v]
+            top = max(values, default=0.0)
+            end = y_end(fig.y_range.end, 10.0 ** top if self.log else top, self.log)
+            if end is not None:
+                fig.y_range.end = end
 
     def _save_reference(self) -> None:
         """Write this session's cumulative view as a reference file and overlay it."""
@@ -560,6 +633,13 @@ class SessionView:
     def _note_suffix(self) -> str:
         return f" · {self.reference_note}" if self.reference_note else ""
 
+    def _show_tab(self, index: int) -> None:
+        """Attach the tab's plots on its first showing, then draw it if it missed updates."""
+        panel = self.tabs.tabs[index]
+        if panel.child is not self.tab_children[index]:
+            panel.child = self.tab_children[index]
+        self._draw_tab(index)
+
     def _draw_tab(self, index: int) -> None:
         if self.shown is None or index not in self.dirty:
             return
@@ -591,16 +671,21 @@ class SessionView:
     def _draw_occupancy(self) -> None:
         ref = self._reference()
         occupancy = self.shown.histograms("occupancy")
-        self.sources["occupancy"].data = occupancy_columns(
-            occupancy, self._status(), self.log, normalised_reference(ref.get("occupancy"), occupancy))
+        data = occupancy_columns(occupancy, self._status(), self.log,
+                                 normalised_reference(ref.get("occupancy"), occupancy))
+        self._fit_y("occupancy", data)
+        self.sources["occupancy"].data = data
         for kind in ("occupancy_scint", "multiplicity"):
-            self.sources[kind].data = histogram_columns(self.shown.histograms(kind), self.log)
+            data = histogram_columns(self.shown.histograms(kind), self.log)
+            self._fit_y(kind, data)
+            self.sources[kind].data = data
 
     def _draw_time_box(self) -> None:
         drift = self.shown.histograms("drift_time")
         ref = self._reference()
-        self.sources["drift_time"].data = histogram_columns(
-            drift, self.log, normalised_reference(ref.get("drift_time"), drift))
+        data = histogram_columns(drift, self.log, normalised_reference(ref.get("drift_time"), drift))
+        self._fit_y("drift_time", data)
+        self.sources["drift_time"].data = data
         fits = {}
         last = self.snap.last
         if last is not None and last.quality is not None:
