@@ -12,6 +12,8 @@ main-thread task longer than 50 ms, W3C Long Tasks API):
   names a batch and a plot canvas exists, and the page is idle again (the end of the last long
   task that started before that moment);
 * ``load_longest_ms`` — the longest long task up to then;
+* ``tab_shown_ms`` — from a click on a tab until its plots are in the document (attached by the
+  server on the first showing of a tab);
 * ``update_block_ms`` — per live update, the summed duration of the long tasks that started
   within ``--interval`` s after the message was published (0 when no task exceeded 50 ms);
   reported as max and median over the updates, per tab.
@@ -75,6 +77,14 @@ DATA_SHOWN = """() => {
   if (status === null || !status.text.includes("last batch <b>")) return false;
   return document.querySelector(".bk-Column, .bk-Tabs") !== null;
 }"""
+
+
+TAB_ATTACHED = """() => {
+  const tabs = Bokeh.documents[0].get_model_by_name("tabs");
+  const child = tabs.tabs[tabs.active].child;
+  return !(typeof child.text === "string" && child.text.startsWith("loading"));
+}"""
+"""True once the active tab holds its plots (the dashboard attaches a tab's plots on first showing)."""
 
 
 def results_message(batch_id: int, started: float, rng: np.random.Generator) -> ResultsMessage:
@@ -199,7 +209,10 @@ def measure(repo: Path, prefill: int, updates: int, interval: float, tabs: list[
                 out["load_longest_ms"] = round(max((d for _, d in during), default=0.0), 1)
                 out["load_long_tasks_ms"] = round(sum(d for _, d in during), 1)
                 for tab in tabs:
+                    clicked = page.evaluate("performance.now()")
                     page.locator(".bk-tab", has_text=tab).first.click()
+                    page.wait_for_function(TAB_ATTACHED, timeout=60_000, polling=20)
+                    tab_shown = page.evaluate("performance.now()") - clicked
                     page.wait_for_timeout(int(interval * 1000))
                     blocks, marks = [], []
                     browser.start_tracing(page=page, categories=["toplevel", "blink.user_timing",
@@ -218,6 +231,7 @@ def measure(repo: Path, prefill: int, updates: int, interval: float, tabs: list[
                                         "update_cpu_median_ms": round(statistics.median(c[0] for c in cpu), 1),
                                         "update_longest_task_cpu_median_ms": round(statistics.median(c[1] for c in cpu), 1),
                                         "update_longest_task_cpu_max_ms": round(max(c[1] for c in cpu), 1),
+                                        "tab_shown_ms": round(tab_shown, 1),
                                         "updates": len(blocks), "loadavg_1min": round(os.getloadavg()[0], 2)}
             finally:
                 browser.close()

@@ -93,6 +93,7 @@ HIST_LABELS = {  # kind -> (figure title, x label, y label)
     "multiplicity": ("multiplicity", "active channels per orbit", "orbits"),
     "drift_time": ("E2: drift time", "DRIFTIME (ns)", "hits"),
 }
+GRID = {"sizing_mode": "stretch_width"}
 TABS = ("Overview", "Occupancy", "Time box", "Chamber maps", "Channel health", "Trends", "Events")
 LOG_BOTTOM = -0.3  # log10 of the bottom of log-scale histograms (~0.5: a bin with 1 count shows)
 #: Axis labels for values drawn by ``display_values``: 10**tick on a log scale; padded to a fixed
@@ -398,143 +399,23 @@ class SessionView:
         self.reset.on_click(self._reset)
         self.use_reference.on_click(self._save_reference)
 
-        # --- overview ------------------------------------------------------------------------
-        total = _figure("total-hits", "Hits per micro-batch (all chambers)", 230, x_axis_type="datetime",
-                        x_axis_label="batch start (UTC)", y_axis_label="hits/batch")
-        total.line("time_ms", "total_hits", source=self.series, line_width=2)
-        total.scatter("time_ms", "total_hits", source=self.series, size=4)
-        total.add_tools(HoverTool(tooltips=[("batch", "@batch_id"), ("hits", "@total_hits"),
-                                            ("rows read", "@rows_read")]))
-        total.yaxis.ticker = BasicTicker(min_interval=1)
-        rates = _figure("chamber-rates", "Rate per chamber per micro-batch (Hz)", 230, x_axis_type="datetime",
-                        x_range=total.x_range, x_axis_label="batch start (UTC)", y_axis_label="Hz")
-        for c in range(N_CHAMBERS):
-            rates.line("time_ms", f"rate_ch{c}", source=self.series, color=COLORS[c], line_width=2,
-                       legend_label=f"chamber {c}")
-        rates.add_layout(rates.legend[0], "right")  # outside the plot area, lines stay visible
-        hz = NumberFormatter(format="0.0", nan_format="—")
-        rates_table = _table(source=self.rates, height=165, columns=[
-            TableColumn(field="chamber", title="chamber"),
-            TableColumn(field="hits", title="hits in view", formatter=NumberFormatter(format="0,0")),
-            TableColumn(field="rate_hz", title="rate (Hz)", formatter=hz)])
-        rates_note = Div(text=f"<b>{RATE_DEFINITION}.</b> Every rate on this page uses it.",
-                         sizing_mode="stretch_width", styles={"font-size": "13px"})
-
-        # --- histograms ----------------------------------------------------------------------
-        # Occupancy, E1 and multiplicity: one figure each, the four chambers side by side (BokehJS
-        # spends its update time per figure, measuring axes and laying out: 3 figures, not 12).
+        # Tab contents are built, and join the document, when a tab is first shown: a new page
+        # costs the server and BokehJS only the header and the Overview.
+        self.count_figures: list = []
         self.hist_figures: dict[str, list] = {}
-        for kind in ("occupancy", "occupancy_scint", "multiplicity"):
-            self.hist_figures[kind] = [_chambers_figure(kind, self.sources[kind], 185)]
-        occ = self.hist_figures["occupancy"][0]
-        src = self.sources["occupancy"]
-        for c in range(N_CHAMBERS):
-            shift = {"left": dodge("left", SIDE_BY_SIDE * c), "right": dodge("right", SIDE_BY_SIDE * c)}
-            occ.quad(**shift, top=f"dead_ch{c}", bottom="bottom", source=src, line_color=None,
-                     fill_color=STATUS_LINE["dead"], fill_alpha=0.5)
-            occ.quad(**shift, top=f"noisy_ch{c}", bottom="bottom", source=src, line_color=None,
-                     fill_color=STATUS_LINE["noisy"])
-            occ.scatter(x=dodge("centre", SIDE_BY_SIDE * c), y=f"noisy_ch{c}", source=src,
-                        marker="inverted_triangle", size=9, color=STATUS_LINE["noisy"])
-            occ.step(x=dodge("centre", SIDE_BY_SIDE * c), y=f"ref_ch{c}", source=src, mode="center",
-                     line_color="black", line_width=1.5, line_dash="dashed")
         self.fit_spans: list[tuple[Span, Span]] = []
-        self.hist_figures["drift_time"] = []
-        for c in range(N_CHAMBERS):
-            fig = _histogram_figure("drift_time", c, self.sources["drift_time"], 220)
-            fig.add_layout(BoxAnnotation(left=TIME_BOX_NS[0], right=TIME_BOX_NS[1], fill_color="green",
-                                         fill_alpha=0.08))
-            spans = tuple(Span(location=edge, dimension="height", line_color="#1b7f1b", line_dash="dashed",
-                               line_width=2) for edge in TIME_BOX_NS)
-            for span in spans:
-                fig.add_layout(span)
-            self.fit_spans.append(spans)
-            fig.step(x="centre", y=f"ref_ch{c}", source=self.sources["drift_time"], mode="center",
-                     line_color="black", line_width=1.5, line_dash="dashed")
-            self.hist_figures["drift_time"].append(fig)
-        self.map_figures = [_map_figure(c, self.maps[c], self.mapper) for c in range(N_CHAMBERS)]
-
-        self.count_figures = [f for figs in self.hist_figures.values() for f in figs]
-        labels = CustomJSTickFormatter(args={"log": self.log_toggle}, code=LABELS_JS.format(pad="padStart"))
-        for fig in self.count_figures:
-            fig.yaxis.formatter = labels
-        fixed = CustomJSTickFormatter(code="return String(Number(tick.toPrecision(6))).padStart(7, '\u2007')")
-        for fig in (total, rates):
-            fig.yaxis.formatter = fixed
-        bar_labels = CustomJSTickFormatter(args={"log": self.log_toggle}, code=LABELS_JS.format(pad="padEnd"))
-        for fig in self.map_figures:
-            fig.right[0].formatter = bar_labels  # the colour bar
-
-        # --- trends and events -------------------------------------------------------------------
-        trend_rate = _trend_figure("trend-rate", "Rate per chamber over the shift (Hz)", "Hz", self.trend, "rate")
-        trend_t0 = _trend_figure("trend-t0", "Time-box t0 per chamber (ns)", "t0 (ns)", self.trend, "t0",
-                                 trend_rate.x_range)
-        trend_vd = _trend_figure("trend-vdrift", "Drift velocity per chamber (µm/ns)", "µm/ns", self.trend,
-                                 "vdrift", trend_rate.x_range)
-        trend_q = _figure("trend-quality", "Quality per chamber (green good, yellow warning, red bad, grey null)",
-                          150, x_axis_type="datetime", x_range=trend_rate.x_range, y_range=(-0.5, N_CHAMBERS - 0.5))
-        trend_q.rect(x="x", y="y", width="width", height=0.9, source=self.trend_quality, fill_color="colour",
-                     line_color=None)
-        trend_q.yaxis.ticker = FixedTicker(ticks=list(range(N_CHAMBERS)))
-        trend_q.yaxis.major_label_overrides = {c: f"ch {c}" for c in range(N_CHAMBERS)}
-        trend_q.add_tools(HoverTool(tooltips=[("time", "@x{%F %T}"), ("chamber", "@y"), ("quality", "@quality")],
-                                    formatters={"@x": "datetime"}))
-        timeline = _figure("event-timeline", "Stream events (one marker per event; not alarms)", 170,
-                           x_axis_type="datetime", x_axis_label="time (UTC)")
-        timeline.scatter("time_ms", "y", source=self.events, size=11, marker="diamond", color="#6a3d9a")
-        timeline.yaxis.ticker = FixedTicker(ticks=[])
-        timeline.add_tools(HoverTool(tooltips=[("time", "@time_ms{%F %T}"), ("kind", "@kind"), ("what", "@detail")],
-                                     formatters={"@time_ms": "datetime"}))
-        self.timeline = timeline
-        events_table = _table(source=self.events, height=260, columns=[
-            TableColumn(field="time_ms", title="time (UTC)", formatter=DateFormatter(format="%F %T"), width=150),
-            TableColumn(field="kind", title="kind", width=120),
-            TableColumn(field="detail", title="detail", width=700)])
-
-        legend = ("<span style='color:#d62728'>red band: dead</span> · black bar ▼: noisy · dashed black line: "
-                  "reference, normalised to the hits shown")
-        grid = {"sizing_mode": "stretch_width"}
-        self.tabs = Tabs(name="tabs", sizing_mode="stretch_width", tabs=[
-            TabPanel(title="Overview", child=column(row(total, rates, **grid), row(rates_table, rates_note, **grid),
-                                                    **grid)),
-            TabPanel(title="Occupancy", child=column(
-                Div(text=f"<b>Chambers 0 | 1 | 2 | 3 side by side</b>, local channel 0–63 (TDC_CHANNEL mod 64) "
-                         f"each · {legend}"),
-                *self.hist_figures["occupancy"], *self.hist_figures["occupancy_scint"],
-                *self.hist_figures["multiplicity"], **grid)),
-            TabPanel(title="Time box", child=column(
-                Div(text="<b>E2 — time box</b>: DRIFTIME = t_hit − t_scint + offset[chamber] (offsets "
-                         f"{', '.join(f'{o:g}' for o in SCINT_CHAMBER_OFFSET_NS)} ns); green box 0–390 ns "
-                         "expected (21 mm ÷ 53.8 µm/ns); dashed green lines: fitted t0 and t_max when the results "
-                         "carry a time-box fit; dashed black: reference."),
-                row(*self.hist_figures["drift_time"][:2], **grid), row(*self.hist_figures["drift_time"][2:], **grid),
-                **grid)),
-            TabPanel(title="Chamber maps", child=column(
-                Div(text="<b>Occupancy maps</b>, layer × cell as the cells sit in the chamber (layers 1 and 3 "
-                         "shifted by half a cell), <b>one colour scale for the four chambers</b>; outlines: "
-                         "<span style='color:#d62728'>dead</span>, <b>noisy</b> (black)."),
-                row(*self.map_figures[:2], **grid), row(*self.map_figures[2:], **grid), **grid)),
-            TabPanel(title="Channel health", child=column(
-                Div(text="<b>Flagged channels</b> now, with the time each was first flagged (hits: in the "
-                         "selected view)"),
-                _table(source=self.health_table, height=300, columns=[
-                    TableColumn(field=f, title=t) for f, t in (
-                        ("status", "status"), ("chamber", "chamber"), ("channel", "local channel"),
-                        ("layer", "layer"), ("cell", "cell"), ("fpga", "FPGA"), ("tdc_channel", "TDC_CHANNEL"),
-                        ("hits", "hits"))] + [TableColumn(field="since", title="flagged since (UTC)",
-                                                          formatter=DateFormatter(format="%F %T"))]), **grid)),
-            TabPanel(title="Trends", child=column(trend_q, trend_rate, trend_t0, trend_vd, **grid)),
-            TabPanel(title="Events", child=column(timeline, events_table, **grid)),
-        ])
-        # A tab's plots join the document when it is first shown: the page loads and lays out
-        # only the Overview (BokehJS builds the views of every model in the document).
-        self.tab_children = [panel.child for panel in self.tabs.tabs]
-        for i, panel in enumerate(self.tabs.tabs):
-            if i != self.tabs.active:
-                panel.child = Div(text="loading…")
-        self.tabs.on_change("active", lambda attr, old, new: self._show_tab(new))
+        self.map_figures: list = []
+        self.timeline = None
+        self.count_labels = CustomJSTickFormatter(args={"log": self.log_toggle}, code=LABELS_JS.format(pad="padStart"))
+        self.tab_builders = [self._build_overview, self._build_occupancy, self._build_time_box, self._build_maps,
+                             self._build_health, self._build_trends, self._build_events]
         self.tab_drawers = [self._draw_overview, self._draw_occupancy, self._draw_time_box, self._draw_maps,
                             self._draw_health, self._draw_trends, self._draw_events]
+        self.tabs = Tabs(name="tabs", sizing_mode="stretch_width", tabs=[
+            TabPanel(title=title, child=Div(text="loading…")) for title in TABS])
+        self.built: set[int] = set()
+        self._show_tab(self.tabs.active)
+        self.tabs.on_change("active", lambda attr, old, new: self._show_tab(new))
 
         # Two roots: a Div that changes re-lays out its whole root in BokehJS, and the header's Divs
         # change every second (batch age, run clock) — they must not re-lay out the plots.
@@ -550,6 +431,136 @@ class SessionView:
             sizing_mode="stretch_width",
         )
         self.roots = [header, self.tabs]
+
+    # --- tab contents (built on first showing) -------------------------------------------------
+    def _count_axes(self, figs: list) -> None:
+        """Register histogram figures: log-aware labels, and the y start of the current scale."""
+        for fig in figs:
+            fig.yaxis.formatter = self.count_labels
+            fig.y_range.start = LOG_BOTTOM if self.log else 0
+        self.count_figures.extend(figs)
+
+    def _build_overview(self):
+        total = _figure("total-hits", "Hits per micro-batch (all chambers)", 230, x_axis_type="datetime",
+                        x_axis_label="batch start (UTC)", y_axis_label="hits/batch")
+        total.line("time_ms", "total_hits", source=self.series, line_width=2)
+        total.scatter("time_ms", "total_hits", source=self.series, size=4)
+        total.add_tools(HoverTool(tooltips=[("batch", "@batch_id"), ("hits", "@total_hits"),
+                                            ("rows read", "@rows_read")]))
+        total.yaxis.ticker = BasicTicker(min_interval=1)
+        rates = _figure("chamber-rates", "Rate per chamber per micro-batch (Hz)", 230, x_axis_type="datetime",
+                        x_range=total.x_range, x_axis_label="batch start (UTC)", y_axis_label="Hz")
+        for c in range(N_CHAMBERS):
+            rates.line("time_ms", f"rate_ch{c}", source=self.series, color=COLORS[c], line_width=2,
+                       legend_label=f"chamber {c}")
+        rates.add_layout(rates.legend[0], "right")  # outside the plot area, lines stay visible
+        fixed = CustomJSTickFormatter(code="return String(Number(tick.toPrecision(6))).padStart(7, '\u2007')")
+        for fig in (total, rates):
+            fig.yaxis.formatter = fixed
+        hz = NumberFormatter(format="0.0", nan_format="—")
+        rates_table = _table(source=self.rates, height=165, columns=[
+            TableColumn(field="chamber", title="chamber"),
+            TableColumn(field="hits", title="hits in view", formatter=NumberFormatter(format="0,0")),
+            TableColumn(field="rate_hz", title="rate (Hz)", formatter=hz)])
+        rates_note = Div(text=f"<b>{RATE_DEFINITION}.</b> Every rate on this page uses it.",
+                         sizing_mode="stretch_width", styles={"font-size": "13px"})
+        return column(row(total, rates, **GRID), row(rates_table, rates_note, **GRID), **GRID)
+
+    def _build_occupancy(self):
+        # One figure per kind, the four chambers side by side (BokehJS spends its update time per
+        # figure, measuring axes and laying out: 3 figures, not 12).
+        for kind in ("occupancy", "occupancy_scint", "multiplicity"):
+            self.hist_figures[kind] = [_chambers_figure(kind, self.sources[kind], 185)]
+        occ = self.hist_figures["occupancy"][0]
+        src = self.sources["occupancy"]
+        for c in range(N_CHAMBERS):
+            shift = {"left": dodge("left", SIDE_BY_SIDE * c), "right": dodge("right", SIDE_BY_SIDE * c)}
+            occ.quad(**shift, top=f"dead_ch{c}", bottom="bottom", source=src, line_color=None,
+                     fill_color=STATUS_LINE["dead"], fill_alpha=0.5)
+            occ.quad(**shift, top=f"noisy_ch{c}", bottom="bottom", source=src, line_color=None,
+                     fill_color=STATUS_LINE["noisy"])
+            occ.scatter(x=dodge("centre", SIDE_BY_SIDE * c), y=f"noisy_ch{c}", source=src,
+                        marker="inverted_triangle", size=9, color=STATUS_LINE["noisy"])
+            occ.step(x=dodge("centre", SIDE_BY_SIDE * c), y=f"ref_ch{c}", source=src, mode="center",
+                     line_color="black", line_width=1.5, line_dash="dashed")
+        figs = [self.hist_figures[k][0] for k in ("occupancy", "occupancy_scint", "multiplicity")]
+        self._count_axes(figs)
+        legend = ("<span style='color:#d62728'>red band: dead</span> · black bar ▼: noisy · dashed black line: "
+                  "reference, normalised to the hits shown")
+        return column(Div(text=f"<b>Chambers 0 | 1 | 2 | 3 side by side</b>, local channel 0–63 "
+                               f"(TDC_CHANNEL mod 64) each · {legend}"), *figs, **GRID)
+
+    def _build_time_box(self):
+        figs = []
+        for c in range(N_CHAMBERS):
+            fig = _histogram_figure("drift_time", c, self.sources["drift_time"], 220)
+            fig.add_layout(BoxAnnotation(left=TIME_BOX_NS[0], right=TIME_BOX_NS[1], fill_color="green",
+                                         fill_alpha=0.08))
+            spans = tuple(Span(location=edge, dimension="height", line_color="#1b7f1b", line_dash="dashed",
+                               line_width=2) for edge in TIME_BOX_NS)
+            for span in spans:
+                fig.add_layout(span)
+            self.fit_spans.append(spans)
+            fig.step(x="centre", y=f"ref_ch{c}", source=self.sources["drift_time"], mode="center",
+                     line_color="black", line_width=1.5, line_dash="dashed")
+            figs.append(fig)
+        self.hist_figures["drift_time"] = figs
+        self._count_axes(figs)
+        return column(
+            Div(text="<b>E2 — time box</b>: DRIFTIME = t_hit − t_scint + offset[chamber] (offsets "
+                     f"{', '.join(f'{o:g}' for o in SCINT_CHAMBER_OFFSET_NS)} ns); green box 0–390 ns "
+                     "expected (21 mm ÷ 53.8 µm/ns); dashed green lines: fitted t0 and t_max when the results "
+                     "carry a time-box fit; dashed black: reference."),
+            row(*figs[:2], **GRID), row(*figs[2:], **GRID), **GRID)
+
+    def _build_maps(self):
+        self.map_figures = [_map_figure(c, self.maps[c], self.mapper) for c in range(N_CHAMBERS)]
+        bar_labels = CustomJSTickFormatter(args={"log": self.log_toggle}, code=LABELS_JS.format(pad="padEnd"))
+        for fig in self.map_figures:
+            fig.right[0].formatter = bar_labels  # the colour bar
+        return column(
+            Div(text="<b>Occupancy maps</b>, layer × cell as the cells sit in the chamber (layers 1 and 3 "
+                     "shifted by half a cell), <b>one colour scale for the four chambers</b>; outlines: "
+                     "<span style='color:#d62728'>dead</span>, <b>noisy</b> (black)."),
+            row(*self.map_figures[:2], **GRID), row(*self.map_figures[2:], **GRID), **GRID)
+
+    def _build_health(self):
+        columns = [TableColumn(field=f, title=t) for f, t in (
+            ("status", "status"), ("chamber", "chamber"), ("channel", "local channel"), ("layer", "layer"),
+            ("cell", "cell"), ("fpga", "FPGA"), ("tdc_channel", "TDC_CHANNEL"), ("hits", "hits"))]
+        columns.append(TableColumn(field="since", title="flagged since (UTC)", formatter=DateFormatter(format="%F %T")))
+        return column(Div(text="<b>Flagged channels</b> now, with the time each was first flagged (hits: in the "
+                               "selected view)"), _table(source=self.health_table, height=300, columns=columns), **GRID)
+
+    def _build_trends(self):
+        trend_rate = _trend_figure("trend-rate", "Rate per chamber over the shift (Hz)", "Hz", self.trend, "rate")
+        trend_t0 = _trend_figure("trend-t0", "Time-box t0 per chamber (ns)", "t0 (ns)", self.trend, "t0",
+                                 trend_rate.x_range)
+        trend_vd = _trend_figure("trend-vdrift", "Drift velocity per chamber (µm/ns)", "µm/ns", self.trend,
+                                 "vdrift", trend_rate.x_range)
+        trend_q = _figure("trend-quality", "Quality per chamber (green good, yellow warning, red bad, grey null)",
+                          150, x_axis_type="datetime", x_range=trend_rate.x_range, y_range=(-0.5, N_CHAMBERS - 0.5))
+        trend_q.rect(x="x", y="y", width="width", height=0.9, source=self.trend_quality, fill_color="colour",
+                     line_color=None)
+        trend_q.yaxis.ticker = FixedTicker(ticks=list(range(N_CHAMBERS)))
+        trend_q.yaxis.major_label_overrides = {c: f"ch {c}" for c in range(N_CHAMBERS)}
+        trend_q.add_tools(HoverTool(tooltips=[("time", "@x{%F %T}"), ("chamber", "@y"), ("quality", "@quality")],
+                                    formatters={"@x": "datetime"}))
+        return column(trend_q, trend_rate, trend_t0, trend_vd, **GRID)
+
+    def _build_events(self):
+        timeline = _figure("event-timeline", "Stream events (one marker per event; not alarms)", 170,
+                           x_axis_type="datetime", x_axis_label="time (UTC)")
+        timeline.scatter("time_ms", "y", source=self.events, size=11, marker="diamond", color="#6a3d9a")
+        timeline.yaxis.ticker = FixedTicker(ticks=[])
+        timeline.add_tools(HoverTool(tooltips=[("time", "@time_ms{%F %T}"), ("kind", "@kind"), ("what", "@detail")],
+                                     formatters={"@time_ms": "datetime"}))
+        self.timeline = timeline
+        events_table = _table(source=self.events, height=260, columns=[
+            TableColumn(field="time_ms", title="time (UTC)", formatter=DateFormatter(format="%F %T"), width=150),
+            TableColumn(field="kind", title="kind", width=120),
+            TableColumn(field="detail", title="detail", width=700)])
+        return column(timeline, events_table, **GRID)
 
     # --- widget callbacks ---------------------------------------------------------------------
     def _choose(self, **changes) -> None:
@@ -634,10 +645,10 @@ class SessionView:
         return f" · {self.reference_note}" if self.reference_note else ""
 
     def _show_tab(self, index: int) -> None:
-        """Attach the tab's plots on its first showing, then draw it if it missed updates."""
-        panel = self.tabs.tabs[index]
-        if panel.child is not self.tab_children[index]:
-            panel.child = self.tab_children[index]
+        """Build the tab's plots on its first showing, then draw it if it missed updates."""
+        if index not in self.built:
+            self.built.add(index)
+            self.tabs.tabs[index].child = self.tab_builders[index]()
         self._draw_tab(index)
 
     def _draw_tab(self, index: int) -> None:
