@@ -412,7 +412,7 @@ class SessionView:
         self.tab_drawers = [self._draw_overview, self._draw_occupancy, self._draw_time_box, self._draw_maps,
                             self._draw_health, self._draw_trends, self._draw_events]
         self.tabs = Tabs(name="tabs", sizing_mode="stretch_width", tabs=[
-            TabPanel(title=title, child=Div(text="loading…")) for title in TABS])
+            TabPanel(title=title, child=column(Div(text="loading…"), **GRID)) for title in TABS])
         self.built: set[int] = set()
         self._show_tab(self.tabs.active)
         self.tabs.on_change("active", lambda attr, old, new: self._show_tab(new))
@@ -648,7 +648,9 @@ class SessionView:
         """Build the tab's plots on its first showing, then draw it if it missed updates."""
         if index not in self.built:
             self.built.add(index)
-            self.tabs.tabs[index].child = self.tab_builders[index]()
+            # New children of the panel's column: BokehJS re-renders a layout whose children change,
+            # not a panel whose child is replaced.
+            self.tabs.tabs[index].child.children = [self.tab_builders[index]()]
         self._draw_tab(index)
 
     def _draw_tab(self, index: int) -> None:

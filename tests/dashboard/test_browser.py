@@ -56,6 +56,13 @@ DIV_HAS = """([name, text]) => {
 }"""
 
 
+TAB_BUILT = """() => {
+  const tabs = Bokeh.documents[0].get_model_by_name("tabs");
+  const child = tabs.tabs[tabs.active].child.children[0];
+  return !(typeof child.text === "string" && child.text.startsWith("loading"));
+}"""
+
+
 def publish_batches(bootstrap: str, topic: str, batches: list[Batch]) -> None:
     publish_messages(bootstrap, topic, [b.message for b in batches])
 
@@ -250,7 +257,9 @@ def test_dashboard_follows_results_topic(kafka_bootstrap, topic_name, tmp_path):
 
                 for tab in TABS:
                     show_tab(page, tab)
+                    page.wait_for_function(TAB_BUILT, timeout=20_000)
                     page.wait_for_timeout(700)  # let the tab lay out and paint
+                    assert not page.get_by_text("loading…").is_visible(), f"{tab} not rendered"
                     name = tab.lower().replace(" ", "-")
                     page.screenshot(path=str(shots / f"dashboard-{name}.png"))
                     widths = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
