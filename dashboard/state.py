@@ -479,13 +479,16 @@ class TrendHistory:
 
 def trend_quality_columns(trend: Mapping[str, list]) -> dict[str, list]:
     """Rect columns of the quality-per-chamber strip: one row per (bucket, chamber) with ``x``
-    (bucket middle, epoch ms), ``width`` (ms, at least 1 s), ``y`` (chamber), ``quality``, ``colour``."""
+    (middle of the rect, epoch ms), ``width`` (ms: from the bucket's start to the next bucket's
+    start, for the newest bucket its own span, at least 1 s), ``y`` (chamber), ``quality``, ``colour``."""
     cols: dict[str, list] = {k: [] for k in ("x", "width", "y", "quality", "colour")}
-    for i, x in enumerate(trend["time_ms"]):
-        width = max(trend["end_ms"][i] - trend["start_ms"][i], 1000.0)
+    starts = trend["start_ms"] if "start_ms" in trend else []
+    for i, start in enumerate(starts):
+        span = starts[i + 1] - start if i + 1 < len(starts) else trend["end_ms"][i] - start
+        width = max(span, 1000.0)
         for c in range(N_CHAMBERS):
             q = trend[f"quality_ch{c}"][i]
-            cols["x"].append(x)
+            cols["x"].append(start + width / 2)
             cols["width"].append(width)
             cols["y"].append(c)
             cols["quality"].append(q)

@@ -303,9 +303,7 @@ def _trend_figure(name: str, title: str, ylabel: str, source: ColumnDataSource, 
     fig.add_tools(HoverTool(tooltips=[("time", "@time_ms{%F %T}"), ("batches", "@batches"),
                                       *((f"ch{c}", f"@{column}_ch{c}{{0.[00]}}") for c in range(N_CHAMBERS))],
                             formatters={"@time_ms": "datetime"}, mode="vline"))
-    fig.legend.location = "top_left"
-    fig.legend.orientation = "horizontal"
-    fig.legend.background_fill_alpha = 0.5
+    fig.add_layout(fig.legend[0], "right")  # outside the plot area, lines stay visible
     return fig
 
 
@@ -546,6 +544,7 @@ class SessionView:
         trend_q.yaxis.major_label_overrides = {c: f"ch {c}" for c in range(N_CHAMBERS)}
         trend_q.add_tools(HoverTool(tooltips=[("time", "@x{%F %T}"), ("chamber", "@y"), ("quality", "@quality")],
                                     formatters={"@x": "datetime"}))
+        trend_q.min_border_right = 110  # the room of the other trends' legends: the time axes line up
         return column(trend_q, trend_rate, trend_t0, trend_vd, **GRID)
 
     def _build_events(self):
