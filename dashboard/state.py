@@ -34,7 +34,6 @@ from dtmon.schema import (
     MULTIPLICITY_EDGES,
     OCCUPANCY_EDGES,
     QUALITY_ORDER,
-    ChannelHealth,
     ResultsMessage,
     StreamEvent,
 )

@@ -11,7 +11,6 @@ stop. Saves one screenshot per tab to artifacts/dashboard-*.png.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
