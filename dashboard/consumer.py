@@ -9,6 +9,7 @@ so a freshly opened page shows recent batches at once.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -192,9 +193,15 @@ class DashboardRuntime:
     consumer: ResultsConsumer
 
 
+def replay_messages(settings: Settings) -> int:
+    """Results messages to replay on start: enough for ``dashboard_trend_hours`` of shift trends at the
+    trigger interval, and at least ``dashboard_history``."""
+    return max(settings.dashboard_history, math.ceil(settings.dashboard_trend_hours * 3600 / settings.trigger_interval_s))
+
+
 def start_runtime(settings: Settings) -> DashboardRuntime:
     """Create the store and start the results consumer thread for ``settings``."""
     store = ResultsStore(settings.dashboard_history)
-    consumer = ResultsConsumer(store, settings.kafka, settings.results_topic, settings.dashboard_history)
+    consumer = ResultsConsumer(store, settings.kafka, settings.results_topic, replay_messages(settings))
     consumer.start()
     return DashboardRuntime(settings, store, consumer)

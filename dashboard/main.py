@@ -5,6 +5,7 @@ synthetic package, so ``dashboard`` must be the installed package.
 """
 
 import time
+from pathlib import Path
 
 from bokeh.io import curdoc
 from bokeh.models import Div
@@ -18,7 +19,7 @@ if runtime is None:
     doc.add_root(Div(text="dtmon dashboard: no results consumer (serve the directory: bokeh serve dashboard)"))
 else:
     view = SessionView(runtime.settings.bootstrap_servers, runtime.settings.results_topic,
-                       runtime.settings.dashboard_history)
+                       runtime.settings.dashboard_history, Path(runtime.settings.dashboard_reference_dir))
     for root in view.roots:
         doc.add_root(root)
 

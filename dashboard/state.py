@@ -33,8 +33,9 @@ from dtmon.hits import CELLS_PER_CHAMBER, N_CHAMBERS, cell_of, daq_channel_of, l
 from dtmon.schema import (
     MULTIPLICITY_EDGES,
     OCCUPANCY_EDGES,
-    ChannelHealth,
+    QUALITY_ORDER,
     ResultsMessage,
+    StreamEvent,
 )
 
 #: Per-chamber histogram kinds of a results message (``ChamberHistograms`` field names).
@@ -52,6 +53,7 @@ SERIES_COLUMNS = (
     "duration_s",  # published - batch_started, s
     "total_hits",  # hits/batch
     *(f"hits_ch{c}" for c in range(N_CHAMBERS)),  # hits/batch per chamber
+    *(f"rate_ch{c}" for c in range(N_CHAMBERS)),  # Hz of detector time per chamber, NaN without detector time
     "rows_read",
     "malformed_rows",
 )
@@ -220,8 +222,276 @@ def series_columns(messages: Iterable[ResultsMessage]) -> dict[str, list[float]]
         cols["total_hits"].append(m.hits)
         for c, hits in enumerate(m.hits_per_chamber):
             cols[f"hits_ch{c}"].append(hits)
+            det = m.detector_time_s
+            cols[f"rate_ch{c}"].append(hits / det if det else math.nan)
         cols["rows_read"].append(m.rows_read)
         cols["malformed_rows"].append(m.malformed_rows)
+    return cols
+
+
+
+QUALITY_COLOURS = {"good": "#2ca02c", "warning": "#f0b400", "bad": "#d62728", "null": "#9e9e9e"}
+"""Tile colour of each quality: green / yellow / red / grey."""
+STALE_INTERVALS = 3
+"""Results are stale when none arrived for this many trigger intervals."""
+CLOCK_SLACK_S = 30.0
+"""Allowed difference between the processor's and the dashboard's clocks when judging a message's age, s."""
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile of the summary strip: ``key`` ("detector" or "chamber-<c>"), ``label``,
+    ``quality`` (good/warning/bad/null), one-line ``reason`` and ``detail`` (dead/noisy counts)."""
+
+    key: str
+    label: str
+    quality: str
+    reason: str
+    detail: str = ""
+
+
+def flagged_channels(message: ResultsMessage | None) -> tuple[list[list[int]], list[list[int]]]:
+    """Dead and noisy local channels per chamber, each a list of 4 lists: from ``quality.chambers``
+    (version 3) when present, else from ``channel_health`` (version 2), else empty."""
+    dead: list[list[int]] = [[] for _ in range(N_CHAMBERS)]
+    noisy: list[list[int]] = [[] for _ in range(N_CHAMBERS)]
+    if message is None:
+        return dead, noisy
+    if message.quality is not None:
+        for cq in message.quality.chambers:
+            dead[cq.chamber] = sorted(cq.dead_channels)
+            noisy[cq.chamber] = sorted(cq.noisy_channels)
+    elif message.channel_health is not None:
+        for ref in message.channel_health.dead:
+            dead[ref.chamber].append(ref.channel)
+        for ref in message.channel_health.noisy:
+            noisy[ref.chamber].append(ref.channel)
+    return dead, noisy
+
+
+def quality_tiles(message: ResultsMessage | None) -> list[Tile]:
+    """The summary strip: the detector tile then one per chamber (5 tiles).
+
+    Without a message, or for a message without ``quality`` (version < 3), every tile is
+    ``null`` with the reason "no verdict".
+    """
+    dead, noisy = flagged_channels(message)
+    details = [f"dead {len(dead[c])} · noisy {len(noisy[c])}" for c in range(N_CHAMBERS)]
+    if message is None or message.quality is None:
+        why = "no results yet" if message is None else f"no verdict (version-{message.version} results carry no quality)"
+        return [Tile("detector", "Detector", "null", why, "")] + [
+            Tile(f"chamber-{c}", f"Chamber {c}", "null", why, details[c] if message is not None else "")
+            for c in range(N_CHAMBERS)]
+    q = message.quality
+    tiles = [Tile("detector", "Detector", q.quality, q.reason,
+                  f"window {q.window.batches} batches, {q.window.detector_time_s:.0f} s")]
+    for cq in sorted(q.chambers, key=lambda cq: cq.chamber):
+        tiles.append(Tile(f"chamber-{cq.chamber}", f"Chamber {cq.chamber}", cq.quality, cq.reason,
+                          details[cq.chamber]))
+    return tiles
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """Whether the shown results are current: ``stale`` with a one-line ``reason`` (empty when fresh);
+    ``age_s`` since the last results message arrived (None before any); ``limit_s`` the stale limit."""
+
+    stale: bool
+    reason: str
+    age_s: float | None
+    limit_s: float
+
+
+def freshness(snap: "Snapshot", now: float) -> Freshness:
+    """Judge staleness at ``now`` (epoch s).
+
+    Stale when the broker is unreachable, when no results message arrived for
+    ``STALE_INTERVALS`` trigger intervals (of the newest message; 2 s before any), when
+    the newest message was published longer ago than that plus ``CLOCK_SLACK_S`` (a
+    dashboard restarted on an idle topic replays old messages), or before any message.
+    """
+    last = snap.last
+    interval = last.trigger_interval_s if last is not None else 2.0
+    limit = STALE_INTERVALS * interval
+    age = None if snap.last_update is None else now - snap.last_update
+    if snap.broker_reachable is False:
+        detail = f": {snap.broker_detail}" if snap.broker_detail else ""
+        return Freshness(True, f"broker unreachable{detail}", age, limit)
+    if last is None or age is None:
+        return Freshness(True, "no results message received yet", age, limit)
+    if age > limit:
+        return Freshness(True, f"no results for {age:.0f} s (more than {STALE_INTERVALS} trigger intervals = "
+                               f"{limit:g} s): processor stopped or lagging", age, limit)
+    data_age = now - last.published
+    if data_age > limit + CLOCK_SLACK_S:
+        return Freshness(True, f"newest results are {data_age:.0f} s old (published "
+                               f"{_clock(last.published)} UTC): processor not publishing", age, limit)
+    return Freshness(False, "", age, limit)
+
+
+def _clock(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%H:%M:%S")
+
+
+class ChannelFlags:
+    """Dead/noisy channels currently flagged and the time each was first flagged (epoch s of the
+    micro-batch start), updated from every results message in order. A channel no longer flagged
+    in a message is dropped; flagged again later, it gets a new time."""
+
+    def __init__(self) -> None:
+        self._since: dict[tuple[int, int, str], float] = {}
+
+    def update(self, message: ResultsMessage) -> None:
+        """Apply the flags of ``message`` (``flagged_channels``)."""
+        dead, noisy = flagged_channels(message)
+        now = {(c, ch, status): message.batch_started
+               for status, per in (("dead", dead), ("noisy", noisy)) for c in range(N_CHAMBERS) for ch in per[c]}
+        self._since = {key: self._since.get(key, t) for key, t in now.items()}
+
+    def rows(self) -> tuple[tuple[int, int, str, float], ...]:
+        """(chamber, local channel, status, flagged since) sorted by chamber, status, channel."""
+        return tuple(sorted(((c, ch, st, t) for (c, ch, st), t in self._since.items()),
+                            key=lambda r: (r[0], r[2], r[1])))
+
+
+def message_events(message: ResultsMessage) -> list[StreamEvent]:
+    """The stream events of a message: its ``events`` (version 3); for a version-2 message
+    without events, one ``orbit_jump`` event per batch with ORBIT_CNT jumps."""
+    if message.events:
+        return list(message.events)
+    if message.orbit_jumps and message.version < 3:
+        return [StreamEvent(kind="orbit_jump", time=message.batch_started,
+                            detail=f"{message.orbit_jumps} ORBIT_CNT jump(s) in batch {message.batch_id}")]
+    return []
+
+
+@dataclass
+class TrendBucket:
+    """Sums over the micro-batches that started in [``start``, ``end``] (epoch s).
+
+    ``hits``/``detector_time_s``: chamber hits (4,) and detector time of the batches that carry
+    detector time; ``t0_sum``/``vd_sum`` with counts ``t0_n``/``vd_n`` (4,) sum the time-box fits
+    (ns, µm/ns); ``worst`` (4,) the worst ``QUALITY_ORDER`` code seen per chamber (-1: no verdict).
+    """
+
+    start: float
+    end: float
+    batches: int = 0
+    hits: np.ndarray = field(default_factory=lambda: np.zeros(N_CHAMBERS))
+    detector_time_s: float = 0.0
+    t0_sum: np.ndarray = field(default_factory=lambda: np.zeros(N_CHAMBERS))
+    t0_n: np.ndarray = field(default_factory=lambda: np.zeros(N_CHAMBERS))
+    vd_sum: np.ndarray = field(default_factory=lambda: np.zeros(N_CHAMBERS))
+    vd_n: np.ndarray = field(default_factory=lambda: np.zeros(N_CHAMBERS))
+    worst: np.ndarray = field(default_factory=lambda: np.full(N_CHAMBERS, -1))
+
+    def merge(self, other: "TrendBucket") -> None:
+        """Add ``other`` into this bucket."""
+        self.start, self.end = min(self.start, other.start), max(self.end, other.end)
+        self.batches += other.batches
+        self.hits = self.hits + other.hits
+        self.detector_time_s += other.detector_time_s
+        self.t0_sum, self.t0_n = self.t0_sum + other.t0_sum, self.t0_n + other.t0_n
+        self.vd_sum, self.vd_n = self.vd_sum + other.vd_sum, self.vd_n + other.vd_n
+        self.worst = np.maximum(self.worst, other.worst)
+
+
+def trend_bucket(message: ResultsMessage) -> TrendBucket:
+    """The ``TrendBucket`` of one micro-batch."""
+    b = TrendBucket(message.batch_started, message.batch_started, batches=1)
+    if message.detector_time_s:
+        b.hits = np.asarray(message.hits_per_chamber, dtype=float)
+        b.detector_time_s = message.detector_time_s
+    if message.quality is not None:
+        for fit in message.quality.time_box:
+            if fit.t0_ns is not None:
+                b.t0_sum[fit.chamber] += fit.t0_ns
+                b.t0_n[fit.chamber] += 1
+            if fit.v_drift_um_per_ns is not None:
+                b.vd_sum[fit.chamber] += fit.v_drift_um_per_ns
+                b.vd_n[fit.chamber] += 1
+        for cq in message.quality.chambers:
+            b.worst[cq.chamber] = QUALITY_ORDER[cq.quality]
+    return b
+
+
+class TrendHistory:
+    """Shift trends in bounded memory: at most ``max_buckets`` time buckets.
+
+    Buckets start ``bucket_s`` wide; when there would be more than ``max_buckets``, the width
+    doubles and neighbouring buckets merge (so 480 buckets cover 8 h at 60 s, 16 h at 120 s).
+    Buckets that end more than ``horizon_s`` before the newest batch are dropped.
+    """
+
+    def __init__(self, max_buckets: int = 480, bucket_s: float = 2.0, horizon_s: float = 12 * 3600.0) -> None:
+        if max_buckets < 2:
+            raise ValueError(f"max_buckets must be >= 2, got {max_buckets}")
+        self.max_buckets = max_buckets
+        self.bucket_s = bucket_s
+        self.horizon_s = horizon_s
+        self.buckets: list[TrendBucket] = []
+
+    def add(self, message: ResultsMessage) -> None:
+        """Add one micro-batch (in time order; an older one joins the last bucket)."""
+        b = trend_bucket(message)
+        if self.buckets and self._slot(b.start) <= self._slot(self.buckets[-1].start):
+            self.buckets[-1].merge(b)
+        else:
+            self.buckets.append(b)
+        newest = self.buckets[-1].end
+        while self.buckets and self.buckets[0].end < newest - self.horizon_s:
+            self.buckets.pop(0)
+        while len(self.buckets) > self.max_buckets:
+            self.bucket_s *= 2
+            merged: list[TrendBucket] = []
+            for bucket in self.buckets:
+                if merged and self._slot(bucket.start) == self._slot(merged[-1].start):
+                    merged[-1].merge(bucket)
+                else:
+                    merged.append(bucket)
+            self.buckets = merged
+
+    def _slot(self, t: float) -> int:
+        return math.floor(t / self.bucket_s)
+
+    def columns(self) -> dict[str, list]:
+        """One row per bucket, oldest first: ``time_ms`` (bucket middle, epoch ms), ``start_ms``,
+        ``end_ms``, ``batches``, per chamber c ``rate_ch{c}`` (Hz of detector time), ``t0_ch{c}`` (ns),
+        ``vdrift_ch{c}`` (µm/ns) — NaN when not known — and ``quality_ch{c}`` (worst quality name)."""
+        names = {v: k for k, v in QUALITY_ORDER.items()}
+        cols: dict[str, list] = {k: [] for k in ("time_ms", "start_ms", "end_ms", "batches")}
+        for c in range(N_CHAMBERS):
+            for k in ("rate", "t0", "vdrift", "quality"):
+                cols[f"{k}_ch{c}"] = []
+        for b in self.buckets:
+            cols["time_ms"].append((b.start + b.end) * 500.0)
+            cols["start_ms"].append(b.start * 1000.0)
+            cols["end_ms"].append(b.end * 1000.0)
+            cols["batches"].append(b.batches)
+            for c in range(N_CHAMBERS):
+                cols[f"rate_ch{c}"].append(b.hits[c] / b.detector_time_s if b.detector_time_s > 0 else math.nan)
+                cols[f"t0_ch{c}"].append(b.t0_sum[c] / b.t0_n[c] if b.t0_n[c] else math.nan)
+                cols[f"vdrift_ch{c}"].append(b.vd_sum[c] / b.vd_n[c] if b.vd_n[c] else math.nan)
+                cols[f"quality_ch{c}"].append(names.get(int(b.worst[c]), "null"))
+        return cols
+
+
+def trend_quality_columns(trend: Mapping[str, list]) -> dict[str, list]:
+    """Rect columns of the quality-per-chamber strip: one row per (bucket, chamber) with ``x``
+    (middle of the rect, epoch ms), ``width`` (ms: from the bucket's start to the next bucket's
+    start, for the newest bucket its own span, at least 1 s), ``y`` (chamber), ``quality``, ``colour``."""
+    cols: dict[str, list] = {k: [] for k in ("x", "width", "y", "quality", "colour")}
+    starts = trend["start_ms"] if "start_ms" in trend else []
+    for i, start in enumerate(starts):
+        span = starts[i + 1] - start if i + 1 < len(starts) else trend["end_ms"][i] - start
+        width = max(span, 1000.0)
+        for c in range(N_CHAMBERS):
+            q = trend[f"quality_ch{c}"][i]
+            cols["x"].append(start + width / 2)
+            cols["width"].append(width)
+            cols["y"].append(c)
+            cols["quality"].append(q)
+            cols["colour"].append(QUALITY_COLOURS[q])
     return cols
 
 
@@ -242,7 +512,10 @@ class Snapshot:
     ``records`` are the last ``history`` batches, oldest first; ``cumulative`` sums the
     batches of the current ``epoch`` (one run, same bins) since the store first saw it.
     ``last_update`` is the store clock's time (epoch s) of the last ingested message;
-    ``broker_reachable`` is None until the consumer has learnt anything.
+    ``broker_reachable`` is None until the consumer has learnt anything; ``trend`` holds the
+    ``TrendHistory.columns`` of every message seen, ``flags`` the ``ChannelFlags.rows``,
+    ``events`` the last stream events (oldest first) and ``rejected_messages`` the raw messages
+    the processor rejected, summed over every results message seen.
     """
 
     version: int
@@ -257,6 +530,10 @@ class Snapshot:
     invalid_messages: int
     last_invalid: str
     malformed_rows_kept: int
+    trend: dict[str, list] = field(default_factory=dict)
+    flags: tuple[tuple[int, int, str, float], ...] = ()
+    events: tuple[StreamEvent, ...] = ()
+    rejected_messages: int = 0
 
     @property
     def last(self) -> ResultsMessage | None:
@@ -277,10 +554,12 @@ class ResultsStore:
     safe to share between threads.
 
     ``clock`` (epoch s) stamps ``last_update``; inject a fake one in tests.
-    Every change bumps ``version`` by one.
+    Every change bumps ``version`` by one. Shift trends (``TrendHistory``), channel flags and
+    the last ``max_events`` stream events cover every message ingested, not only the kept ones.
     """
 
-    def __init__(self, history: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, history: int, clock: Callable[[], float] = time.time, trend: TrendHistory | None = None,
+                 max_events: int = 500) -> None:
         if history < 1:
             raise ValueError(f"history must be >= 1, got {history}")
         self._lock = threading.Lock()
@@ -296,6 +575,10 @@ class ResultsStore:
         self._invalid = 0
         self._last_invalid = ""
         self._cached: Snapshot | None = None
+        self._trend = trend or TrendHistory()
+        self._flags = ChannelFlags()
+        self._events: deque[StreamEvent] = deque(maxlen=max_events)
+        self._rejected = 0
 
     @property
     def version(self) -> int:
@@ -332,6 +615,11 @@ class ResultsStore:
                 self._cumulative = Totals()
             self._cumulative = add_totals(self._cumulative, totals)
             records.append(Record(message, totals, self._epoch))
+            if not replacing:
+                self._trend.add(message)
+                self._events.extend(message_events(message))
+                self._rejected += message.rejected_messages
+            self._flags.update(message)
             self._last_update = self._clock()
             self._ingests += 1
             self._version += 1
@@ -367,6 +655,10 @@ class ResultsStore:
                     invalid_messages=self._invalid,
                     last_invalid=self._last_invalid,
                     malformed_rows_kept=sum(r.message.malformed_rows for r in self._records),
+                    trend=self._trend.columns(),
+                    flags=self._flags.rows(),
+                    events=tuple(self._events),
+                    rejected_messages=self._rejected,
                 )
             return self._cached
 
@@ -376,8 +668,8 @@ class ViewChoice:
     """What one browser session shows: ``mode`` (one of ``MODES``), the window length N
     (batches) and the session's Reset baseline ``(epoch, cumulative at Reset, last batch id)``."""
 
-    mode: str = "current"
-    window: int = 10
+    mode: str = "window"
+    window: int = 30
     baseline: tuple[int, Totals, int | None] | None = None
 
     def reset(self, snap: Snapshot) -> None:
@@ -419,20 +711,20 @@ class ViewChoice:
         return f"Showing: {what}"
 
 
-def rate_columns(t: Totals) -> dict[str, list]:
-    """Rates table, one row per chamber then "all": ``hits``, ``detector_hz`` = detector_hits /
-    detector_time_s (hits/s of detector time, NaN without v2 detector time) and ``wall_hz`` =
-    hits / wall_time_s (hits/s of wall time, NaN for no batches)."""
-    def ratio(n: float, d: float) -> float:
-        return n / d if d > 0 else math.nan
+RATE_DEFINITION = ("Rate = hits ÷ detector time, in Hz: detector time is the orbit-counter span of the "
+                   "micro-batches (25 ns × 3564 BX per orbit; ORBIT_CNT jumps left out)")
+"""The one rate definition the dashboard uses, stated once on the page."""
 
+
+def rate_columns(t: Totals) -> dict[str, list]:
+    """Rates table, one row per chamber then "all": ``hits`` and ``rate_hz`` = detector_hits /
+    detector_time_s (``RATE_DEFINITION``; NaN without version-2 detector time)."""
     rows = [(str(c), t.hits[c], t.detector_hits[c]) for c in range(N_CHAMBERS)]
     rows.append(("all", t.hits.sum(), t.detector_hits.sum()))
     return {
         "chamber": [r[0] for r in rows],
         "hits": [int(r[1]) for r in rows],
-        "detector_hz": [ratio(float(r[2]), t.detector_time_s) for r in rows],
-        "wall_hz": [ratio(float(r[1]), t.wall_time_s) for r in rows],
+        "rate_hz": [float(r[2]) / t.detector_time_s if t.detector_time_s > 0 else math.nan for r in rows],
     }
 
 
@@ -455,74 +747,159 @@ def cell_layout() -> dict[str, np.ndarray]:
     }
 
 
-def channel_status(health: ChannelHealth | None) -> np.ndarray:
-    """Status of every chamber channel, shape (4, 64): "dead", "noisy" or ""."""
+def channel_status(dead: list[list[int]], noisy: list[list[int]]) -> np.ndarray:
+    """Status of every chamber channel, shape (4, 64): "dead", "noisy" or "" (from ``flagged_channels``)."""
     status = np.full((N_CHAMBERS, CELLS_PER_CHAMBER), "", dtype=object)
-    if health is not None:
-        for ref in health.dead:
-            status[ref.chamber, ref.channel] = "dead"
-        for ref in health.noisy:
-            status[ref.chamber, ref.channel] = "noisy"
+    for c in range(N_CHAMBERS):
+        status[c, dead[c]] = "dead"
+        status[c, noisy[c]] = "noisy"
     return status
 
 
-def health_html(health: ChannelHealth | None) -> str:
-    """The shifter's one-line channel list, e.g. ``Dead: ch0/12, ch3/5 · Noisy: ch1/7``
-    (chamber/local channel), with the window and the noisy factor."""
-    if health is None:
-        return "Channel health: not in the results (version-1 processor)"
+def flags_html(flags: tuple[tuple[int, int, str, float], ...], has_health: bool) -> str:
+    """Dead/noisy channels as per-chamber counts in a collapsible list (HTML ``<details>``); each
+    entry ``chamber/channel`` with the UTC time it was first flagged."""
+    if not has_health:
+        return "Flagged channels: not in the results (version-1 processor)"
+    if not flags:
+        return "Flagged channels: none"
+    counts = []
+    for c in range(N_CHAMBERS):
+        d = sum(1 for f in flags if f[0] == c and f[2] == "dead")
+        n = sum(1 for f in flags if f[0] == c and f[2] == "noisy")
+        if d or n:
+            counts.append(f"ch{c}: {d} dead, {n} noisy")
+    items = "".join(f"<li>ch{c}/{ch} {st} since {_clock(t)}</li>" for c, ch, st, t in flags)
+    return (f"<details><summary>Flagged channels: {' · '.join(counts)} (click for the list)</summary>"
+            f"<ul style='columns:4;margin:2px 0;font-size:12px'>{items}</ul></details>")
 
-    def names(refs) -> str:
-        return ", ".join(f"ch{r.chamber}/{r.channel}" for r in refs) or "none"
 
-    dead = f"<b style='color:#d62728'>Dead: {names(health.dead)}</b>" if health.dead else "Dead: none"
-    noisy = f"<b>Noisy: {names(health.noisy)}</b>" if health.noisy else "Noisy: none"
-    return (f"{dead} · {noisy} <span style='color:#666'>(last {health.window_batches} batches; noisy = above "
-            f"{health.noisy_factor:g}× chamber median; dead = no hit while the chamber had hits)</span>")
-
-
-def health_rows(health: ChannelHealth | None, occupancy: HistogramSet | None) -> dict[str, list]:
-    """Table of flagged channels: chamber, local channel, layer, cell, FPGA, TDC_CHANNEL,
-    status and hits in the selected view (from ``occupancy``, counts shape (4, 64))."""
+def health_rows(flags: tuple[tuple[int, int, str, float], ...], occupancy: HistogramSet | None) -> dict[str, list]:
+    """Table of flagged channels: chamber, local channel, layer, cell, FPGA, TDC_CHANNEL, status,
+    ``since`` (epoch ms it was first flagged) and hits in the selected view (``occupancy`` (4, 64))."""
     layout = cell_layout()
     cols: dict[str, list] = {k: [] for k in ("chamber", "channel", "layer", "cell", "fpga", "tdc_channel",
-                                              "status", "hits")}
-    if health is None:
-        return cols
-    for status, refs in (("dead", health.dead), ("noisy", health.noisy)):
-        for r in refs:
-            cols["chamber"].append(r.chamber)
-            cols["channel"].append(r.channel)
-            cols["layer"].append(int(layout["layer"][r.channel]))
-            cols["cell"].append(int(layout["cell"][r.channel]))
-            fpga, tdc_channel = daq_channel_of(r.chamber, r.channel)
-            cols["fpga"].append(int(fpga))
-            cols["tdc_channel"].append(int(tdc_channel))
-            cols["status"].append(status)
-            cols["hits"].append(int(occupancy.counts[r.chamber, r.channel]) if occupancy is not None else 0)
+                                              "status", "since", "hits")}
+    for c, ch, status, since in flags:
+        cols["chamber"].append(c)
+        cols["channel"].append(ch)
+        cols["layer"].append(int(layout["layer"][ch]))
+        cols["cell"].append(int(layout["cell"][ch]))
+        fpga, tdc_channel = daq_channel_of(c, ch)
+        cols["fpga"].append(int(fpga))
+        cols["tdc_channel"].append(int(tdc_channel))
+        cols["status"].append(status)
+        cols["since"].append(since * 1000.0)
+        cols["hits"].append(int(occupancy.counts[c, ch]) if occupancy is not None else 0)
     return cols
 
 
 def scintillator_text(message: ResultsMessage | None) -> str:
-    """The t0 channel used for E1/E2, e.g. ``t0 = FPGA 1 ch 138``."""
+    """The t0 channel used for E1/E2 and why, e.g. ``t0 = FPGA 1 ch 138 (detected: ...)``."""
     if message is None or message.scintillator is None:
         return "t0 channel: not in the results (version-1 processor)"
-    return f"t0 = FPGA {message.scintillator.fpga} ch {message.scintillator.channel}"
+    s = message.scintillator
+    why = ""
+    if s.source is not None:
+        why = f" ({s.source}" + (f": {s.reason}" if s.reason else "") + ")"
+    return f"t0 = FPGA {s.fpga} ch {s.channel}{why}"
+
+
+def event_columns(events: Iterable[StreamEvent]) -> dict[str, list]:
+    """Event table/timeline columns, newest first: ``time_ms`` (epoch ms), ``kind``, ``detail``, ``y``
+    (row of the kind on the timeline, in order of first appearance)."""
+    evs = sorted(events, key=lambda e: e.time, reverse=True)
+    kinds: list[str] = []
+    for e in reversed(evs):
+        if e.kind not in kinds:
+            kinds.append(e.kind)
+    return {"time_ms": [e.time * 1000.0 for e in evs], "kind": [e.kind for e in evs],
+            "detail": [e.detail for e in evs], "y": [kinds.index(e.kind) for e in evs]}
 
 
 def _duration(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(max(seconds, 0))))
 
 
-def run_html(message: ResultsMessage | None, now: float) -> str:
+def run_html(message: ResultsMessage | None, now: float, stale: bool = False) -> str:
     """Run number, state and elapsed time (``now - run_started`` while running, epoch s;
-    start to last batch once ended)."""
+    start to last batch once ended). A running run shows "stale", not "running", while ``stale``."""
     if message is None or message.run is None:
         return "Run: <b>—</b> (no run number in the results)"
     if message.run_state == "ended":
         state = "<b style='color:#555'>ended</b>"
         elapsed = "" if message.run_started is None else f" · lasted ≥ <b>{_duration(message.published - message.run_started)}</b>"
+    elif stale:
+        state = "<b style='color:#b35900'>stale</b> (last seen running)"
+        elapsed = ""
     else:
         state = "<b style='color:green'>running</b>" if message.run_state == "running" else "state unknown"
         elapsed = "" if message.run_started is None else f" · elapsed <b>{_duration(now - message.run_started)}</b>"
     return f"Run <b>{html.escape(str(message.run))}</b> · {state}{elapsed}"
+
+
+REFERENCE_SCHEMA = "dtmon.reference"
+REFERENCE_VERSION = 1
+REFERENCE_KINDS = ("occupancy", "drift_time")
+"""Histogram kinds a reference carries and the dashboard overlays."""
+
+
+def reference_document(totals: Totals, message: ResultsMessage | None, created: float) -> dict:
+    """A reference document of the cumulative histograms ``totals``: ``{"schema": "dtmon.reference",
+    "version": 1, "created": epoch s, "run", "batches", "last_batch_id", "detector_time_s",
+    "chambers": [{"chamber", "hits", "occupancy": {bin_edges, bin_counts}, "drift_time": ...}]}``
+    (the kinds ``totals`` has; drift_time is absent before version-2 results)."""
+    chambers = []
+    for c in range(N_CHAMBERS):
+        entry: dict = {"chamber": c, "hits": int(totals.hits[c])}
+        for kind in REFERENCE_KINDS:
+            h = totals.hists.get(kind)
+            if h is not None:
+                entry[kind] = {"bin_edges": list(h.edges), "bin_counts": h.counts[c].tolist()}
+        chambers.append(entry)
+    return {"schema": REFERENCE_SCHEMA, "version": REFERENCE_VERSION, "created": created,
+            "run": None if message is None else message.run, "batches": totals.batches,
+            "last_batch_id": totals.last_batch_id, "detector_time_s": totals.detector_time_s, "chambers": chambers}
+
+
+def reference_from_document(doc: Mapping) -> dict[str, HistogramSet]:
+    """The histograms of a reference document (``reference_document``), by kind.
+
+    Raises:
+        ValueError: not a ``dtmon.reference`` version-1 document, or a key is missing or
+            inconsistent (the message names it).
+    """
+    if doc.get("schema") != REFERENCE_SCHEMA or doc.get("version") != REFERENCE_VERSION:
+        raise ValueError(f"not a {REFERENCE_SCHEMA} version {REFERENCE_VERSION} document "
+                         f"(schema={doc.get('schema')!r}, version={doc.get('version')!r})")
+    chambers = doc.get("chambers")
+    if not isinstance(chambers, list) or len(chambers) != N_CHAMBERS:
+        raise ValueError(f"chambers: expected a list of {N_CHAMBERS}")
+    out: dict[str, HistogramSet] = {}
+    for kind in REFERENCE_KINDS:
+        present = [ch.get(kind) for ch in chambers]
+        if all(h is None for h in present):
+            continue
+        if any(h is None for h in present):
+            raise ValueError(f"chambers[].{kind}: missing for some chambers")
+        edges = [float(e) for e in present[0]["bin_edges"]]
+        counts = np.zeros((N_CHAMBERS, len(edges) - 1))
+        for c, h in enumerate(present):
+            if [float(e) for e in h["bin_edges"]] != edges or len(h["bin_counts"]) != len(edges) - 1:
+                raise ValueError(f"chambers[{c}].{kind}: bin_edges differ from chamber 0 or do not match bin_counts")
+            counts[int(chambers[c].get("chamber", c))] = np.asarray(h["bin_counts"], dtype=float)
+        out[kind] = HistogramSet(edges, counts)
+    return out
+
+
+def normalised_reference(ref: HistogramSet | None, shown: HistogramSet | None) -> np.ndarray | None:
+    """``ref`` counts scaled per chamber to the hits of ``shown`` (same shape (4, n), float), so the
+    shapes compare; NaN for a chamber with no reference or no shown hits; None when either is
+    missing or the bin edges differ."""
+    if ref is None or shown is None or list(ref.edges) != list(shown.edges):
+        return None
+    ref_sum = ref.counts.sum(axis=1, keepdims=True)
+    shown_sum = shown.counts.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scale = np.where((ref_sum > 0) & (shown_sum > 0), shown_sum / ref_sum, np.nan)
+    return ref.counts * scale

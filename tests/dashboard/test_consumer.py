@@ -50,6 +50,19 @@ def test_consumer_retries_replays_history_counts_invalid_and_tracks_broker(tmp_p
         assert "offset 15" in snap.last_invalid and "Invalid JSON" in snap.last_invalid
         assert snap.broker_reachable is True
 
+        # A restarted dashboard refills its shift trends from the topic: it replays more messages
+        # (replay_messages) than the time series keeps.
+        refill = ResultsStore(history=5)
+        restarted = ResultsConsumer(refill, broker.address, "results", history=1000, retry_s=0.5)
+        try:
+            restarted.start()
+            snap = wait_until(refill, lambda s: s.last_batch_id == 14, "refilled batch 14")
+        finally:
+            restarted.stop()
+        assert snap.series["batch_id"] == list(range(10, 15))
+        assert sum(snap.trend["batches"]) == 15
+        assert snap.trend["start_ms"][0] == batches[0].message.batch_started * 1000
+
         broker.stop()
         wait_until(store, lambda s: s.broker_reachable is False, "broker down")
         broker = start_broker(port=port, log=tmp_path / "tansu2.log")  # empty again (memory storage)

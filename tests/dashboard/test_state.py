@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 
@@ -13,7 +14,8 @@ from dashboard.state import (
     ViewChoice,
     cell_layout,
     channel_status,
-    health_html,
+    flagged_channels,
+    flags_html,
     health_rows,
     rate_columns,
     run_html,
@@ -92,10 +94,10 @@ def test_series_and_latest_histograms_of_version_1_messages():
     assert np.array_equal(current.histograms("multiplicity").counts, batches[-1].multiplicity)
     assert np.array_equal(current.histograms("occupancy_scint").counts, np.zeros((4, 64)))  # v1: no E1
     assert current.histograms("drift_time") is None  # v1: no E2
-    assert math.isnan(rate_columns(current)["detector_hz"][0])  # v1: no detector time
+    assert math.isnan(rate_columns(current)["rate_hz"][0])  # v1: no detector time
     assert snap.last_batch_id == 3 and snap.last_update == 103.0 and snap.synthetic is False
     assert "no run number" in run_html(snap.last, 0.0)
-    assert "version-1" in health_html(None) and "version-1" in scintillator_text(snap.last)
+    assert "version-1" in flags_html((), False) and "version-1" in scintillator_text(snap.last)
     assert_sums(shown(store, "cumulative"), batches)  # v1 messages accumulate too (run None)
 
 
@@ -186,7 +188,7 @@ def test_replayed_batch_replaces_the_newest_point_and_its_sums():
     assert_sums(shown(store, "cumulative"), [a, replay])
 
 
-def test_rates_use_detector_time_and_time_between_batches():
+def test_rates_are_hits_per_second_of_detector_time():
     store = ResultsStore(history=10)
     starts, det = [T0, T0 + 3.0, T0 + 4.5], [1.25, 2.5, 0.75]
     batches = [make_batch(i, seed=5 + i, v2=True, started=s, detector_time_s=d)
@@ -195,14 +197,15 @@ def test_rates_use_detector_time_and_time_between_batches():
         store.ingest(b.message)
     hits = sum(b.occupancy.sum(axis=1) for b in batches)
     rates = rate_columns(shown(store, "cumulative"))
-    wall = 2.0 + 3.0 + 1.5  # trigger interval for the first batch seen, then differences of batch starts
     assert rates["chamber"] == ["0", "1", "2", "3", "all"]
     assert rates["hits"] == [*hits.tolist(), int(hits.sum())]
-    assert rates["detector_hz"] == pytest.approx([*(hits / sum(det)).tolist(), hits.sum() / sum(det)])
-    assert rates["wall_hz"] == pytest.approx([*(hits / wall).tolist(), hits.sum() / wall])
+    assert rates["rate_hz"] == pytest.approx([*(hits / sum(det)).tolist(), hits.sum() / sum(det)])
+    assert set(rates) == {"chamber", "hits", "rate_hz"}  # one rate definition only
     last = rate_columns(shown(store, "current"))
-    assert last["detector_hz"][:4] == pytest.approx((batches[2].occupancy.sum(axis=1) / 0.75).tolist())
-    assert last["wall_hz"][:4] == pytest.approx((batches[2].occupancy.sum(axis=1) / 1.5).tolist())
+    assert last["rate_hz"][:4] == pytest.approx((batches[2].occupancy.sum(axis=1) / 0.75).tolist())
+    series = store.snapshot().series
+    for c in range(4):
+        assert series[f"rate_ch{c}"] == pytest.approx([b.occupancy[c].sum() / d for b, d in zip(batches, det)])
 
 
 def test_cell_layout_matches_the_chamber_drawing():
@@ -215,24 +218,25 @@ def test_cell_layout_matches_the_chamber_drawing():
     assert sorted(zip(layout["layer"].tolist(), layout["cell"].tolist())) == [(l, k) for l in range(1, 5) for k in range(16)]
 
 
-def test_health_list_status_and_rows():
+def test_health_counts_list_status_and_rows():
     b = make_batch(0, seed=3, v2=True, dead=((0, 12), (3, 5)), noisy=((1, 7),))
-    health = b.message.channel_health
-    text = health_html(health)
-    assert "Dead: ch0/12, ch3/5" in text and "Noisy: ch1/7" in text
-    assert "last 30 batches" in text and "5×" in text
-    status = channel_status(health)
-    assert (status[0, 12], status[3, 5], status[1, 7]) == ("dead", "dead", "noisy")
-    assert (status != "").sum() == 3
     store = ResultsStore(history=5)
     store.ingest(b.message)
-    rows = health_rows(health, shown(store, "current").histograms("occupancy"))
-    assert rows["status"] == ["dead", "dead", "noisy"]
-    assert rows["layer"] == [4, 2, 1]  # 12 % 4 = 0, 5 % 4 = 1, 7 % 4 = 3
+    snap = store.snapshot()
+    text = flags_html(snap.flags, True)
+    assert "<details>" in text and "ch0: 1 dead, 0 noisy · ch1: 0 dead, 1 noisy · ch3: 1 dead, 0 noisy" in text
+    assert "ch0/12 dead since" in text and "ch1/7 noisy since" in text
+    status = channel_status(*flagged_channels(b.message))
+    assert (status[0, 12], status[3, 5], status[1, 7]) == ("dead", "dead", "noisy")
+    assert (status != "").sum() == 3
+    rows = health_rows(snap.flags, shown(store, "current").histograms("occupancy"))
+    assert rows["status"] == ["dead", "noisy", "dead"]  # by chamber
+    assert rows["layer"] == [4, 1, 2]  # 12 % 4 = 0, 7 % 4 = 3, 5 % 4 = 1
     assert rows["cell"] == [3, 1, 1]
-    assert rows["fpga"] == [0, 1, 0] and rows["tdc_channel"] == [12, 69, 71]
-    assert rows["hits"] == [b.occupancy[0, 12], b.occupancy[3, 5], b.occupancy[1, 7]]
-    assert "Dead: none · Noisy: none" in health_html(make_batch(1, seed=4, v2=True).message.channel_health)
+    assert rows["fpga"] == [0, 0, 1] and rows["tdc_channel"] == [12, 71, 69]
+    assert rows["hits"] == [b.occupancy[0, 12], b.occupancy[1, 7], b.occupancy[3, 5]]
+    assert rows["since"] == [b.message.batch_started * 1000.0] * 3
+    assert flags_html((), True) == "Flagged channels: none"
 
 
 def test_run_state_and_elapsed_time():
@@ -296,3 +300,117 @@ def test_concurrent_ingest_loses_nothing():
     assert snap.version == 40
     assert sorted(snap.series["batch_id"]) == list(range(40))
     assert shown(store, "cumulative").batches == 40
+
+
+def test_quality_tiles_carry_each_chamber_verdict_and_null_for_older_results():
+    from dashboard.state import quality_tiles
+
+    v3 = make_batch(0, seed=1, quality=("good", "warning", "bad", "null"),
+                    reasons=("ok", "t0 12 ns", "rate 0 Hz", "12 tagged hits < 100"), dead=((2, 3), (2, 4))).message
+    tiles = quality_tiles(v3)
+    assert [t.key for t in tiles] == ["detector", "chamber-0", "chamber-1", "chamber-2", "chamber-3"]
+    assert [t.quality for t in tiles] == ["bad", "good", "warning", "bad", "null"]
+    assert tiles[0].reason == "chamber 2: rate 0 Hz" and tiles[3].reason == "rate 0 Hz"
+    assert tiles[3].detail == "dead 2 · noisy 0"
+    v2 = quality_tiles(make_batch(1, seed=1, v2=True, dead=((0, 1),)).message)
+    assert {t.quality for t in v2} == {"null"} and "no verdict" in v2[1].reason
+    assert v2[1].detail == "dead 1 · noisy 0"  # version-2 channel health still counted
+    assert quality_tiles(None)[0].reason == "no results yet"
+
+
+def test_freshness_flags_three_missed_trigger_intervals_a_down_broker_and_old_data():
+    from dashboard.state import freshness
+
+    clock = FakeClock(T0 + 1.0)
+    store = ResultsStore(history=5, clock=clock)
+    assert freshness(store.snapshot(), T0).stale  # nothing received yet
+    store.ingest(make_batch(0, seed=1, started=T0).message)  # trigger interval 2 s, published T0 + 0.25
+    snap = store.snapshot()
+    assert not freshness(snap, T0 + 6.9).stale
+    stale = freshness(snap, T0 + 7.1)
+    assert stale.stale and stale.limit_s == 6.0 and "no results for 6 s" in stale.reason
+    store.set_broker(False, "1/1 brokers are down")
+    assert "broker unreachable: 1/1 brokers are down" == freshness(store.snapshot(), T0 + 2.0).reason
+    store.set_broker(True)
+    clock.t = T0 + 500.0  # replayed on a restart long after the processor stopped
+    store.ingest(make_batch(1, seed=2, started=T0 + 2.0).message)
+    old = freshness(store.snapshot(), T0 + 501.0)
+    assert old.stale and "old" in old.reason
+    assert run_html(make_batch(2, seed=1, v2=True).message, T0, stale=True).count("running") == 1  # "last seen running"
+
+
+def test_channel_flags_keep_the_time_each_channel_was_first_flagged():
+    store = ResultsStore(history=3)
+    for i in range(5):
+        dead = ((1, 12),) if i >= 1 else ()
+        noisy = ((2, 7),) if i in (1, 2, 4) else ()
+        store.ingest(make_batch(i, seed=i, quality=("good",) * 4, dead=dead, noisy=noisy).message)
+    flags = store.snapshot().flags
+    assert flags == ((1, 12, "dead", T0 + 2.0), (2, 7, "noisy", T0 + 8.0))  # noisy cleared at batch 3, flagged again
+
+
+def test_trend_history_merges_buckets_and_keeps_time_box_rate_and_worst_quality():
+    from dashboard.state import TrendHistory, trend_quality_columns
+
+    trend = TrendHistory(max_buckets=8, bucket_s=2.0)
+    n = 8 * 3600 // 2  # 8 hours of 2 s micro-batches
+    batch = make_batch(0, seed=1, quality=("good", "bad", "warning", "null"), t0_ns=2.0)
+    for i in range(n):
+        trend.add(batch.message.model_copy(update={"batch_id": i, "batch_started": T0 + 2.0 * i}))
+    assert len(trend.buckets) <= 8
+    cols = trend.columns()
+    assert sum(cols["batches"]) == n
+    assert cols["start_ms"][0] == T0 * 1000 and cols["end_ms"][-1] == (T0 + 2.0 * (n - 1)) * 1000
+    hits = batch.occupancy.sum(axis=1)
+    for c in range(4):
+        assert cols[f"rate_ch{c}"] == pytest.approx([hits[c] / 1.5] * len(cols["batches"]))
+        assert cols[f"t0_ch{c}"] == pytest.approx([2.0 + c] * len(cols["batches"]))
+    assert set(cols["quality_ch1"]) == {"bad"} and set(cols["quality_ch3"]) == {"null"}
+    strip = trend_quality_columns(cols)
+    assert len(strip["x"]) == 4 * len(cols["batches"]) and strip["colour"][1] == "#d62728"
+
+    short = TrendHistory(max_buckets=4, bucket_s=2.0, horizon_s=60.0)
+    for i in range(100):
+        short.add(batch.message.model_copy(update={"batch_id": i, "batch_started": T0 + 2.0 * i}))
+    assert short.buckets[0].end >= T0 + 198.0 - 60.0 - short.bucket_s  # older than the horizon: dropped
+
+
+def test_stream_events_from_v3_messages_and_orbit_jumps_of_v2():
+    from dashboard.state import event_columns
+
+    store = ResultsStore(history=3)
+    store.ingest(make_batch(0, seed=1, v2=True).message.model_copy(update={"orbit_jumps": 2}))
+    store.ingest(make_batch(1, seed=1, quality=("good",) * 4, rejected=2,
+                            events=(("checkpoint_reset", "offsets reset on minidt-hits/0"),)).message)
+    store.ingest(make_batch(2, seed=1, quality=("good",) * 4, rejected=1).message)
+    snap = store.snapshot()
+    assert [e.kind for e in snap.events] == ["orbit_jump", "checkpoint_reset"]
+    assert "2 ORBIT_CNT jump(s) in batch 0" in snap.events[0].detail
+    assert snap.rejected_messages == 3
+    cols = event_columns(snap.events)
+    assert cols["kind"] == ["checkpoint_reset", "orbit_jump"]  # newest first
+    assert cols["y"] == [1, 0]
+
+
+def test_reference_document_round_trip_and_normalisation():
+    from dashboard.state import normalised_reference, reference_document, reference_from_document
+
+    store = ResultsStore(history=5)
+    batches = [make_batch(i, seed=i, v2=True) for i in range(2)]
+    for b in batches:
+        store.ingest(b.message)
+    total = shown(store, "cumulative")
+    doc = reference_document(total, store.snapshot().last, created=T0)
+    hists = reference_from_document(json.loads(json.dumps(doc)))
+    assert np.array_equal(hists["occupancy"].counts, sum(b.occupancy for b in batches))
+    assert np.array_equal(hists["drift_time"].counts, sum(b.drift for b in batches))
+    last = shown(store, "current").histograms("occupancy")
+    scaled = normalised_reference(hists["occupancy"], last)
+    assert scaled.sum(axis=1) == pytest.approx(batches[-1].occupancy.sum(axis=1))
+    assert normalised_reference(hists["drift_time"], last) is None  # other bins
+    with pytest.raises(ValueError, match="dtmon.reference"):
+        reference_from_document({"schema": "other", "version": 1})
+    broken = json.loads(json.dumps(doc))
+    broken["chambers"][2]["occupancy"]["bin_edges"] = [0.0, 64.0]
+    with pytest.raises(ValueError, match=r"chambers\[2\]\.occupancy"):
+        reference_from_document(broken)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
+
+import numpy as np
+import pytest
 
 from bokeh.events import ButtonClick
 from confluent_kafka import OFFSET_BEGINNING
 
 from dashboard.consumer import start_offset
-from dashboard.state import ResultsStore, ViewChoice, channel_status
+from dashboard.state import ResultsStore, ViewChoice, channel_status, flagged_channels
 from dashboard.view import (
     SessionView,
     histogram_columns,
@@ -16,7 +20,7 @@ from dashboard.view import (
     occupancy_columns,
     status_html,
 )
-from tests.dashboard.factory import make_batch
+from tests.dashboard.factory import T0, make_batch
 
 
 def test_status_line_reports_batch_age_broker_and_bad_input():
@@ -31,10 +35,13 @@ def test_status_line_reports_batch_age_broker_and_bad_input():
     assert "UNREACHABLE" in text and "1/1 brokers are down" in text
     assert "malformed rows: 5 in last batch, 7 in last 2 batches" in text
     assert "invalid messages: 1" in text and "offset 9: Invalid JSON" in text
-    assert "ORBIT_CNT" not in text
+    assert "events" not in text
     jump = make_batch(43, seed=3, v2=True).message.model_copy(update={"orbit_jumps": 2})
     store.ingest(jump)
-    assert "ORBIT_CNT jumps in last batch: 2" in status_html(store.snapshot(), 1008.0, "127.0.0.1:9", "res")
+    store.ingest(make_batch(44, seed=4, quality=("good",) * 4, rejected=3).message)
+    text = status_html(store.snapshot(), 1008.0, "127.0.0.1:9", "res")
+    assert "events: 1 (last orbit_jump" in text  # an event to look up, not a red alarm
+    assert "rejected raw: 3" in text
 
 
 def test_status_line_before_any_result():
@@ -47,12 +54,21 @@ def test_histogram_columns_are_quad_edges_and_counts():
     b = make_batch(0, seed=3)
     store = ResultsStore(history=10)
     store.ingest(b.message)
-    cols = histogram_columns(ViewChoice().select(store.snapshot()).histograms("multiplicity"))
+    hists = ViewChoice(mode="current").select(store.snapshot()).histograms("multiplicity")
+    cols = histogram_columns(hists)
     assert cols["left"] == [k - 0.5 for k in range(1, 65)]
     assert cols["right"] == [k + 0.5 for k in range(1, 65)]
     for c in range(4):
         assert cols[f"ch{c}"] == b.multiplicity[c].tolist()
+        assert cols[f"y{c}"] == b.multiplicity[c].tolist()
+        assert all(math.isnan(v) for v in cols[f"ref_ch{c}"])
+    assert cols["bottom"] == [0.0] * 64
     assert histogram_columns(None)["left"] == []
+    log = histogram_columns(hists, log=True)
+    assert log["ch1"] == b.multiplicity[1].tolist()  # the hover still shows counts
+    for count, drawn in zip(b.multiplicity[1], log["y1"]):
+        assert math.isnan(drawn) if count == 0 else drawn == pytest.approx(math.log10(count))
+    assert log["bottom"][0] < 0
 
 
 def test_occupancy_marks_and_map_cells_show_channel_health():
@@ -60,7 +76,7 @@ def test_occupancy_marks_and_map_cells_show_channel_health():
     store = ResultsStore(history=10)
     store.ingest(b.message)
     occupancy = ViewChoice().select(store.snapshot()).histograms("occupancy")
-    status = channel_status(b.message.channel_health)
+    status = channel_status(*flagged_channels(b.message))
     cols = occupancy_columns(occupancy, status)
     assert cols["centre"][:3] == [0.5, 1.5, 2.5]
     dead = [i for i, y in enumerate(cols["dead_ch2"]) if not math.isnan(y)]
@@ -83,6 +99,9 @@ def test_session_widgets_switch_views_and_reset_only_the_cumulative_view():
     for b in batches[:2]:
         store.ingest(b.message)
     view = SessionView("127.0.0.1:9", "res", history=20)
+    assert view.choice.mode == "window" and view.choice.window == 20  # a moving window by default
+    view.mode.active = 0  # "Last batch"
+    view.tabs.active = 1  # Occupancy
     view.refresh(store.snapshot(), now=0.0)
 
     def occupancy(c: int) -> list:
@@ -91,20 +110,85 @@ def test_session_widgets_switch_views_and_reset_only_the_cumulative_view():
     assert occupancy(1) == batches[1].occupancy[1].tolist()
     view.mode.active = 2  # "Cumulative"
     assert occupancy(1) == (batches[0].occupancy[1] + batches[1].occupancy[1]).tolist()
+    assert list(view.sources["drift_time"].data["ch3"]) == []  # hidden tab: not drawn yet
+    view.tabs.active = 2  # Time box: drawn when it becomes visible
     assert list(view.sources["drift_time"].data["ch3"]) == (batches[0].drift[3] + batches[1].drift[3]).tolist()
+    view.tabs.active = 1
     view.reset._trigger_event(ButtonClick(view.reset))  # what a click in the browser delivers
     assert occupancy(1) == [0] * 64
     for b in batches[2:]:
         store.ingest(b.message)
     view.refresh(store.snapshot(), now=0.0)
     assert occupancy(1) == (batches[2].occupancy[1] + batches[3].occupancy[1]).tolist()
+    assert list(view.maps[1].data.get("hits", [])) == []  # maps hidden: untouched by the update
+    view.tabs.active = 3
     assert list(view.maps[1].data["hits"]) == occupancy(1)
     assert "Reset" in view.caption.text
+    view.tabs.active = 1
     view.mode.active = 1
     view.window.value = 3
     assert occupancy(0) == sum(b.occupancy[0] for b in batches[1:]).tolist()
     assert "FPGA 1 ch 138" in view.scintillator.text
     assert "Run <b>7</b>" in view.run.text
+
+
+def test_log_scale_draws_log10_of_counts_with_one_colour_scale():
+    store = ResultsStore(history=5)
+    b = make_batch(0, seed=5, v2=True)
+    store.ingest(b.message)
+    view = SessionView("127.0.0.1:9", "res", history=5)
+    view.tabs.active = 3  # maps
+    view.refresh(store.snapshot(), now=0.0)
+    assert view.mapper.high == b.occupancy.max()  # one scale: the highest cell of all four chambers
+    assert all(f.right[0].color_mapper is view.mapper for f in view.map_figures)
+    view.log_toggle.active = True
+    assert view.mapper.high == pytest.approx(math.log10(b.occupancy.max()))
+    cell = int(np.argmax(b.occupancy[2]))
+    assert view.maps[2].data["colour"][cell] == pytest.approx(math.log10(b.occupancy[2, cell]))
+    assert view.maps[2].data["hits"][cell] == b.occupancy[2, cell]
+    view.tabs.active = 1
+    assert view.hist_figures["occupancy"][0].y_range.start < 0
+    assert view.sources["occupancy"].data["y0"][cell] == pytest.approx(math.log10(b.occupancy[0, cell]))
+
+
+def test_stale_banner_run_state_and_red_tile_follow_the_snapshot():
+    clock = [T0]
+    store = ResultsStore(history=5, clock=lambda: clock[0])
+    store.ingest(make_batch(0, seed=1, started=T0 - 0.5, quality=("good", "bad", "good", "good"),
+                            reasons=("ok", "rate 0.0 Hz below 50 Hz", "ok", "ok")).message)
+    view = SessionView("127.0.0.1:9", "res", history=5)
+    view.refresh(store.snapshot(), now=T0 + 1.0)
+    assert view.stale.visible is False and "running" in view.run.text
+    assert "data-tile='chamber-1' data-quality='bad'" in view.summary.text
+    assert "rate 0.0 Hz below 50 Hz" in view.summary.text
+    view.refresh(store.snapshot(), now=T0 + 6.5)  # 3 trigger intervals of 2 s without a message
+    assert view.stale.visible is True and "no results for 6 s" in view.stale.text
+    assert "stale" in view.run.text and "running" not in view.run.text.replace("last seen running", "")
+    store.set_broker(False, "1/1 brokers are down")
+    view.refresh(store.snapshot(), now=T0 + 7.0)
+    assert view.stale.text.startswith("BROKER UNREACHABLE") and "1/1 brokers are down" in view.stale.text
+
+
+def test_use_as_reference_writes_a_reference_file_and_overlays_it(tmp_path):
+    store = ResultsStore(history=5)
+    batches = [make_batch(i, seed=50 + i, v2=True) for i in range(3)]
+    for b in batches:
+        store.ingest(b.message)
+    view = SessionView("127.0.0.1:9", "res", history=5, reference_dir=tmp_path / "refs")
+    view.tabs.active = 1
+    view.refresh(store.snapshot(), now=0.0)
+    assert all(math.isnan(v) for v in view.sources["occupancy"].data["ref_ch0"])
+    view.use_reference._trigger_event(ButtonClick(view.use_reference))
+    [path] = list((tmp_path / "refs").glob("reference-run7-*.json"))
+    doc = json.loads(path.read_text())
+    assert (doc["schema"], doc["version"], doc["batches"]) == ("dtmon.reference", 1, 3)
+    assert doc["chambers"][2]["occupancy"]["bin_counts"] == sum(b.occupancy[2] for b in batches).tolist()
+    assert doc["chambers"][1]["drift_time"]["bin_counts"] == sum(b.drift[1] for b in batches).tolist()
+    assert "reference saved" in view.caption.text
+    view.mode.active = 0  # last batch: the cumulative reference is scaled to its hits
+    ref = np.asarray(view.sources["occupancy"].data["ref_ch2"])
+    cumulative = sum(b.occupancy[2] for b in batches)
+    assert ref == pytest.approx(cumulative * batches[-1].occupancy[2].sum() / cumulative.sum())
 
 
 def test_start_offset_replays_history_before_the_end():
