@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -48,6 +49,7 @@ from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPart
 from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMaxRows
 
 from dtmon.hits import HIT_SCHEMA, DecodeError, decode_csv
+from dtmon.validation import MessageRejected, sanitize_rows
 from dtmon.wire import CONTENT_TYPE_CONTROL, CONTENT_TYPE_CSV, decode_message, header_dict
 
 log = logging.getLogger(__name__)
@@ -114,6 +116,7 @@ def _consumer_config(bootstrap: str, group: str = "dtmon-processor") -> dict:
         "enable.auto.commit": False,
         "enable.partition.eof": True,
         "auto.offset.reset": "error",  # never jump to another offset silently: planned offsets are exact
+        "isolation.level": "read_committed",  # the producer writes in transactions (producer.position)
         "fetch.max.bytes": 64 << 20,
         "max.partition.fetch.bytes": 16 << 20,
         "socket.timeout.ms": 10000,
@@ -212,6 +215,7 @@ def decode_records(
     synthetic: list[bool],
     runs: list[int | None] | None = None,
     origins: list[str] | None = None,
+    rejected: Counter | None = None,
 ) -> pa.RecordBatch:
     """Decode raw-topic message values into one record batch with ``OUTPUT_SCHEMA``.
 
@@ -223,6 +227,8 @@ def decode_records(
         values, content_types, timestamps_ms, synthetic: per message, length M.
         runs: per message, the ``dtmon-run`` header as an int (None: no header); default all None.
         origins: per message, where it came from (e.g. ``topic/partition@offset``), for the log.
+        rejected: if given, gets the rows rejected per reason (``dtmon.validation``: they
+            become malformed rows) and ``rejected message: <reason>`` per refused message.
     Returns:
         record batch of N rows (N = rows in all messages, + 1 per undecodable or control message).
     """
@@ -242,7 +248,8 @@ def decode_records(
             while j < len(values) and content_types[j] == CONTENT_TYPE_CSV:
                 j += 1
             chunk = [v if v.endswith(b"\n") else v + b"\n" for v in values[i:j]]
-            table = decode_csv(b"".join(chunk)).table
+            table, reasons = sanitize_rows(decode_csv(b"".join(chunk)).table)
+            _count_rejected(reasons, rejected, origins[i] if origins else f"#{i} of the batch")
             if table.num_rows == j - i:
                 add(table, timestamps_ms[i:j], synthetic[i:j], runs[i:j])
             else:  # multi-line CSV messages: the block's first message stamps every row
@@ -254,9 +261,13 @@ def decode_records(
                 run, event = parse_control(values[i], None if runs[i] == no_run else runs[i])
                 add(_null_row(), timestamps_ms[i], synthetic[i], no_run if run is None else run, event)
             else:
-                add(decode_message(values[i], content_types[i]), timestamps_ms[i], synthetic[i], runs[i])
+                reasons: Counter = Counter()
+                add(decode_message(values[i], content_types[i], rejected=reasons), timestamps_ms[i], synthetic[i], runs[i])
+                _count_rejected(reasons, rejected, origins[i] if origins else f"#{i} of the batch")
         except DecodeError as exc:
             where = origins[i] if origins else f"#{i} of the batch"
+            if rejected is not None:
+                rejected[f"rejected message: {exc.reason if isinstance(exc, MessageRejected) else 'undecodable'}"] += 1
             log.error("undecodable raw message %s (%s): counted as one malformed row", where, exc)
             add(_null_row(), timestamps_ms[i], synthetic[i], runs[i])
         i += 1
@@ -276,6 +287,14 @@ def decode_records(
         pa.array(column(3, np.int8)),
     ]
     return pa.RecordBatch.from_arrays(columns, schema=OUTPUT_SCHEMA)
+
+
+def _count_rejected(reasons: Counter, rejected: Counter | None, where: str) -> None:
+    """Log the rows of one message that failed validation (one line) and add them to ``rejected``."""
+    if reasons:
+        log.error("raw message %s: %d row(s) rejected, counted as malformed: %s", where, sum(reasons.values()), dict(reasons))
+        if rejected is not None:
+            rejected.update(reasons)
 
 
 def _null_row() -> pa.Table:
@@ -334,6 +353,8 @@ def read_range(
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
+                        if msg.offset() >= rng.end:  # the range ends in transaction markers: nothing left to read
+                            next_offset = rng.end
                         continue
                     if err.fatal():
                         raise RuntimeError(f"Kafka error reading {rng}: {err}")
