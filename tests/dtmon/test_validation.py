@@ -130,7 +130,7 @@ def test_an_8_kb_message_that_expands_to_10_million_rows_is_refused_without_expa
         measured[mode] = (rows, float(grown_mb), float(seconds))
     print("bomb decode (rows, peak RSS growth MB, s):", measured)
     assert measured["capped"][0] == "MessageRejected" and measured["capped"][1] < 20
-    assert measured["uncapped"][0] == str(n) and measured["uncapped"][1] > 200  # what the cap saves: the 240 MB expansion
+    assert measured["uncapped"][0] == str(n) and measured["uncapped"][1] > 100  # what the cap saves: the ~240 MB expansion
     rejected: Counter = Counter()
     rows = decode_records([bomb], [CONTENT_TYPE_ARROW], [0], [False], None, ["minidt-hits/0@3"], rejected)
     assert rows.num_rows == 1 and rows.column("HEAD").null_count == 1  # one malformed row stands for it
