@@ -5,9 +5,10 @@ console code as a child process (``python -m producer.cli``), and a read-back of
 topic with ``isolation.level=read_committed``.
 
 One trial: make a SYNTHETIC source (the 999 genuine rows repeated, ``--files`` files
-``data_00000k.txt`` of ``--rows`` rows: each file is its own run), start the producer; each
-time it has logged ``streaming``, wait a random 0 .. ``--max-delay`` s and ``kill -9`` it,
-restart it (``--min-delay`` .. ``--max-delay`` s after, uniform); after ``--kills`` kills let it finish. Then read the topic back and check:
+``data_00000k.txt`` of ``--rows`` rows: each file is its own run) and start the producer;
+each time it has logged ``streaming``, wait a random ``--min-delay`` .. ``--max-delay`` s
+(uniform), ``kill -9`` it and start it again; after ``--kills`` kills let it finish. Then
+read the topic back and check:
 
 * every (file, line) of the source appears exactly once (rows counted, duplicates,
   missing), with the values of that line;
