@@ -41,18 +41,21 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from dtmon.hits import COLUMNS, encode_csv
+from dtmon.hits import decode_csv, encode_csv
 from dtmon.services import free_port, start_broker
+from dtmon.settings import default_genuine_source
 from dtmon.wire import CONTENT_TYPE_CONTROL, decode_message, header_dict
 
 
 def make_source(directory: Path, files: int, rows: int) -> dict[str, pa.Table]:
-    """Write ``files`` SYNTHETIC DAQ files of ``rows`` rows (genuine rows repeated); return name -> table."""
-    from bench.producer_rate import repeated_genuine
+    """Write ``files`` SYNTHETIC DAQ files of ``rows`` rows (the genuine rows repeated); return name -> table.
 
+    Rows are told apart by (file, line), so repeated values do not matter here.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "dtmon-synthetic.json").write_text(json.dumps({"generator": "bench.producer_kills", "rows": rows}))
-    table = repeated_genuine(rows * files)
+    genuine = decode_csv(Path(default_genuine_source()).read_bytes()).table
+    table = pa.concat_tables([genuine] * -(-(rows * files) // genuine.num_rows)).combine_chunks()
     out = {}
     for k in range(files):
         name = f"data_{k:06d}.txt"
