@@ -5,11 +5,11 @@ MESSAGE_SCHEMA``), each an Arrow IPC message of ``--rows-per-message`` DAQ rows,
 producer sends them. Times, in one local Spark session and interleaved (so machine load
 hits both alike):
 
-* ``aggregate_batch`` - ``processor.histograms.aggregate_batch``: every output, one Spark job;
+* ``aggregate_batch`` - ``processor.plan.aggregate_batch``: every output, one Spark job;
 * ``count``           - ``batch.count()`` on the cached rows: one trivial job, the floor of any batch.
 
 Also counts the Spark jobs each variant runs per batch and checks the result against the
-pure reference ``processor.histograms.reduce_rows`` on the same rows.
+pure reference ``processor.reduce.reduce_rows`` on the same rows.
 """
 
 from __future__ import annotations
@@ -55,8 +55,10 @@ def main(
     from dtmon.settings import load_settings
     from dtmon.synth import generate
     from processor.app import spark_session
-    from processor.histograms import Binning, aggregate_batch, reduce_rows
-    from processor.kafka_source import SPARK_SCHEMA, decode_messages
+    from processor.plan import aggregate_batch
+    from processor.reduce import Binning, reduce_rows
+    from processor.decode import decode_messages
+    from processor.kafka_source import SPARK_SCHEMA
 
     settings = load_settings(spark_master=master, shuffle_partitions=shuffle_partitions)
     spark = spark_session(settings, app_name="dtmon-aggregation")

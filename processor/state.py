@@ -14,7 +14,7 @@ import numpy as np
 
 from dtmon.hits import CELLS_PER_CHAMBER, N_CHAMBERS
 from dtmon.schema import ChannelHealth, ChannelRef
-from processor.kafka_source import RUN_END, RUN_START
+from dtmon.wire import RunEvent
 
 
 def channel_health(window: np.ndarray, noisy_factor: float) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
@@ -91,16 +91,16 @@ class RunTracker:
 
         Args:
             newest_run: run of the batch's newest raw message (None: no run header seen).
-            events: (run, ``RUN_START``/``RUN_END``, Kafka timestamp in ms) per control message.
+            events: (run, ``RunEvent.START``/``RunEvent.END``, Kafka timestamp in ms) per control message.
         Returns:
             ``RunStatus`` of ``newest_run``; all None when it is None.
         """
         for run, event, ms in sorted((e for e in events if e[0] is not None), key=lambda e: (e[2], e[1])):
-            if event == RUN_START:  # one marker per raw partition: keep the earliest of an open run
+            if event == RunEvent.START:  # one marker per raw partition: keep the earliest of an open run
                 opened = run not in self.started or run in self.ended
                 self.started[run] = ms / 1000.0 if opened else min(self.started[run], ms / 1000.0)
                 self.ended.discard(run)
-            elif event == RUN_END:
+            elif event == RunEvent.END:
                 self.ended.add(run)
         if newest_run is None:
             return RunStatus()

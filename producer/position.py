@@ -35,6 +35,8 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, replace
 
+from dtmon.kafka import KafkaClients, KafkaConfig
+
 log = logging.getLogger("producer")
 
 POSITION_HEADER = "dtmon-position"
@@ -163,9 +165,7 @@ def _read_tails(consumer, topic: str, starts: dict[int, int], timeout_s: float) 
     return found
 
 
-def read_position(
-    bootstrap_servers: str, topic: str, source: str, timeout_s: float = 30.0, config: dict | None = None
-) -> Position | None:
+def read_position(kafka: KafkaConfig | str, topic: str, source: str, timeout_s: float = 30.0) -> Position | None:
     """The newest position of ``source`` in ``topic``, read back from each partition's end.
 
     Reads the last ``TAIL_MESSAGES`` messages of each partition with
@@ -175,28 +175,24 @@ def read_position(
     may stop short of it).
 
     Args:
-        bootstrap_servers: ``host:port[,host:port]``.
+        kafka: the Kafka client configuration (or a bootstrap-servers string).
         topic: the raw topic.
         source: ``source_identity`` of the source.
         timeout_s: s allowed per partition stretch.
-        config: more librdkafka consumer settings.
     Returns:
         The position with the highest ``seq``, or None when the topic holds none of ``source``.
     Raises:
         TimeoutError: a partition did not answer its end within ``timeout_s``.
     """
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import TopicPartition
 
-    consumer = Consumer(
+    consumer = KafkaClients(kafka).consumer(
+        f"dtmon-producer-position-{uuid.uuid4().hex[:8]}",  # never joined: assign() only
         {
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": f"dtmon-producer-position-{uuid.uuid4().hex[:8]}",  # never joined: assign() only
-            "enable.auto.commit": False,
             "enable.partition.eof": True,
             "isolation.level": "read_committed",
             "fetch.wait.max.ms": 10,  # the tail is short: do not wait for more data at the end
-            **(config or {}),
-        }
+        },
     )
     try:
         meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)

@@ -6,31 +6,17 @@ current one is sent) -> cut the rows into chunks (``producer.pacing.chunk_rows``
 encode each chunk -> wait for the chunk's due time (``producer.pacing.Pacer``) -> send
 (``producer.kafka.KafkaSink``) -> repeat; with ``loop`` start again at the first file.
 
-Wire format (defined in ``dtmon/wire.py``), one of:
+Wire format (``--wire``; the protocol is described in ``dtmon.wire``): ``arrow``
+(default; one Arrow IPC stream of up to ``rows_per_message`` rows per message, Kafka-level
+compression then off) or ``csv-line`` (one DAQ CSV line per message, for the benchmark
+comparison).
 
-* ``arrow`` (default): one Kafka message = one Arrow IPC stream (schema + one record
-  batch, ``dtmon.hits.HIT_SCHEMA``: HEAD int8, FPGA int8, TDC_CHANNEL int16, ORBIT_CNT
-  int64, BX_COUNTER int32, TDC_MEAS float64) with up to ``rows_per_message`` rows, body
-  compressed with zstd or lz4 (Kafka-level compression then off);
-  ``content-type: application/vnd.apache.arrow.stream``.
-* ``csv-line``: one Kafka message = ONE DAQ CSV line as found in the file, no header
-  (the design of earlier implementations, kept for the benchmark comparison);
-  ``content-type: text/csv``.
-
-Headers on every data message: ``content-type``; ``dtmon-schema: dtmon.hits/1``;
-``dtmon-file``: file name; ``dtmon-first-line``: 1-based line of the message's first
-row in that file; ``dtmon-synthetic``: ``1`` for rows from the synthetic generator, else
-``0``; ``dtmon-run``: the run number, decimal.
-
-Runs (rules in ``producer.runs``): before the first data message of each run and after
-its last one, the producer sends a control message (``content-type:
-application/vnd.dtmon.control+json``, headers ``dtmon-run`` and ``dtmon-file``, value
-``{"event": "run-start"|"run-end", "run": N, "file": name, "rows": n}``, ``rows`` = rows
-sent in the run so far, 0 at run-start) to EVERY partition of the raw topic: data
-messages are spread over the partitions, so each partition then reads start, its share
-of the run's data, end, in that order, and a reader of any partition (or a Spark task
-reading one partition range) sees where the run begins and ends. ``rows`` at run-end is
-the run's total over all partitions. A run cut short by a clean stop (Ctrl-C, SIGTERM,
+Headers and run markers follow the raw-topic protocol (``dtmon.wire``); which file
+belongs to which run: ``producer.runs``. The run markers go to EVERY partition of the raw
+topic: data messages are spread over the partitions, so each partition then reads start,
+its share of the run's data, end, in that order, and a reader of any partition (or a Spark
+task reading one partition range) sees where the run begins and ends. ``rows`` at run-end
+is the run's total over all partitions. A run cut short by a clean stop (Ctrl-C, SIGTERM,
 ``max_rows``, ``duration``) or by an error gets its run-end too; only a hard abort (a
 second Ctrl-C) leaves it open. Control messages are not rows: they do not count in the
 rows, the pacing or ``max_rows``.
@@ -52,16 +38,18 @@ and line number. Messages carry rows of one file only, in file order.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator
 
 from dtmon.settings import Settings
+from dtmon.wire import RunEvent, encode_control
 from producer.kafka import KafkaSink, TransactionError, ensure_topic, kafka_compression
-from producer.messages import WIRE_FORMATS, LoadedFile, arrow_message, control_message, csv_line_messages, load_file
+from producer.messages import WIRE_FORMATS, LoadedFile, arrow_message, csv_line_messages, load_file
 from producer.pacing import Pacer, chunk_rows
 from producer.position import (
     POSITION_HEADER,
@@ -72,7 +60,7 @@ from producer.position import (
     source_identity,
     transactional_id,
 )
-from producer.runs import RUN_START, RunMarkers, run_number
+from producer.runs import RunMarkers, run_number
 from producer.sources import DaqFile, SourceError, open_source
 
 log = logging.getLogger("producer")
@@ -143,6 +131,11 @@ class ProducerStats:
         """Rate including the start-up, in rows/s: ``rows / (startup_s + elapsed_s)``."""
         total = self.startup_s + self.elapsed_s
         return self.rows / total if total > 0 else 0.0
+
+    def as_json(self) -> str:
+        """The stats as one JSON object (every attribute, plus ``achieved_rate`` and ``overall_rate``
+        in rows/s), for tools: ``producer --stats-json PATH``."""
+        return json.dumps({**asdict(self), "achieved_rate": self.achieved_rate, "overall_rate": self.overall_rate})
 
     def summary(self) -> str:
         """One line for humans: rows, rate vs target, messages, bytes, errors."""
@@ -312,16 +305,17 @@ def run_producer(
     log.info("streaming %d file(s) from %s to %s", len(files), src.url, settings.raw_topic)
     source_id = source_identity(src.url)
     if sink is None:
-        partitions = ensure_topic(settings.bootstrap_servers, settings.raw_topic, settings.raw_partitions)
+        kafka = settings.kafka
+        partitions = ensure_topic(kafka, settings.raw_topic, settings.raw_partitions)
         sink = KafkaSink(
-            settings.bootstrap_servers,
+            kafka,
             settings.raw_topic,
             kafka_compression(wire, settings.compression),
             partitions=partitions,
             transactional_id=transactional_id(settings.raw_topic, source_id) if settings.exactly_once else None,
         )
         if settings.exactly_once:  # read after init_transactions fenced an earlier producer of this source
-            resume = read_position(settings.bootstrap_servers, settings.raw_topic, source_id)
+            resume = read_position(kafka, settings.raw_topic, source_id)
     partitions = sink.partition_count()
     pos = Position(source_id) if resume is None else resume
     if from_start:
@@ -348,22 +342,22 @@ def run_producer(
         if progress is not None:
             progress(stats)
 
-    def send_control(event: str, run_no: int, file_name: str, rows: int, first_partition: int = 0) -> None:
+    def send_control(event: RunEvent, run_no: int, file_name: str, rows: int, first_partition: int = 0) -> None:
         nonlocal pos
-        value, headers = control_message(event, run_no, file_name, rows)
-        if event == RUN_START:  # the run begins at the row about to be sent (``here``), maybe in a new file or pass
+        value, headers = encode_control(event, run_no, file_name, rows)
+        if event == RunEvent.START:  # the run begins at the row about to be sent (``here``), maybe in a new file or pass
             after = {"run": run_no, "run_rows": 0, "run_file": file_name, **here}
         else:
             after = {"run": None, "run_rows": 0, "run_file": ""}
         for partition in range(first_partition, partitions):
-            control = {"event": event, "run": run_no, "file": file_name, "rows": rows, "sent": partition + 1, "of": partitions}
+            control = {"event": event.wire_name, "run": run_no, "file": file_name, "rows": rows, "sent": partition + 1, "of": partitions}
             pos = advanced(pos, control=control, **after)
             sink.send(value, [*headers, (POSITION_HEADER, encode_position(pos))], partition)
         stats.control_messages += partitions - first_partition
-        if event == RUN_START:
+        if event == RunEvent.START:
             stats.runs += 1
             stats.run = run_no
-        log.debug("%s %d (%s, %s rows)", event, run_no, file_name, f"{rows:,}")
+        log.debug("%s %d (%s, %s rows)", event.wire_name, run_no, file_name, f"{rows:,}")
 
     here: dict = {}  # pass, file, next row and line of the data about to be sent (set before markers.data)
     markers = RunMarkers(send_control)
@@ -380,7 +374,8 @@ def run_producer(
     try:
         pending = pos.control
         if pending is not None and pending["sent"] < min(pending["of"], partitions):  # a marker cut short by the stop
-            send_control(pending["event"], pending["run"], pending["file"], pending["rows"], pending["sent"])
+            event = RunEvent.from_wire(pending["event"])
+            send_control(event, pending["run"], pending["file"], pending["rows"], pending["sent"])
         while not stopped and (max_rows is None or stats.rows < max_rows) and (item := reader.next()) is not None:
             passes, daq, f = item
             run_no = run_of(passes, daq)

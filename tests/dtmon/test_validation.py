@@ -30,8 +30,8 @@ from dtmon.validation import (
     validate_results,
 )
 from dtmon.wire import CONTENT_TYPE_ARROW, CONTENT_TYPE_CONTROL, CONTENT_TYPE_CSV, decode_message, encode_arrow
-from processor.histograms import Binning, reduce_rows
-from processor.kafka_source import decode_records
+from processor.decode import decode_records
+from processor.reduce import Binning, reduce_rows
 from tests.dashboard.factory import make_batch
 
 NOW = 1_790_000_100.0  # the factory's batches start at 1_790_000_000

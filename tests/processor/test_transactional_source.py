@@ -12,7 +12,9 @@ import pyarrow as pa
 import pytest
 
 from dtmon.settings import load_settings
-from processor.kafka_source import MESSAGE_SCHEMA, OUTPUT_SCHEMA, KafkaStreamReader, decode_messages, plan_ranges, read_range
+from dtmon.kafka import KafkaClients
+from processor.decode import OUTPUT_SCHEMA, decode_messages
+from processor.kafka_source import MESSAGE_SCHEMA, KafkaStreamReader, plan_ranges, read_range
 from producer.run import run_producer
 
 pytestmark = pytest.mark.integration
@@ -33,7 +35,7 @@ def test_source_reads_every_row_the_transactional_producer_committed(kafka_boots
     finally:
         reader.stop()
     t = time.monotonic()
-    batches = [b for rng in plan_ranges(start, end) for b in read_range(kafka_bootstrap, rng, stall_timeout_s=20)]
+    batches = [b for rng in plan_ranges(start, end) for b in read_range(KafkaClients(kafka_bootstrap), rng, stall_timeout_s=20)]
     took = time.monotonic() - t
     assert took < 10, f"read_range waited {took:.1f} s for offsets that are transaction markers"
     messages = pa.Table.from_batches(batches, schema=MESSAGE_SCHEMA)
