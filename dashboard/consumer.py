@@ -21,11 +21,9 @@ from confluent_kafka import (
     KafkaException,
     TopicPartition,
 )
-from pydantic import ValidationError
 
 from dashboard.state import ResultsStore
 from dtmon.kafka import KafkaClients, KafkaConfig, as_kafka_config
-from dtmon.schema import ResultsMessage
 from dtmon.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,7 +48,8 @@ def start_offset(low: int, high: int, history: int) -> int:
 class ResultsConsumer:
     """Reads ``topic`` on a daemon thread and feeds parsed ``ResultsMessage`` objects to ``store``.
 
-    Invalid messages are counted with ``store.record_invalid`` (never fatal). Broker
+    Each message goes through ``store.ingest_json``: an invalid one (schema or meaning,
+    ``dtmon.validation``) is counted, logged with topic/partition@offset and skipped (never fatal). Broker
     reachability goes to ``store.set_broker``: False on ``_ALL_BROKERS_DOWN``/``_TRANSPORT``
     errors, True after any answer (message, end-of-partition event, metadata). A missing
     topic is retried every ``retry_s`` s.
@@ -164,19 +163,8 @@ class ResultsConsumer:
                 self.store.set_broker(True)
                 continue
             self.store.set_broker(True)
-            try:
-                self.store.ingest(ResultsMessage.from_json(msg.value() or b""))
-            except ValueError as exc:  # pydantic.ValidationError is a ValueError
-                self.store.record_invalid(f"partition {msg.partition()} offset {msg.offset()}: {_describe(exc)}")
+            self.store.ingest_json(msg.value() or b"", f"{msg.topic()}/{msg.partition()}@{msg.offset()}")
         consumer.unassign()
-
-
-def _describe(exc: ValueError) -> str:
-    if isinstance(exc, ValidationError):
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "message"
-        return f"{exc.error_count()} validation error(s), first: {where}: {first['msg']}"
-    return str(exc)
 
 
 def _reason(exc: KafkaException) -> str:

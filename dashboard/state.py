@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import html
+import logging
 import math
 import threading
 import time
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from dtmon.hits import CELLS_PER_CHAMBER, N_CHAMBERS, cell_of, daq_channel_of, layer_of
+from dtmon.validation import parse_results
 from dtmon.schema import (
     MULTIPLICITY_EDGES,
     OCCUPANCY_EDGES,
@@ -37,6 +39,8 @@ from dtmon.schema import (
     ResultsMessage,
     StreamEvent,
 )
+
+log = logging.getLogger(__name__)
 
 #: Per-chamber histogram kinds of a results message (``ChamberHistograms`` field names).
 KINDS = ("occupancy", "occupancy_scint", "multiplicity", "drift_time")
@@ -623,6 +627,28 @@ class ResultsStore:
             self._last_update = self._clock()
             self._ingests += 1
             self._version += 1
+
+    def ingest_json(self, data: bytes, where: str) -> bool:
+        """Parse, check (``dtmon.validation.parse_results``) and ``ingest`` one results message.
+
+        A message that fails the schema or a check of meaning, or that ``ingest`` refuses,
+        is counted with ``record_invalid`` (reason prefixed with ``where``, e.g.
+        ``minidt-results/0@17``), logged once, and skipped: the kept data is unchanged.
+
+        Returns:
+            True when the message was ingested.
+        """
+        message, problems = parse_results(data)
+        if not problems:
+            try:
+                self.ingest(message)
+                return True
+            except (ValueError, OverflowError, TypeError) as exc:
+                problems = [f"not ingested: {exc}"]
+        extra = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        log.error("results message %s rejected: %s%s", where, problems[0], extra)
+        self.record_invalid(f"{where}: {problems[0]}{extra}")
+        return False
 
     def record_invalid(self, reason: str) -> None:
         """Count one results message that failed validation; ``reason`` is shown to the shifter."""

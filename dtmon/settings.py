@@ -70,6 +70,20 @@ class Settings(BaseSettings):
         10_000, ge=1, le=1_000_000, description="largest number of DAQ rows packed in one Kafka message"
     )
     compression: str = Field("zstd", description="Arrow IPC body compression: zstd, lz4 or none")
+    exactly_once: bool = Field(
+        True,
+        description="transactional producer that resumes after the last row in the raw topic (producer.position); "
+        "False: idempotent producer that starts at the first file every time",
+    )
+    producer_commit_interval_s: float = Field(
+        0.25, gt=0, le=10, description="the transactional producer commits at least this often, s (adds up to this latency)"
+    )
+    max_message_bytes: int = Field(
+        64 * 2**20, ge=2**16, description="largest decompressed raw message accepted by readers, bytes (dtmon.validation)"
+    )
+    max_message_rows: int = Field(
+        1_000_000, ge=1, description="most DAQ rows accepted in one raw message by readers (dtmon.validation)"
+    )
 
     trigger_interval_s: float = Field(2.0, gt=0, le=60, description="micro-batch trigger interval in s (1-5 is sensible)")
     checkpoint_location: str = Field("var/checkpoint", description="Spark streaming checkpoint directory")

@@ -37,11 +37,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from enum import IntEnum
 
 import pyarrow as pa
 
 from dtmon.hits import HIT_SCHEMA, DecodeError, decode_csv
+from dtmon.validation import MessageLimits, MessageRejected, check_arrow_message, sanitize_rows
 
 log = logging.getLogger(__name__)
 
@@ -188,27 +190,48 @@ def encode_arrow(batch: pa.RecordBatch | pa.Table, compression: str | None = "zs
     return sink.getvalue().to_pybytes()
 
 
-def decode_message(value: bytes, content_type: str | None) -> pa.Table:
-    """Decode one raw-topic message into rows with ``HIT_SCHEMA``.
+def decode_message(
+    value: bytes, content_type: str | None, limits: MessageLimits | None = None, rejected: Counter | None = None
+) -> pa.Table:
+    """Decode one raw-topic message into rows with ``HIT_SCHEMA``, checked for meaning.
+
+    An Arrow message is measured before decompression and refused above ``limits``;
+    rows that fail ``dtmon.validation.check_rows`` (null fields, values out of range)
+    become all-null (malformed) rows, counted per reason in ``rejected``.
 
     Args:
         value: the Kafka message value.
         content_type: the ``content-type`` header (None is read as Arrow).
+        limits: size caps (default ``MessageLimits()``: 64 MiB, 1 000 000 rows).
+        rejected: if given, rows rejected per reason are added to it.
     Returns:
-        Table of N rows; malformed CSV lines are all-null rows.
+        Table of N rows; malformed CSV lines and rejected rows are all-null rows.
     Raises:
         DecodeError: the payload is not a readable message of that content type.
+        MessageRejected: (a DecodeError) the message is over ``limits``.
     """
+    limits = limits or MessageLimits()
     if content_type == CONTENT_TYPE_CSV:
-        return decode_csv(value).table
-    if content_type not in (None, CONTENT_TYPE_ARROW):
+        if len(value) > limits.max_bytes:
+            raise MessageRejected("message over the size cap", f"{len(value):,} bytes > {limits.max_bytes:,}")
+        table = decode_csv(value).table
+    elif content_type not in (None, CONTENT_TYPE_ARROW):
         raise DecodeError(f"unknown content-type {content_type!r}")
-    try:
-        table = pa.ipc.open_stream(value).read_all()
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DecodeError(f"not an Arrow IPC stream: {exc}") from exc
-    if not table.schema.equals(HIT_SCHEMA):
-        raise DecodeError(f"unexpected schema {table.schema}")
+    else:
+        try:
+            check_arrow_message(value, limits)
+            table = pa.ipc.open_stream(value).read_all()
+        except MessageRejected:
+            raise
+        except (pa.ArrowException, OSError) as exc:  # ArrowInvalid, ArrowNotImplementedError (corrupt type ids), ...
+            raise DecodeError(f"not an Arrow IPC stream: {exc}") from exc
+        if not table.schema.equals(HIT_SCHEMA):
+            raise DecodeError(f"unexpected schema {table.schema}")
+    if table.num_rows > limits.max_rows:
+        raise MessageRejected("message over the row cap", f"{table.num_rows:,} rows > {limits.max_rows:,}")
+    table, reasons = sanitize_rows(table)
+    if rejected is not None:
+        rejected.update(reasons)
     return table
 
 

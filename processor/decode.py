@@ -12,11 +12,13 @@ failed task. Pure, tested without Spark or a broker.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 import numpy as np
 import pyarrow as pa
 
 from dtmon.hits import HIT_SCHEMA, DecodeError, decode_csv
+from dtmon.validation import MessageRejected, sanitize_rows
 from dtmon.wire import CONTENT_TYPE_CONTROL, CONTENT_TYPE_CSV, RunEvent, decode_control, decode_message
 from processor.kafka_source import MESSAGE_SCHEMA
 
@@ -43,6 +45,7 @@ def decode_records(
     synthetic: list[bool],
     runs: list[int | None] | None = None,
     origins: list[str] | None = None,
+    rejected: Counter | None = None,
 ) -> pa.RecordBatch:
     """Decode raw-topic message values into one record batch with ``OUTPUT_SCHEMA``.
 
@@ -54,6 +57,8 @@ def decode_records(
         values, content_types, timestamps_ms, synthetic: per message, length M.
         runs: per message, the ``dtmon-run`` header as an int (None: no header); default all None.
         origins: per message, where it came from (e.g. ``topic/partition@offset``), for the log.
+        rejected: if given, gets the rows rejected per reason (``dtmon.validation``: they
+            become malformed rows) and ``rejected message: <reason>`` per refused message.
     Returns:
         record batch of N rows (N = rows in all messages, + 1 per undecodable or control message).
     """
@@ -73,7 +78,8 @@ def decode_records(
             while j < len(values) and content_types[j] == CONTENT_TYPE_CSV:
                 j += 1
             chunk = [v if v.endswith(b"\n") else v + b"\n" for v in values[i:j]]
-            table = decode_csv(b"".join(chunk)).table
+            table, reasons = sanitize_rows(decode_csv(b"".join(chunk)).table)
+            _count_rejected(reasons, rejected, origins[i] if origins else f"#{i} of the batch")
             if table.num_rows == j - i:
                 add(table, timestamps_ms[i:j], synthetic[i:j], runs[i:j])
             else:  # multi-line CSV messages: the block's first message stamps every row
@@ -85,9 +91,13 @@ def decode_records(
                 run, event = decode_control(values[i], None if runs[i] == no_run else runs[i])
                 add(_null_row(), timestamps_ms[i], synthetic[i], no_run if run is None else run, event)
             else:
-                add(decode_message(values[i], content_types[i]), timestamps_ms[i], synthetic[i], runs[i])
+                reasons: Counter = Counter()
+                add(decode_message(values[i], content_types[i], rejected=reasons), timestamps_ms[i], synthetic[i], runs[i])
+                _count_rejected(reasons, rejected, origins[i] if origins else f"#{i} of the batch")
         except DecodeError as exc:
             where = origins[i] if origins else f"#{i} of the batch"
+            if rejected is not None:
+                rejected[f"rejected message: {exc.reason if isinstance(exc, MessageRejected) else 'undecodable'}"] += 1
             log.error("undecodable raw message %s (%s): counted as one malformed row", where, exc)
             add(_null_row(), timestamps_ms[i], synthetic[i], runs[i])
         i += 1
@@ -107,6 +117,14 @@ def decode_records(
         pa.array(column(3, np.int8)),
     ]
     return pa.RecordBatch.from_arrays(columns, schema=OUTPUT_SCHEMA)
+
+
+def _count_rejected(reasons: Counter, rejected: Counter | None, where: str) -> None:
+    """Log the rows of one message that failed validation (one line) and add them to ``rejected``."""
+    if reasons:
+        log.error("raw message %s: %d row(s) rejected, counted as malformed: %s", where, sum(reasons.values()), dict(reasons))
+        if rejected is not None:
+            rejected.update(reasons)
 
 
 def _null_row() -> pa.Table:

@@ -83,6 +83,7 @@ CONSUMER_GROUP = "dtmon-processor"
 _READ_ROLE = {
     "enable.partition.eof": True,
     "auto.offset.reset": "error",  # never jump to another offset silently: planned offsets are exact
+    "isolation.level": "read_committed",  # the producer writes in transactions (producer.position)
     "fetch.max.bytes": 64 << 20,
     "max.partition.fetch.bytes": 16 << 20,
     "socket.timeout.ms": 10000,
@@ -190,6 +191,8 @@ def read_range(
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
+                        if msg.offset() >= rng.end:  # the range ends in transaction markers: nothing left to read
+                            next_offset = rng.end
                         continue
                     if err.fatal():
                         raise RuntimeError(f"Kafka error reading {rng}: {err}")

@@ -12,6 +12,10 @@ a run directory (all files under ``Run000810/`` or ``run_810/`` -> one run 810);
 consecutive files with the same number are one run, so one looped file stays one run.
 With ``--run N`` one pass over the whole source is run N, and with ``--loop`` the
 replays are runs N+1, N+2, ... (rules: ``producer.runs``).
+
+Restarts: the producer continues after the last row of its source found in the raw
+topic (``producer.position``), also after ``kill -9``: every row once, one run-start and
+one run-end per run. ``--from-start`` starts again at the first file.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from dtmon.cliopts import alias_option, setting_option, settings_from, version_option
-from producer.kafka import KafkaSetupError
+from producer.kafka import KafkaSetupError, TransactionError
 from producer.run import ProducerStats, run_producer
 from producer.runs import MAX_RUN
 from producer.sources import SourceError
@@ -107,6 +111,12 @@ def main(
             "run numbered from its name (data_000003.txt -> 3) or its Run000810/run_810 directory",
         ),
     ] = None,
+    from_start: Annotated[
+        bool,
+        typer.Option(
+            "--from-start", help="start at the first file even if the raw topic shows where a previous producer of this source stopped"
+        ),
+    ] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="live progress display on stderr")] = True,
     log_level: Annotated[str, typer.Option(help="logging level")] = "INFO",
     stats_json: Annotated[
@@ -138,8 +148,9 @@ def main(
                 run=run,
                 stop_event=stop,
                 progress=show,
+                from_start=from_start,
             )
-    except (SourceError, KafkaSetupError, ValueError) as exc:
+    except (SourceError, KafkaSetupError, TransactionError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:

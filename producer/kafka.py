@@ -16,11 +16,15 @@ import confluent_kafka
 
 from dtmon.kafka import KafkaConfig, KafkaSetupError, as_kafka_config, ensure_topic
 
-__all__ = ["DeliveryErrors", "KafkaSetupError", "KafkaSink", "ensure_topic", "kafka_compression", "producer_config"]
+__all__ = ["DeliveryErrors", "KafkaSetupError", "KafkaSink", "TransactionError", "ensure_topic", "kafka_compression", "producer_config"]
 
 log = logging.getLogger("producer")
 
 MAX_ERRORS_KEPT = 5
+
+
+class TransactionError(RuntimeError):
+    """A Kafka transaction could not be committed: its messages are not part of the topic."""
 
 
 def kafka_compression(wire: str, body_compression: str) -> str:
@@ -86,6 +90,14 @@ class KafkaSink:
             ``confluent_kafka.Producer`` as a double.
         partitions: the topic's partition count if known (e.g. from ``ensure_topic``);
             else ``partition_count()`` asks the broker.
+        transactional_id: Kafka ``transactional.id``; when given the sink is
+            transactional: ``init_transactions`` fences an earlier producer with the same
+            id (its open transaction is aborted), ``send`` opens a transaction when none
+            is open, ``commit`` commits it.
+        init_timeout_s: s allowed for ``init_transactions``.
+
+    Raises:
+        KafkaSetupError: ``init_transactions`` failed or timed out.
     """
 
     def __init__(
@@ -96,6 +108,8 @@ class KafkaSink:
         overrides: dict | None = None,
         producer_cls=None,
         partitions: int | None = None,
+        transactional_id: str | None = None,
+        init_timeout_s: float = 30.0,
     ):
         self.topic = topic
         self.partitions = partitions
@@ -104,7 +118,19 @@ class KafkaSink:
         config["on_delivery"] = self.errors
         config["error_cb"] = self._on_error
         self._last_error_log = 0.0
+        self.transactional = transactional_id is not None
+        self.in_transaction = False
+        self.transaction_messages = 0  # messages sent in the open transaction
+        self.transaction_started = 0.0  # time.monotonic() when it opened
+        self.commits = 0
+        if self.transactional:
+            config["transactional.id"] = transactional_id
         self.producer = (producer_cls or confluent_kafka.Producer)(config)
+        if self.transactional:
+            try:
+                self.producer.init_transactions(init_timeout_s)
+            except confluent_kafka.KafkaException as exc:
+                raise KafkaSetupError(f"cannot start a Kafka transaction (transactional.id {transactional_id}): {exc}") from exc
 
     def _on_error(self, err) -> None:
         """Client-level errors (broker down, ...): logged at most every 5 s."""
@@ -137,6 +163,10 @@ class KafkaSink:
             ValueError: the message is larger than ``message.max.bytes``.
         """
         where = {} if partition is None else {"partition": partition}
+        if self.transactional and not self.in_transaction:
+            self.producer.begin_transaction()
+            self.in_transaction, self.transaction_messages, self.transaction_started = True, 0, time.monotonic()
+        self.transaction_messages += 1
         while True:
             try:
                 self.producer.produce(self.topic, value=value, headers=headers, **where)
@@ -154,6 +184,47 @@ class KafkaSink:
         """Serve delivery callbacks for up to ``timeout`` s."""
         self.producer.poll(timeout)
 
+    def transaction_age(self) -> float:
+        """s since the open transaction began; 0 when none is open."""
+        return time.monotonic() - self.transaction_started if self.in_transaction else 0.0
+
+    def commit(self, timeout: float = 30.0) -> None:
+        """Commit the open transaction, if any (waits for its messages to be delivered).
+
+        Raises:
+            TransactionError: the commit failed; the transaction is then aborted and its
+                messages are not part of the topic for read_committed readers (a
+                restarted producer sends them again).
+        """
+        if not self.in_transaction:
+            return
+        try:
+            self.producer.commit_transaction(timeout)
+        except confluent_kafka.KafkaException as failure:
+            self.in_transaction = False
+            try:
+                self.producer.abort_transaction(timeout)
+            except confluent_kafka.KafkaException as exc:
+                log.error("could not abort the transaction after a failed commit: %s", exc)
+            raise TransactionError(
+                f"Kafka transaction of {self.transaction_messages} message(s) not committed: {failure}; "
+                "restart the producer to resume after the last committed row"
+            ) from failure
+        self.in_transaction = False
+        self.commits += 1
+
     def flush(self, timeout: float = 30.0) -> int:
-        """Wait up to ``timeout`` s for every queued message; return how many are still undelivered."""
+        """Wait up to ``timeout`` s for every queued message; return how many are still undelivered.
+
+        A transactional sink commits its open transaction; if that fails, every message
+        of the transaction counts as undelivered.
+        """
+        if self.transactional:
+            pending = self.transaction_messages if self.in_transaction else 0
+            try:
+                self.commit(timeout)
+            except TransactionError as exc:
+                log.error("final transaction commit failed (%d messages not written): %s", pending, exc)
+                return pending
+            return 0
         return self.producer.flush(timeout)

@@ -21,6 +21,16 @@ is the run's total over all partitions. A run cut short by a clean stop (Ctrl-C,
 second Ctrl-C) leaves it open. Control messages are not rows: they do not count in the
 rows, the pacing or ``max_rows``.
 
+Exactly once across restarts (``producer.position``): every message carries a
+``dtmon-position`` header (source, sequence number, file, next row and line, the run in
+progress). On start the producer reads the newest position of its source back from the
+raw topic and continues after it: a producer killed at any moment and started again
+sends every row once and each run gets one run-start and one run-end; ``from_start``
+starts over at the first file. With ``settings.exactly_once`` the producer is
+transactional (``transactional.id`` from topic and source): messages are committed every
+``settings.producer_commit_interval_s`` s and at the end, and a restarted producer fences
+the killed one. Readers of the raw topic use ``isolation.level=read_committed``.
+
 Malformed lines travel in-band as all-null rows (so nothing is silently dropped); they
 are counted in ``ProducerStats.malformed_rows`` and the first few are logged with file
 and line number. Messages carry rows of one file only, in file order.
@@ -38,11 +48,20 @@ from typing import Callable, Iterator
 
 from dtmon.settings import Settings
 from dtmon.wire import RunEvent, encode_control
-from producer.kafka import KafkaSink, ensure_topic, kafka_compression
+from producer.kafka import KafkaSink, TransactionError, ensure_topic, kafka_compression
 from producer.messages import WIRE_FORMATS, LoadedFile, arrow_message, csv_line_messages, load_file
 from producer.pacing import Pacer, chunk_rows
+from producer.position import (
+    POSITION_HEADER,
+    Position,
+    advanced,
+    encode_position,
+    read_position,
+    source_identity,
+    transactional_id,
+)
 from producer.runs import RunMarkers, run_number
-from producer.sources import DaqFile, open_source
+from producer.sources import DaqFile, SourceError, open_source
 
 log = logging.getLogger("producer")
 
@@ -80,6 +99,8 @@ class ProducerStats:
         startup_s: s from the call until the first send (listing the source, creating
             the topic, reading and decoding the first file); not in ``elapsed_s``.
         malformed_examples: the first few malformed lines, ``file:line: reason``.
+        resumed_from: where a restarted producer continued (``Position.describe``), or None.
+        commits: Kafka transactions committed (transactional producer).
     """
 
     target_rate: float = 0.0
@@ -97,6 +118,8 @@ class ProducerStats:
     elapsed_s: float = 0.0
     startup_s: float = 0.0
     malformed_examples: list[str] = field(default_factory=list)
+    resumed_from: str | None = None
+    commits: int = 0
 
     @property
     def achieved_rate(self) -> float:
@@ -124,16 +147,18 @@ class ProducerStats:
             f"malformed rows {self.malformed_rows:,}; delivery errors {self.delivery_errors:,}"
             + (f"; undelivered {self.undelivered:,}" if self.undelivered else "")
             + f"; runs {self.runs:,}" + (f" (last {self.run})" if self.run is not None else "")
+            + (f"; resumed at {self.resumed_from}" if self.resumed_from else "")
         )
 
 
-def _file_sequence(files: list[DaqFile], loop: bool) -> Iterator[tuple[int, DaqFile]]:
-    """(pass number from 1, file) in order; forever with ``loop``."""
-    passes = 0
+def _file_sequence(files: list[DaqFile], loop: bool, first_pass: int = 1, first_file: int = 0) -> Iterator[tuple[int, DaqFile]]:
+    """(pass number from 1, file) in order, from pass ``first_pass`` at file index ``first_file``; forever with ``loop``."""
+    passes = first_pass - 1
     while True:
         passes += 1
-        for f in files:
+        for f in files[first_file:]:
             yield passes, f
+        first_file = 0
         if not loop:
             return
 
@@ -152,11 +177,21 @@ class FileReader:
         SourceError: a file cannot be read.
     """
 
-    def __init__(self, source, files: list[DaqFile], *, loop: bool, keep_text: bool, cache_limit: int = CACHE_LIMIT_BYTES):
+    def __init__(
+        self,
+        source,
+        files: list[DaqFile],
+        *,
+        loop: bool,
+        keep_text: bool,
+        cache_limit: int = CACHE_LIMIT_BYTES,
+        first_pass: int = 1,
+        first_file: int = 0,
+    ):
         self.source = source
         self.keep_text = keep_text
         self.cache: dict[str, LoadedFile] | None = {} if loop and sum(f.size for f in files) <= cache_limit else None
-        self.sequence = _file_sequence(files, loop)
+        self.sequence = _file_sequence(files, loop, first_pass, first_file)
         self.upcoming: tuple[int, DaqFile] | None = next(self.sequence, None)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="producer-read")
         self.pending: Future | None = None  # the read of ``upcoming``
@@ -214,6 +249,8 @@ def run_producer(
     sink: KafkaSink | None = None,
     sleep: Callable[[float], bool] | None = None,
     flush_timeout_s: float = 30.0,
+    from_start: bool = False,
+    resume: Position | None = None,
 ) -> ProducerStats:
     """Stream DAQ rows from ``source`` to the raw topic at ``settings.rate`` rows/s.
 
@@ -235,13 +272,20 @@ def run_producer(
             ``settings.raw_partitions`` partitions if missing).
         sleep: ``sleep(s) -> stop requested?``; default ``stop_event.wait``.
         flush_timeout_s: s to wait for outstanding deliveries at the end.
+        from_start: start at the first file even if the raw topic holds a position of
+            this source (sequence numbers still continue after it).
+        resume: with a given ``sink``: the position to continue after (the newest one of
+            the source, as ``producer.position.read_position`` finds it); without
+            ``sink`` the position is read from the raw topic.
     Returns:
         The final ``ProducerStats``.
     Raises:
         ValueError: unknown ``wire`` or ``settings.compression``; no run number for a
             file (``producer.runs.run_number``) or one outside 0 .. 2**31 - 1.
-        SourceError: the source cannot be listed or a file cannot be read.
+        SourceError: the source cannot be listed or a file cannot be read; the
+            position's file is no longer in the source.
         KafkaSetupError: the broker is unreachable or the topic cannot be created.
+        TransactionError: a transaction could not be committed (restart to resume).
     """
     if wire not in WIRE_FORMATS:
         raise ValueError(f"wire must be one of {WIRE_FORMATS}, got {wire!r}")
@@ -259,17 +303,36 @@ def run_producer(
     for daq in files:  # a file without a run number is refused before anything is sent
         run_of(1, daq)
     log.info("streaming %d file(s) from %s to %s", len(files), src.url, settings.raw_topic)
+    source_id = source_identity(src.url)
     if sink is None:
         kafka = settings.kafka
         partitions = ensure_topic(kafka, settings.raw_topic, settings.raw_partitions)
         sink = KafkaSink(
-            kafka, settings.raw_topic, kafka_compression(wire, settings.compression), partitions=partitions
+            kafka,
+            settings.raw_topic,
+            kafka_compression(wire, settings.compression),
+            partitions=partitions,
+            transactional_id=transactional_id(settings.raw_topic, source_id) if settings.exactly_once else None,
         )
+        if settings.exactly_once:  # read after init_transactions fenced an earlier producer of this source
+            resume = read_position(kafka, settings.raw_topic, source_id)
     partitions = sink.partition_count()
+    pos = Position(source_id) if resume is None else resume
+    if from_start:
+        pos = Position(source_id, seq=pos.seq)
+    first_file = 0
+    if pos.file:
+        names = [f.name for f in files]
+        if pos.file not in names:
+            raise SourceError(f"the producer stopped in {pos.file}, which is no longer in {src.url}: pass --from-start")
+        first_file = names.index(pos.file)
+        log.info("resuming %s at %s", src.url, pos.describe())
+    elif pos.seq >= 0:
+        log.info("starting %s at the first file%s", src.url, " (--from-start)" if from_start else "")
 
     chunk = chunk_rows(settings.rate, settings.rows_per_message)
     pacer = Pacer(settings.rate, clock)
-    stats = ProducerStats(target_rate=settings.rate)
+    stats = ProducerStats(target_rate=settings.rate, resumed_from=pos.describe() if pos.file else None)
     t_start = deadline = None  # set when the first chunk is ready, after the first file is read
     last_progress = 0.0
 
@@ -279,20 +342,40 @@ def run_producer(
         if progress is not None:
             progress(stats)
 
-    def send_control(event: RunEvent, run_no: int, file_name: str, rows: int) -> None:
+    def send_control(event: RunEvent, run_no: int, file_name: str, rows: int, first_partition: int = 0) -> None:
+        nonlocal pos
         value, headers = encode_control(event, run_no, file_name, rows)
-        for partition in range(partitions):
-            sink.send(value, headers, partition)
-        stats.control_messages += partitions
+        if event == RunEvent.START:  # the run begins at the row about to be sent (``here``), maybe in a new file or pass
+            after = {"run": run_no, "run_rows": 0, "run_file": file_name, **here}
+        else:
+            after = {"run": None, "run_rows": 0, "run_file": ""}
+        for partition in range(first_partition, partitions):
+            control = {"event": event.wire_name, "run": run_no, "file": file_name, "rows": rows, "sent": partition + 1, "of": partitions}
+            pos = advanced(pos, control=control, **after)
+            sink.send(value, [*headers, (POSITION_HEADER, encode_position(pos))], partition)
+        stats.control_messages += partitions - first_partition
         if event == RunEvent.START:
             stats.runs += 1
             stats.run = run_no
         log.debug("%s %d (%s, %s rows)", event.wire_name, run_no, file_name, f"{rows:,}")
 
+    here: dict = {}  # pass, file, next row and line of the data about to be sent (set before markers.data)
     markers = RunMarkers(send_control)
+    if pos.run is not None:  # a run the stopped producer began: no second run-start, its run-end comes at its end
+        markers.run, markers.rows, markers.file = pos.run, pos.run_rows, pos.run_file
+    first_row = pos.next_row if pos.file else 0
     stopped = False
-    reader = FileReader(src, files, loop=loop, keep_text=wire == "csv-line")
+    reader = FileReader(src, files, loop=loop, keep_text=wire == "csv-line", first_pass=pos.passes, first_file=first_file)
+
+    def commit_if_due(wait: float = 0.0) -> None:
+        if sink.in_transaction and sink.transaction_age() + wait >= settings.producer_commit_interval_s:
+            sink.commit(flush_timeout_s)
+
     try:
+        pending = pos.control
+        if pending is not None and pending["sent"] < min(pending["of"], partitions):  # a marker cut short by the stop
+            event = RunEvent.from_wire(pending["event"])
+            send_control(event, pending["run"], pending["file"], pending["rows"], pending["sent"])
         while not stopped and (max_rows is None or stats.rows < max_rows) and (item := reader.next()) is not None:
             passes, daq, f = item
             run_no = run_of(passes, daq)
@@ -301,7 +384,8 @@ def run_producer(
                     example = f"{f.name}:{bad.line}: {bad.reason}: {bad.text!r}"
                     stats.malformed_examples.append(example)
                     log.warning("malformed line %s", example)
-            for start in range(0, f.num_rows, chunk):
+            begin, first_row = first_row, 0
+            for start in range(begin, f.num_rows, chunk):
                 n = min(chunk, f.num_rows - start)
                 if max_rows is not None:
                     n = min(n, max_rows - stats.rows)
@@ -318,17 +402,35 @@ def run_producer(
                     stopped = True
                     break
                 wait = pacer.delay()
+                if wait > 0:
+                    commit_if_due(wait)  # rows do not wait in an open transaction while the pacer sleeps
                 if (wait > 0 and sleep(wait)) or stop_event.is_set():
                     stopped = True
                     break
+                here = {"passes": passes, "file": f.name, "next_row": start, "next_line": f.lines.number(start)}
                 markers.data(run_no, f.name)  # run-start first if this chunk begins a run
-                for value, headers in messages:
-                    sink.send(value, headers)
+                per_message = n // len(messages)
+                for i, (value, headers) in enumerate(messages, start=1):
+                    row = start + i * per_message
+                    pos = advanced(
+                        pos,
+                        passes=passes,
+                        file=f.name,
+                        next_row=row,
+                        next_line=f.lines.number(row - 1) + 1,
+                        rows=pos.rows + per_message,
+                        run=run_no,
+                        run_rows=markers.rows + i * per_message,
+                        run_file=f.name,
+                        control=None,
+                    )
+                    sink.send(value, [*headers, (POSITION_HEADER, encode_position(pos))])
                     stats.bytes += len(value)
                 sink.poll(0)
                 pacer.sent(n)
                 markers.sent(n)
-                if start == 0:
+                commit_if_due()
+                if start == begin:
                     stats.files += 1
                     stats.passes = passes
                 stats.rows += n
@@ -343,11 +445,14 @@ def run_producer(
             if stopped:
                 break
             if f.num_rows == 0 and not stop_event.is_set():
+                here = {"passes": passes, "file": f.name, "next_row": 0, "next_line": 0}
                 markers.data(run_no, f.name)  # an empty file still marks its run
             following = reader.peek()
             if following is None or run_of(*following) != run_no:
                 markers.end()  # the run's last file is done: end it now, not when the next run starts
         markers.end()  # a clean stop (stop event, max_rows, duration) ends the run in progress
+    except TransactionError:
+        raise  # rows of the failed transaction are not in the topic: no run-end; a restart resumes before them
     except Exception:
         try:
             markers.end()  # an error ends the run in progress too; a hard abort (KeyboardInterrupt) does not
@@ -357,5 +462,6 @@ def run_producer(
     finally:
         reader.close()
         stats.undelivered = sink.flush(flush_timeout_s)
+        stats.commits = sink.commits
         report(clock())
     return stats

@@ -57,7 +57,7 @@ def make_batch(batch_id: int, seed: int, *, malformed: int = 0, synthetic: bool 
     v2 = v2 or quality is not None
     rng = np.random.default_rng(seed)
     occupancy = rng.integers(0, 30, size=(4, 64))
-    multiplicity = rng.integers(0, 8, size=(4, 64))
+    multiplicity = rng.integers(0, 8, size=(4, 64)) * (np.arange(1, 65) <= 4)  # k <= 4: sum of k x orbits <= hits
     extra_rows = int(rng.integers(0, 50))  # non-hit rows (HEAD != 2)
     for c, ch in dead:
         occupancy[c, ch] = 0

@@ -47,7 +47,7 @@ def test_consumer_retries_replays_history_counts_invalid_and_tracks_broker(tmp_p
         snap = wait_until(store, lambda s: s.last_batch_id == 14 and s.invalid_messages == 1, "batch 14")
         assert snap.series["batch_id"] == list(range(5, 15))  # only the last `history` kept
         assert snap.series["total_hits"] == [int(b.occupancy.sum()) for b in batches[5:]]
-        assert "offset 15" in snap.last_invalid and "Invalid JSON" in snap.last_invalid
+        assert "results/0@15" in snap.last_invalid and "Invalid JSON" in snap.last_invalid
         assert snap.broker_reachable is True
 
         # A restarted dashboard refills its shift trends from the topic: it replays more messages
