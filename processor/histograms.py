@@ -50,11 +50,14 @@ from dtmon.schema import (
     ChamberHistograms,
     ChannelHealth,
     Histogram,
+    QualityReport,
     ResultsMessage,
     Scintillator,
+    StreamEvent,
 )
 from dtmon.settings import Settings
 from processor.kafka_source import RUN_DATA, decode_messages
+from processor.scint import DEFAULT_SCINT_CHANNEL, N_CANDIDATES, STATS, candidate_stats
 from processor.state import RunStatus
 
 ORBIT_S = BX_PER_ORBIT * BX_NS * 1e-9
@@ -116,7 +119,8 @@ class BatchAggregates:
     ``orbit_buckets`` (B, 3) int64: bucket ``orbit div max_gap``, lowest and highest hit
     orbit in it. Times in ms since the epoch. ``newest_ms``/``run``: Kafka time and run of
     the newest row that has a run. ``run_events``: (run, event, Kafka ms) of the control
-    messages, event ``kafka_source.RUN_START`` or ``RUN_END``.
+    messages, event ``kafka_source.RUN_START`` or ``RUN_END``. ``scint_candidates``
+    (384, 3): t0-channel candidate counts (``processor.scint.candidate_stats``).
     """
 
     rows_read: int = 0
@@ -142,6 +146,7 @@ class BatchAggregates:
     newest_ms: int | None = None
     run: int | None = None
     run_events: list[tuple[int | None, int, int]] = field(default_factory=list)
+    scint_candidates: np.ndarray = field(default_factory=lambda: np.zeros((N_CANDIDATES, len(STATS)), np.int64))
 
     def __post_init__(self) -> None:
         if self.drift_time is None:
@@ -167,7 +172,8 @@ class Binning:
     def from_settings(cls, s: Settings) -> "Binning":
         """Raises ValueError for an empty drift-time range."""
         edges = drift_time_edges(s.drift_time_min_ns, s.drift_time_max_ns, s.drift_time_bin_ns)
-        return cls((s.scint_fpga, s.scint_channel), tuple(edges), s.drift_time_bin_ns, s.max_orbit_gap)
+        channel = DEFAULT_SCINT_CHANNEL if s.scint_channel is None else s.scint_channel
+        return cls((s.scint_fpga, channel), tuple(edges), s.drift_time_bin_ns, s.max_orbit_gap)
 
 
 def _ints(column: pa.ChunkedArray | pa.Array, fill: int) -> np.ndarray:
@@ -252,7 +258,8 @@ def reduce_totals(rows: pa.Table | pa.RecordBatch, binning: Binning) -> BatchAgg
 
 
 HIT_FIELDS = ("hits", "hits_outside_chambers", "orbit_min", "orbit_max", "orbits_with_hits", "orbits_with_scintillator",
-              "occupancy", "multiplicity", "occupancy_scint", "drift_time", "orbit_buckets", "detector_orbits", "orbit_jumps")
+              "occupancy", "multiplicity", "occupancy_scint", "drift_time", "orbit_buckets", "detector_orbits", "orbit_jumps",
+              "scint_candidates")
 """The ``BatchAggregates`` fields that come from the hits alone (``reduce_hits``)."""
 
 HIT_COLUMNS = ("FPGA", "TDC_CHANNEL", "ORBIT_CNT", "BX_COUNTER", "TDC_MEAS")
@@ -310,6 +317,7 @@ def reduce_hits(hits: pa.Table, binning: Binning) -> BatchAggregates:
     out.drift_time = np.bincount(
         chamber[tagged][kept] * n_drift + drift_bin[kept].astype(np.int64), minlength=N_CHAMBERS * n_drift
     ).reshape(N_CHAMBERS, n_drift)
+    out.scint_candidates = candidate_stats(fpga, channel, orbit_index, len(orbits), t_ns, in_chamber, chamber, _OFFSETS_NS)
 
     bucket = orbits // binning.max_orbit_gap
     _, first = np.unique(bucket, return_index=True)
@@ -342,7 +350,7 @@ def merge_aggregates(parts: list[BatchAggregates], binning: Binning) -> BatchAgg
     for name in ("rows_read", "malformed_rows", "hits", "hits_outside_chambers", "orbits_with_hits",
                  "orbits_with_scintillator"):
         setattr(out, name, sum(getattr(p, name) for p in parts))
-    for name in ("occupancy", "multiplicity", "occupancy_scint", "drift_time"):
+    for name in ("occupancy", "multiplicity", "occupancy_scint", "drift_time", "scint_candidates"):
         setattr(out, name, np.sum([getattr(p, name) for p in parts], axis=0))
     out.orbit_min, out.produced_first_ms = _min(p.orbit_min for p in parts), _min(p.produced_first_ms for p in parts)
     out.orbit_max, out.produced_last_ms = _max(p.orbit_max for p in parts), _max(p.produced_last_ms for p in parts)
@@ -383,6 +391,7 @@ PARTIAL_SCHEMA = pa.schema(
         ("occupancy_scint", pa.list_(pa.int64())),
         ("drift_time", pa.list_(pa.int64())),
         ("orbit_buckets", pa.list_(pa.int64())),
+        ("scint_candidates", pa.list_(pa.int64())),
         ("event_run", pa.list_(pa.int32())),
         ("event_kind", pa.list_(pa.int32())),
         ("event_ms", pa.list_(pa.int64())),
@@ -399,7 +408,7 @@ PARTIAL_SPARK_SCHEMA = ", ".join(
 """``PARTIAL_SCHEMA`` as a Spark DDL string (the ``mapInArrow`` output type)."""
 
 _SCALARS = [f.name for f in PARTIAL_SCHEMA if not pa.types.is_list(f.type)]
-_ARRAYS = ("occupancy", "multiplicity", "occupancy_scint", "drift_time", "orbit_buckets")
+_ARRAYS = ("occupancy", "multiplicity", "occupancy_scint", "drift_time", "orbit_buckets", "scint_candidates")
 
 
 def to_partial_row(agg: BatchAggregates) -> pa.RecordBatch:
@@ -417,7 +426,7 @@ def from_partial_rows(table: pa.Table, binning: Binning) -> list[BatchAggregates
     n_drift = len(binning.drift_edges) - 1
     shapes = {"occupancy": (N_CHAMBERS, CELLS_PER_CHAMBER), "multiplicity": (N_CHAMBERS, CELLS_PER_CHAMBER),
               "occupancy_scint": (N_CHAMBERS, CELLS_PER_CHAMBER), "drift_time": (N_CHAMBERS, n_drift),
-              "orbit_buckets": (-1, 3)}
+              "orbit_buckets": (-1, 3), "scint_candidates": (N_CANDIDATES, len(STATS))}
     parts = []
     for row in table.to_pylist():
         agg = BatchAggregates(drift_edges=list(binning.drift_edges), scintillator=binning.scintillator)
@@ -557,6 +566,9 @@ def build_message(
     published: float,
     health: ChannelHealth | None = None,
     run: RunStatus | None = None,
+    quality: QualityReport | None = None,
+    scintillator: Scintillator | None = None,
+    events: list[StreamEvent] | None = None,
 ) -> ResultsMessage:
     """The results message (version ``dtmon.schema.RESULTS_VERSION``) of one micro-batch (pure).
 
@@ -567,6 +579,8 @@ def build_message(
         batch_started, published: wall-clock times in epoch s.
         health: dead/noisy channels from ``processor.state.ChannelHealthTracker``.
         run: the run fields from ``processor.state.RunTracker``.
+        quality, scintillator, events: from ``processor.quality.QualityMonitor.update``
+            (default: no quality, ``agg.scintillator`` without source, no events).
     """
     run = run or RunStatus()
     chambers = [
@@ -599,10 +613,12 @@ def build_message(
         chambers=chambers,
         detector_time_s=agg.detector_time_s,
         orbit_jumps=agg.orbit_jumps,
-        scintillator=Scintillator(fpga=agg.scintillator[0], channel=agg.scintillator[1]),
+        scintillator=scintillator or Scintillator(fpga=agg.scintillator[0], channel=agg.scintillator[1]),
         orbits_with_scintillator=agg.orbits_with_scintillator,
         channel_health=health,
         run=run.run,
         run_state=run.state,
         run_started=run.started,
+        quality=quality,
+        events=events or [],
     )
