@@ -78,8 +78,6 @@ class Settings(BaseSettings):
     max_orbit_gap: int = Field(
         2**20, ge=1, description="ORBIT_CNT gaps longer than this (orbits; 2^20 = 93 s) are jumps, left out of detector time"
     )
-    health_window_batches: int = Field(30, ge=1, description="micro-batches over which dead/noisy channels are judged")
-    noisy_factor: float = Field(5.0, gt=1, description="a channel is noisy above this multiple of its chamber's median")
     checks_file: str | None = Field(
         None, description="TOML file of data-quality thresholds merged over the shipped dtmon/checks.toml"
     )

@@ -577,7 +577,7 @@ def build_message(
         agg: the batch's aggregates.
         trigger_interval_s: the query's trigger interval in s.
         batch_started, published: wall-clock times in epoch s.
-        health: dead/noisy channels from ``processor.state.ChannelHealthTracker``.
+        health: dead/noisy channels (``processor.quality.QualityMonitor.update``).
         run: the run fields from ``processor.state.RunTracker``.
         quality, scintillator, events: from ``processor.quality.QualityMonitor.update``
             (default: no quality, ``agg.scintillator`` without source, no events).

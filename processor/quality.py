@@ -148,7 +148,7 @@ class QualityMonitor:
         report = self.judge(totals)
         dead = [ChannelRef(chamber=c.chamber, channel=k) for c in report.chambers for k in c.dead_channels]
         noisy = [ChannelRef(chamber=c.chamber, channel=k) for c in report.chambers for k in c.noisy_channels]
-        health = ChannelHealth(window_batches=max(totals.batches, 1), noisy_factor=self.config.noisy_channels.factor_on,
+        health = ChannelHealth(window_batches=self.config.window.batches, noisy_factor=self.config.noisy_channels.factor_on,
                                dead=dead, noisy=noisy)
         events = checks.orbit_jump_events(batch_id, agg.orbit_jumps, agg.orbit_min, agg.orbit_max, now)
         return QualityUpdate(report, self.scintillator.model(), health, events)
