@@ -83,13 +83,14 @@ class NoisyChannelsConfig(_Section):
 class TimeBoxConfig(_Section):
     """Time-box fit acceptance: expected t0 and drift velocity with warning / bad tolerances."""
 
-    min_tagged_hits: int = Field(400, ge=1)
+    min_tagged_hits: int = Field(1000, ge=1)
     expected_t0_ns: float = 0.0
     expected_v_drift_um_per_ns: float = Field(53.8, gt=0)
     t0_warning_ns: float = Field(10.0, gt=0)
     t0_bad_ns: float = Field(25.0, gt=0)
     v_drift_warning_fraction: float = Field(0.05, gt=0)
     v_drift_bad_fraction: float = Field(0.12, gt=0)
+    significance: float = Field(3.0, ge=0)
 
 
 class ShapeConfig(_Section):

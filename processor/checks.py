@@ -187,10 +187,11 @@ def _crossing(x: np.ndarray, y: np.ndarray, i: int, level: float) -> float:
 def fit_time_box(drift_time: np.ndarray, edges, chamber: int, min_hits: int = 50) -> TimeBoxFit:
     """Fit t0 (rising edge) and t_max (falling edge) of one chamber's drift-time histogram.
 
-    First the half-maximum points of the 3-bin-smoothed histogram (maximum taken as the
+    First the half-maximum points of the 5-bin-smoothed histogram (maximum taken as the
     90th percentile of the non-empty bins, robust to a peak): the first bin rising above
     half and the last one above half, interpolated linearly. Then a least-squares fit
-    (``scipy.optimize.curve_fit``, Poisson errors sqrt(max(n, 1))) of a box with error-function
+    (``scipy.optimize.curve_fit``; Poisson errors from the smoothed counts, sqrt(max(s, 1)), so
+    that an empty bin inside the box of a sparse histogram does not pull the edge) of a box with error-function
     edges, ``b + h * erfc(-(t - t0)/(sqrt2 s_r))/2 * erfc((t - t_max)/(sqrt2 s_f))/2``, started
     at the half-maximum points, edge widths at least half a bin (an edge sharper than a bin is
     not resolved); its covariance gives the uncertainties. If the fit fails (or its
@@ -213,7 +214,7 @@ def fit_time_box(drift_time: np.ndarray, edges, chamber: int, min_hits: int = 50
         return out
     x = 0.5 * (edges[:-1] + edges[1:])
     width = float(edges[1] - edges[0])
-    smooth = np.convolve(counts, np.ones(3) / 3, mode="same")
+    smooth = np.convolve(counts, np.ones(5) / 5, mode="same")
     plateau = float(np.percentile(smooth[smooth > 0], 90))
     half = 0.5 * plateau
     above = np.flatnonzero(smooth >= half)
@@ -231,7 +232,7 @@ def fit_time_box(drift_time: np.ndarray, edges, chamber: int, min_hits: int = 50
             warnings.simplefilter("ignore")
             p, cov = optimize.curve_fit(
                 _box, x, counts, p0=[background, plateau, t0, width, t_max, 2 * width],
-                sigma=np.sqrt(np.maximum(counts, 1.0)), absolute_sigma=True,
+                sigma=np.sqrt(np.maximum(smooth, 1.0)), absolute_sigma=True,
                 bounds=([0, 0, edges[0], width / 2, edges[0], width / 2],
                         [np.inf, np.inf, edges[-1], 200, edges[-1], 200]),
                 maxfev=5000,
@@ -255,7 +256,8 @@ def time_box_check(fit: TimeBoxFit, cfg: TimeBoxConfig) -> CheckResult:
 
     Null below ``cfg.min_tagged_hits`` tagged hits; warning when no box was found in enough
     hits; otherwise bad / warning when |t0 - expected| or |v / expected - 1| exceeds the
-    bad / warning tolerance.
+    bad / warning tolerance and the deviation is also more than ``cfg.significance`` times
+    the fit's uncertainty (a poorly measured edge is not an alarm).
     """
     values: dict = {"tagged_hits": fit.tagged_hits}
     if fit.tagged_hits < cfg.min_tagged_hits:
@@ -268,9 +270,12 @@ def time_box_check(fit: TimeBoxFit, cfg: TimeBoxConfig) -> CheckResult:
     dv = fit.v_drift_um_per_ns / cfg.expected_v_drift_um_per_ns - 1.0
     values.update(t0_ns=fit.t0_ns, t_max_ns=fit.t_max_ns, v_drift_um_per_ns=fit.v_drift_um_per_ns,
                   t0_shift_ns=round(dt0, 3), v_drift_deviation=round(dv, 4))
-    if abs(dt0) > cfg.t0_bad_ns or abs(dv) > cfg.v_drift_bad_fraction:
+    k = cfg.significance
+    t0_off = abs(dt0) > k * (fit.t0_err_ns or 0.0)
+    v_off = abs(fit.v_drift_um_per_ns - cfg.expected_v_drift_um_per_ns) > k * (fit.v_drift_err_um_per_ns or 0.0)
+    if (t0_off and abs(dt0) > cfg.t0_bad_ns) or (v_off and abs(dv) > cfg.v_drift_bad_fraction):
         quality = "bad"
-    elif abs(dt0) > cfg.t0_warning_ns or abs(dv) > cfg.v_drift_warning_fraction:
+    elif (t0_off and abs(dt0) > cfg.t0_warning_ns) or (v_off and abs(dv) > cfg.v_drift_warning_fraction):
         quality = "warning"
     else:
         quality = "good"

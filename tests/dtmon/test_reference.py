@@ -56,7 +56,7 @@ def test_bad_reference_files(tmp_path):
 
 
 def synthetic_message(batch_id: int, seed: int, params: SynthParams, monitor: QualityMonitor | None = None):
-    rows = with_source_columns(generate(100_000, seed=seed, params=params), run=1)
+    rows = with_source_columns(generate(200_000, seed=seed, params=params), run=1)
     settings = load_settings(scint_channel=128)
     agg = reduce_rows(rows, Binning.from_settings(settings))
     return agg, build_message(batch_id, agg, trigger_interval_s=2.0, batch_started=0.0, published=0.0)

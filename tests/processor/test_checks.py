@@ -136,7 +136,7 @@ def test_time_box_fit_recovers_t0_and_drift_velocity():
 
 
 @pytest.mark.parametrize(("t0", "t_max", "quality"), [
-    (15.0, 405.0, "warning"),   # t0 shifted by 15 ns (> 10)
+    (15.0, 405.0, "warning"),   # t0 shifted by 15 ns (> 10, and > 3 sigma)
     (40.0, 430.0, "bad"),       # 40 ns (> 25)
     (0.0, 420.0, "warning"),    # v_drift 50.0 um/ns: -7 %
     (0.0, 470.0, "bad"),        # v_drift 44.7 um/ns: -17 %
