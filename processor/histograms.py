@@ -121,6 +121,8 @@ class BatchAggregates:
     the newest row that has a run. ``run_events``: (run, event, Kafka ms) of the control
     messages, event ``kafka_source.RUN_START`` or ``RUN_END``. ``scint_candidates``
     (384, 3): t0-channel candidate counts (``processor.scint.candidate_stats``).
+    ``occupancy_orbits`` (4, 64): distinct orbits with a hit per chamber and local channel (a
+    replayed sample inside one batch counts once; for the data-quality window).
     """
 
     rows_read: int = 0
@@ -147,6 +149,7 @@ class BatchAggregates:
     run: int | None = None
     run_events: list[tuple[int | None, int, int]] = field(default_factory=list)
     scint_candidates: np.ndarray = field(default_factory=lambda: np.zeros((N_CANDIDATES, len(STATS)), np.int64))
+    occupancy_orbits: np.ndarray = field(default_factory=_zeros_cells)
 
     def __post_init__(self) -> None:
         if self.drift_time is None:
@@ -259,7 +262,7 @@ def reduce_totals(rows: pa.Table | pa.RecordBatch, binning: Binning) -> BatchAgg
 
 HIT_FIELDS = ("hits", "hits_outside_chambers", "orbit_min", "orbit_max", "orbits_with_hits", "orbits_with_scintillator",
               "occupancy", "multiplicity", "occupancy_scint", "drift_time", "orbit_buckets", "detector_orbits", "orbit_jumps",
-              "scint_candidates")
+              "scint_candidates", "occupancy_orbits")
 """The ``BatchAggregates`` fields that come from the hits alone (``reduce_hits``)."""
 
 HIT_COLUMNS = ("FPGA", "TDC_CHANNEL", "ORBIT_CNT", "BX_COUNTER", "TDC_MEAS")
@@ -305,7 +308,9 @@ def reduce_hits(hits: pa.Table, binning: Binning) -> BatchAggregates:
     out.occupancy = np.bincount(cell, minlength=_CELLS).reshape(N_CHAMBERS, CELLS_PER_CHAMBER)
     out.orbits_with_hits = int(_distinct(cell_orbit).size)
     # multiplicity: distinct (orbit, chamber, channel), then channels per (orbit, chamber)
-    orbit_chamber, k = np.unique(_distinct(cell_orbit * _CELLS + cell) // CELLS_PER_CHAMBER, return_counts=True)
+    pairs = _distinct(cell_orbit * _CELLS + cell)
+    out.occupancy_orbits = np.bincount(pairs % _CELLS, minlength=_CELLS).reshape(N_CHAMBERS, CELLS_PER_CHAMBER)
+    orbit_chamber, k = np.unique(pairs // CELLS_PER_CHAMBER, return_counts=True)
     out.multiplicity = np.bincount((orbit_chamber % N_CHAMBERS) * CELLS_PER_CHAMBER + k - 1, minlength=_CELLS).reshape(
         N_CHAMBERS, CELLS_PER_CHAMBER
     )
@@ -350,7 +355,7 @@ def merge_aggregates(parts: list[BatchAggregates], binning: Binning) -> BatchAgg
     for name in ("rows_read", "malformed_rows", "hits", "hits_outside_chambers", "orbits_with_hits",
                  "orbits_with_scintillator"):
         setattr(out, name, sum(getattr(p, name) for p in parts))
-    for name in ("occupancy", "multiplicity", "occupancy_scint", "drift_time", "scint_candidates"):
+    for name in ("occupancy", "multiplicity", "occupancy_scint", "drift_time", "scint_candidates", "occupancy_orbits"):
         setattr(out, name, np.sum([getattr(p, name) for p in parts], axis=0))
     out.orbit_min, out.produced_first_ms = _min(p.orbit_min for p in parts), _min(p.produced_first_ms for p in parts)
     out.orbit_max, out.produced_last_ms = _max(p.orbit_max for p in parts), _max(p.produced_last_ms for p in parts)
@@ -392,6 +397,7 @@ PARTIAL_SCHEMA = pa.schema(
         ("drift_time", pa.list_(pa.int64())),
         ("orbit_buckets", pa.list_(pa.int64())),
         ("scint_candidates", pa.list_(pa.int64())),
+        ("occupancy_orbits", pa.list_(pa.int64())),
         ("event_run", pa.list_(pa.int32())),
         ("event_kind", pa.list_(pa.int32())),
         ("event_ms", pa.list_(pa.int64())),
@@ -408,7 +414,8 @@ PARTIAL_SPARK_SCHEMA = ", ".join(
 """``PARTIAL_SCHEMA`` as a Spark DDL string (the ``mapInArrow`` output type)."""
 
 _SCALARS = [f.name for f in PARTIAL_SCHEMA if not pa.types.is_list(f.type)]
-_ARRAYS = ("occupancy", "multiplicity", "occupancy_scint", "drift_time", "orbit_buckets", "scint_candidates")
+_ARRAYS = ("occupancy", "multiplicity", "occupancy_scint", "drift_time", "orbit_buckets", "scint_candidates",
+           "occupancy_orbits")
 
 
 def to_partial_row(agg: BatchAggregates) -> pa.RecordBatch:
@@ -426,7 +433,8 @@ def from_partial_rows(table: pa.Table, binning: Binning) -> list[BatchAggregates
     n_drift = len(binning.drift_edges) - 1
     shapes = {"occupancy": (N_CHAMBERS, CELLS_PER_CHAMBER), "multiplicity": (N_CHAMBERS, CELLS_PER_CHAMBER),
               "occupancy_scint": (N_CHAMBERS, CELLS_PER_CHAMBER), "drift_time": (N_CHAMBERS, n_drift),
-              "orbit_buckets": (-1, 3), "scint_candidates": (N_CANDIDATES, len(STATS))}
+              "orbit_buckets": (-1, 3), "scint_candidates": (N_CANDIDATES, len(STATS)),
+              "occupancy_orbits": (N_CHAMBERS, CELLS_PER_CHAMBER)}
     parts = []
     for row in table.to_pylist():
         agg = BatchAggregates(drift_edges=list(binning.drift_edges), scintillator=binning.scintillator)

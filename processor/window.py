@@ -21,8 +21,8 @@ from dtmon.hits import CELLS_PER_CHAMBER, N_CHAMBERS
 class WindowBatch:
     """One micro-batch's contribution to the window.
 
-    ``occupancy``, ``occupancy_scint``: int (4, 64) hits per chamber and local channel (all
-    orbits / orbits with a scintillator hit); ``drift_time``: int (4, D) tagged hits per
+    ``occupancy``: int (4, 64) distinct orbits with a hit per chamber and local channel;
+    ``occupancy_scint``: int (4, 64) hits in orbits with a scintillator hit; ``drift_time``: int (4, D) tagged hits per
     DRIFTIME bin (edges ``drift_edges``, ns, D + 1 values); ``detector_time_s``: detector
     time the batch's hits span (s); ``orbits_with_hits``: orbits with a chamber hit;
     ``orbits_with_scintillator``: orbits with a t0 hit.
@@ -38,9 +38,15 @@ class WindowBatch:
 
     @classmethod
     def from_aggregates(cls, agg) -> "WindowBatch":
-        """From a ``processor.histograms.BatchAggregates`` (same array shapes)."""
+        """From a ``processor.histograms.BatchAggregates`` (same array shapes).
+
+        ``occupancy`` is the batch's ``occupancy_orbits``: each (orbit, channel) counts once, so
+        a sample replayed several times inside one micro-batch (a looping producer that the
+        processor lags behind) is not mistaken for more statistics; for real data it equals
+        the hit occupancy up to channels firing twice in one 89 us orbit.
+        """
         return cls(
-            occupancy=np.asarray(agg.occupancy, np.int64),
+            occupancy=np.asarray(agg.occupancy_orbits, np.int64),
             occupancy_scint=np.asarray(agg.occupancy_scint, np.int64),
             drift_time=np.asarray(agg.drift_time, np.int64),
             drift_edges=tuple(agg.drift_edges),

@@ -85,3 +85,25 @@ def test_clean_synthetic_data_is_good():
         _, dq = feed(monitor, rows, b)
     assert dq.quality.quality == "good", dq.quality.reason
     assert all(f.v_drift_um_per_ns == pytest.approx(53.8, rel=0.02) for f in dq.quality.time_box)
+
+
+def test_occupancy_orbits_counts_each_orbit_and_channel_once(genuine_table):
+    """``occupancy_orbits`` = distinct (orbit, channel) pairs (pandas); a sample replayed 5 times in
+    one batch gives the same, so the window does not take replays for statistics."""
+    import pyarrow as pa
+
+    binning = Binning.from_settings(load_settings(scint_channel=138))
+    once = reduce_rows(with_source_columns(genuine_table, run=0), binning)
+    frame = genuine_table.to_pandas()
+    hits = frame[(frame.HEAD == 2) & (frame.FPGA <= 1) & (frame.TDC_CHANNEL <= 127)]
+    pairs = hits.assign(chamber=2 * hits.FPGA + (hits.TDC_CHANNEL >= 64), channel=hits.TDC_CHANNEL % 64)
+    pairs = pairs.drop_duplicates(["ORBIT_CNT", "chamber", "channel"])
+    expected = np.zeros((4, 64), int)
+    np.add.at(expected, (pairs.chamber.to_numpy(), pairs.channel.to_numpy()), 1)
+    np.testing.assert_array_equal(once.occupancy_orbits, expected)
+    five = reduce_rows(with_source_columns(pa.concat_tables([genuine_table] * 5), run=0), binning)
+    assert five.occupancy.sum() == 5 * once.occupancy.sum()
+    np.testing.assert_array_equal(five.occupancy_orbits, once.occupancy_orbits)
+    monitor = QualityMonitor(load_settings(scint_channel=138))
+    report = monitor.update(0, five).quality
+    assert all(r.quality == "null" for c in report.chambers for r in c.checks if r.check == "dead_channels")
