@@ -34,6 +34,7 @@ class WindowConfig(_Section):
     batches: int = Field(30, ge=1, le=100_000)
     hits: int = Field(0, ge=0)
     reset_on_run_start: bool = True
+    reset_on_orbit_jump: bool = True
 
 
 class RateConfig(_Section):

@@ -133,12 +133,17 @@ class QualityMonitor:
     def update(self, batch_id: int, agg, now: float | None = None) -> QualityUpdate:
         """Add one micro-batch (``BatchAggregates``) to the window and judge the window.
 
-        A run-start marker in the batch (``reset_on_run_start``) empties the window first; a
+        A run-start marker (``reset_on_run_start``) or an ORBIT_CNT jump (``reset_on_orbit_jump``:
+        a counter reset, or a looping producer replaying its sample) in the batch empties the
+        window first, so replayed orbits are not added up as new statistics; a
         new t0 channel empties it and leaves this batch out (its E1/E2 used the old channel).
         """
         now = time.time() if now is None else now
         self.reload_reference()
-        if self.config.window.reset_on_run_start and any(e[1] == RUN_START for e in agg.run_events):
+        window = self.config.window
+        if (window.reset_on_run_start and any(e[1] == RUN_START for e in agg.run_events)) or (
+            window.reset_on_orbit_jump and agg.orbit_jumps > 0
+        ):
             self.window.reset()
         if self.scintillator.observe(agg.scint_candidates):
             self.window.reset()  # this batch's E1/E2 used the old channel: the window restarts with the next one

@@ -85,7 +85,7 @@ def choose_scintillator(stats: np.ndarray, cfg: ScintillatorConfig) -> tuple[int
     i = int(np.argmax(np.where(ok, coincident, -1)))
     others = [c for c in seen if c != FIRST_CANDIDATE + i]
     return FIRST_CANDIDATE + i, (
-        f"FPGA 1 channel {FIRST_CANDIDATE + i}: {coincident[i]} of {hits[i]} chamber hits in its {orbits[i]} orbits "
-        f"lie within {COINCIDENCE_NS[0]:.0f}..{COINCIDENCE_NS[1]:.0f} ns of it ({share[i]:.0%})"
+        f"FPGA 1 channel {FIRST_CANDIDATE + i}: {coincident[i]} of {hits[i]} chamber hits in the orbits where it fired "
+        f"({orbits[i]}) lie within {COINCIDENCE_NS[0]:.0f}..{COINCIDENCE_NS[1]:.0f} ns DRIFTIME of it ({share[i]:.0%})"
         + (f"; other candidates seen: {', '.join(map(str, others[:5]))}" if others else "")
     )

@@ -30,7 +30,7 @@ def test_genuine_rows_find_channel_138_and_fill_e1_e2(genuine_table):
     agg, dq = feed(monitor, rows, 0)
     assert agg.orbits_with_scintillator == 0  # reduced with the PDF default 128: nothing there
     assert (dq.scintillator.channel, dq.scintillator.source) == (138, "detected")
-    assert "channel 138" in dq.scintillator.reason and "25 of 25 chamber hits" in dq.scintillator.reason
+    assert "channel 138" in dq.scintillator.reason and "25 of 25 chamber hits in the orbits where it fired (2)" in dq.scintillator.reason
     agg, dq = feed(monitor, rows, 1, run_start=True)
     assert agg.scintillator == (1, 138) and agg.orbits_with_scintillator == 2
     assert agg.occupancy_scint.sum() > 0 and agg.drift_time.sum() > 0  # E1 and E2 not empty
@@ -42,11 +42,12 @@ def test_genuine_rows_find_channel_138_and_fill_e1_e2(genuine_table):
 
 
 def test_replayed_genuine_loop_is_not_a_wall_of_dead_channels(genuine_table):
-    """Each pass of the looping producer is a run: the window restarts, the sparse sample gives null, not dead."""
+    """The looping producer replays the sample as one long run; each pass holds the ORBIT_CNT reset,
+    so the window restarts and the sparse sample gives null, not a wall of dead channels."""
     rows = with_source_columns(genuine_table, run=0)
     monitor = QualityMonitor(load_settings(scint_channel=138))
     for b in range(20):
-        _, dq = feed(monitor, rows, b, run_start=True)
+        _, dq = feed(monitor, rows, b)
     dead = [c for c in dq.quality.chambers for r in c.checks if r.check == "dead_channels"]
     assert all(r.quality == "null" for c in dead for r in c.checks if r.check == "dead_channels")
     assert dq.channel_health.dead == [] and dq.quality.window.batches == 1
@@ -107,3 +108,16 @@ def test_occupancy_orbits_counts_each_orbit_and_channel_once(genuine_table):
     monitor = QualityMonitor(load_settings(scint_channel=138))
     report = monitor.update(0, five).quality
     assert all(r.quality == "null" for c in report.chambers for r in c.checks if r.check == "dead_channels")
+
+
+def test_without_orbit_jump_reset_the_replays_add_up(genuine_table):
+    """The same loop with ``reset_on_orbit_jump`` off: the window grows and the replays look like statistics."""
+    from dtmon.checks_config import ChecksConfig, WindowConfig
+
+    rows = with_source_columns(genuine_table, run=0)
+    config = ChecksConfig(window=WindowConfig(batches=30, reset_on_orbit_jump=False))
+    monitor = QualityMonitor(load_settings(scint_channel=138), config)
+    for b in range(20):
+        _, dq = feed(monitor, rows, b)
+    assert dq.quality.window.batches == 20
+    assert any(r.quality == "bad" for c in dq.quality.chambers for r in c.checks if r.check == "dead_channels")
