@@ -397,12 +397,15 @@ def worst(results: list) -> tuple[str, int | None]:
 
 def chamber_quality(chamber: int, checks: list[CheckResult], dead: list[int] | None = None,
                     noisy: list[int] | None = None) -> ChamberQuality:
-    """A chamber's quality: the worst non-null of ``checks``, its reason prefixed with the check name."""
+    """A chamber's quality: the worst non-null of ``checks``, its reason prefixed with the check name;
+    a good chamber's reason lists the checks that were not judged (null)."""
     quality, i = worst(checks)
     if i is None:
         reason = "no checks"
     elif quality == "good":
-        reason = "all checks good"
+        nulls = [c.check for c in checks if c.quality == "null"]
+        reason = "all checks good" if not nulls else (
+            f"good: {', '.join(c.check for c in checks if c.quality == 'good')}; not judged: {', '.join(nulls)}")
     elif quality == "null":
         reason = f"not enough data: {checks[i].check}: {checks[i].reason}"
     else:

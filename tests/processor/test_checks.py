@@ -219,6 +219,7 @@ def test_chamber_and_detector_aggregation():
     c3 = checks.chamber_quality(3, [r("rate", "null")])
     assert (c0.quality, c1.quality, c2.quality, c3.quality) == ("good", "warning", "bad", "null")
     assert c2.reason == "rate: rate is bad" and c3.reason.startswith("not enough data")
+    assert c0.reason == "good: rate; not judged: time_box"
     window = QualityWindow(batches=3, hits=100, detector_time_s=1.0)
     report = checks.quality_report([c0, c1, c2, c3], [r("scintillator", "warning")], window)
     assert report.quality == "bad" and report.reason == "chamber 2: rate: rate is bad"
