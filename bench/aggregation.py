@@ -56,7 +56,8 @@ def main(
     from dtmon.synth import generate
     from processor.app import spark_session
     from processor.histograms import Binning, aggregate_batch, reduce_rows
-    from processor.kafka_source import SPARK_SCHEMA, decode_messages
+    from processor.decode import decode_messages
+    from processor.kafka_source import SPARK_SCHEMA
 
     settings = load_settings(spark_master=master, shuffle_partitions=shuffle_partitions)
     spark = spark_session(settings, app_name="dtmon-aggregation")

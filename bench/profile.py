@@ -26,9 +26,8 @@ from typing import Annotated
 
 import numpy as np
 import typer
-from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 
+from dtmon.kafka import KafkaClients
 from dtmon.services import free_port, start_broker
 from dtmon.wire import CONTENT_TYPE_ARROW, CONTENT_TYPE_CSV, encode_arrow
 
@@ -39,11 +38,10 @@ def fill(bootstrap: str, topic: str, table, wire: str, rows_per_message: int = 1
     """Create ``topic`` (1 partition) and send ``table`` in the ``wire`` format; returns messages sent."""
     from dtmon.hits import encode_csv
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    for future in admin.create_topics([NewTopic(topic, 1)]).values():
-        future.result(30)
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all",
-                         "compression.type": "none" if wire == "arrow" else "lz4", "queue.buffering.max.messages": 1_000_000})
+    clients = KafkaClients(bootstrap)
+    clients.ensure_topic(topic, 1, timeout=30)
+    producer = clients.producer(linger_ms=20, acks="all", compression_type="none" if wire == "arrow" else "lz4",
+                                queue_buffering_max_messages=1_000_000)
     headers_arrow = [("content-type", CONTENT_TYPE_ARROW.encode()), ("dtmon-synthetic", b"1")]
     headers_csv = [("content-type", CONTENT_TYPE_CSV.encode()), ("dtmon-synthetic", b"1")]
     sent = 0
@@ -69,12 +67,14 @@ def fill(bootstrap: str, topic: str, table, wire: str, rows_per_message: int = 1
 
 def profile_source(bootstrap: str, topic: str, messages: int, rows: int) -> dict:
     """Read the whole partition with ``read_range`` and decode it under cProfile; DAQ rows/s and top functions."""
-    from processor.kafka_source import KafkaRange, decode_messages, read_range
+    from dtmon.kafka import KafkaClients
+    from processor.decode import decode_messages
+    from processor.kafka_source import KafkaRange, read_range
 
     profiler = cProfile.Profile()
     wall, cpu = time.perf_counter(), time.process_time()
     profiler.enable()
-    got = sum(decode_messages(batch).num_rows for batch in read_range(bootstrap, KafkaRange(topic, 0, 0, messages)))
+    got = sum(decode_messages(batch).num_rows for batch in read_range(KafkaClients(bootstrap), KafkaRange(topic, 0, 0, messages)))
     profiler.disable()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     out = io.StringIO()
@@ -91,7 +91,7 @@ def profile_batches(bootstrap: str, topic: str, cap_messages: int, batches_wante
     from dtmon.settings import load_settings
     from processor.app import spark_session
     from processor.histograms import aggregate_batch
-    from processor.kafka_source import SOURCE_NAME
+    from processor.kafka_source import SOURCE_NAME, kafka_options
 
     settings = load_settings(spark_master=master, shuffle_partitions=shuffle_partitions)
     t0 = time.perf_counter()
@@ -133,7 +133,7 @@ def profile_batches(bootstrap: str, topic: str, cap_messages: int, batches_wante
                       "jobs": len(jobs()) - jobs_before})
 
     query = (
-        spark.readStream.format(SOURCE_NAME).option("kafka.bootstrap.servers", bootstrap).option("subscribe", topic)
+        spark.readStream.format(SOURCE_NAME).options(**kafka_options(KafkaClients(bootstrap).config)).option("subscribe", topic)
         .option("startingOffsets", "earliest").option("maxOffsetsPerTrigger", str(cap_messages))
         .option("minPartitions", str(spark.sparkContext.defaultParallelism)).load()
         .writeStream.foreachBatch(process).trigger(processingTime="0 seconds")

@@ -14,8 +14,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confluent_kafka.admin import AdminClient
-
 from bench.inputs import synthetic_dir, upload_to_s3
 from bench.metrics import pacing_stats, stream_stats
 from bench.stack import (
@@ -26,6 +24,7 @@ from bench.stack import (
     parse_producer_summary,
     read_raw_topic,
 )
+from dtmon.kafka import KafkaClients
 from dtmon.services import free_port, wait_for_port
 
 RAW, RESULTS = "minidt-hits", "minidt-results"
@@ -408,7 +407,7 @@ def up(opts: Options) -> dict:
 
 
 def _wait_topic(bootstrap: str, topic: str, timeout_s: float, child) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = KafkaClients(bootstrap).admin()
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:

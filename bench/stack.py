@@ -21,10 +21,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import KafkaError, TopicPartition
 
 from bench.procstats import TreeSampler, wait_reap
+from dtmon.kafka import KafkaClients
 from dtmon.schema import ResultsMessage
 from dtmon.services import Service, free_port, start_broker, start_s3, wait_for_port
 
@@ -115,9 +115,7 @@ class Stack:
 
     def create_topic(self, topic: str, partitions: int = 1) -> None:
         """Create ``topic`` with ``partitions`` partitions and wait for it."""
-        admin = AdminClient({"bootstrap.servers": self.bootstrap})
-        for future in admin.create_topics([NewTopic(topic, partitions)]).values():
-            future.result(30)
+        KafkaClients(self.bootstrap).ensure_topic(topic, partitions, timeout=30)
 
     def producer(self, name: str, source: str, topic: str, rate: float, *, wire: str = "arrow", loop: bool = False,
                  duration: float | None = None, max_rows: int | None = None, partitions: int | None = None,
@@ -250,8 +248,7 @@ class ResultsReader:
         self.messages: list[tuple[ResultsMessage, float]] = []
         self.invalid = 0
         self._stop = threading.Event()
-        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "dtmon-bench-results",
-                                   "enable.auto.commit": False})
+        self._consumer = KafkaClients(bootstrap).consumer("dtmon-bench-results")
         self._topic = topic
         self._thread = threading.Thread(target=self._run, name="bench-results", daemon=True)
         self._thread.start()
@@ -300,8 +297,7 @@ def read_raw_topic(bootstrap: str, topic: str, timeout_s: float = 120.0) -> list
 
     from dtmon.wire import CONTENT_TYPE_ARROW, CONTENT_TYPE_CSV, header_dict
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "dtmon-bench-raw", "enable.partition.eof": True,
-                         "enable.auto.commit": False, "fetch.max.bytes": 64 << 20})
+    consumer = KafkaClients(bootstrap).consumer("dtmon-bench-raw", enable_partition_eof=True, fetch_max_bytes=64 << 20)
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions])

@@ -23,6 +23,7 @@ from confluent_kafka import (
 from pydantic import ValidationError
 
 from dashboard.state import ResultsStore
+from dtmon.kafka import KafkaClients, KafkaConfig, as_kafka_config
 from dtmon.schema import ResultsMessage
 from dtmon.settings import Settings
 
@@ -57,7 +58,7 @@ class ResultsConsumer:
     def __init__(
         self,
         store: ResultsStore,
-        bootstrap_servers: str,
+        kafka: KafkaConfig | KafkaClients | str,
         topic: str,
         history: int,
         poll_timeout_s: float = 0.5,
@@ -70,13 +71,7 @@ class ResultsConsumer:
         self.poll_timeout_s = poll_timeout_s
         self.retry_s = retry_s
         self.health_interval_s = health_interval_s
-        self.config = {
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": "dtmon-dashboard",  # the client insists; never joined (assign only), nothing committed
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "error_cb": self._on_error,
-        }
+        self.clients = kafka if isinstance(kafka, KafkaClients) else KafkaClients(as_kafka_config(kafka))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dtmon-results-consumer", daemon=True)
 
@@ -98,7 +93,8 @@ class ResultsConsumer:
 
     def _run(self) -> None:
         try:
-            consumer = Consumer(self.config)
+            # the client insists on a group; never joined (assign only), nothing committed
+            consumer = self.clients.consumer("dtmon-dashboard", enable_partition_eof=True, error_cb=self._on_error)
         except (KafkaException, ValueError) as exc:  # bad configuration: nothing to retry
             log.exception("results consumer")
             self.store.set_broker(False, f"consumer not created: {exc}")
@@ -199,6 +195,6 @@ class DashboardRuntime:
 def start_runtime(settings: Settings) -> DashboardRuntime:
     """Create the store and start the results consumer thread for ``settings``."""
     store = ResultsStore(settings.dashboard_history)
-    consumer = ResultsConsumer(store, settings.bootstrap_servers, settings.results_topic, settings.dashboard_history)
+    consumer = ResultsConsumer(store, settings.kafka, settings.results_topic, settings.dashboard_history)
     consumer.start()
     return DashboardRuntime(settings, store, consumer)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from dtmon.hits import CELLS_PER_CHAMBER, N_CHAMBERS, cell_of, layer_of
+from dtmon.hits import CELLS_PER_CHAMBER, N_CHAMBERS, cell_of, daq_channel_of, layer_of
 from dtmon.schema import (
     MULTIPLICITY_EDGES,
     OCCUPANCY_EDGES,
@@ -495,8 +495,9 @@ def health_rows(health: ChannelHealth | None, occupancy: HistogramSet | None) ->
             cols["channel"].append(r.channel)
             cols["layer"].append(int(layout["layer"][r.channel]))
             cols["cell"].append(int(layout["cell"][r.channel]))
-            cols["fpga"].append(r.chamber // 2)
-            cols["tdc_channel"].append(r.channel + CELLS_PER_CHAMBER * (r.chamber % 2))
+            fpga, tdc_channel = daq_channel_of(r.chamber, r.channel)
+            cols["fpga"].append(int(fpga))
+            cols["tdc_channel"].append(int(tdc_channel))
             cols["status"].append(status)
             cols["hits"].append(int(occupancy.counts[r.chamber, r.channel]) if occupancy is not None else 0)
     return cols

@@ -33,8 +33,10 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from dtmon.daqfiles import SYNTHETIC_MANIFEST, SourceError
+from dtmon.kafka import KafkaClients
 from dtmon.schema import RESULTS_VERSION
-from dtmon.services import Service, s3_client, start_broker, start_s3, stop_process
+from dtmon.services import Service, Upload, plan_uploads, seed, start_broker, start_s3, stop_process
 from dtmon.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -46,12 +48,6 @@ app = typer.Typer(
 console = Console(highlight=False, soft_wrap=True)
 
 DEFAULT_BUCKET = "minidt-stream"
-SYNTHETIC_MANIFEST = "dtmon-synthetic.json"
-"""A directory or S3 prefix holding this file contains synthetic (generated) DAQ files."""
-SYNTHETIC_METADATA = {"dtmon-synthetic": "1"}
-"""S3 object metadata that marks a synthetic DAQ file."""
-DAQ_SUFFIXES = (".txt", ".csv")
-"""File suffixes of DAQ CSV files (named in error messages)."""
 SCHEMA_FILE = Path(f"schemas/results-v{RESULTS_VERSION}.schema.json")
 SYNTHETIC_ROWS = 200_000
 """Rows ``dtmon up`` generates when no genuine rows are at hand (~3 s; 200 s of replay at 1000 rows/s)."""
@@ -67,87 +63,6 @@ class ChildDied(Exception):
     def __init__(self, child: "Child") -> None:
         super().__init__(f"{child.name} exited (code {child.process.returncode})")
         self.child = child
-
-
-# ---------------------------------------------------------------- DAQ files and S3 seeding
-
-
-def daq_files(path: Path) -> list[Path]:
-    """The DAQ files at ``path``: the file itself, or those of a directory that the producer streams.
-
-    The selection and the order are the producer's (``producer.sources.select_daq_names``:
-    ``*.txt``/``*.csv``, not hidden, only ``data_*.txt`` if there are any, natural name
-    order), so the bucket holds exactly what will be streamed.
-
-    Raises:
-        UsageError: ``path`` does not exist, or the directory holds no DAQ file.
-    """
-    from producer.sources import select_daq_names
-
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise UsageError(f"no such file or directory: {path}")
-    names = select_daq_names([p.name for p in path.iterdir() if p.is_file()])
-    if not names:
-        raise UsageError(f"no DAQ files ({', '.join('*' + s for s in DAQ_SUFFIXES)}) in {path}")
-    return [path / name for name in names]
-
-
-def synthetic_manifest(path: Path) -> Path | None:
-    """The ``dtmon-synthetic.json`` manifest in directory ``path`` (or beside file ``path``), or None."""
-    folder = path if path.is_dir() else path.parent
-    manifest = folder / SYNTHETIC_MANIFEST
-    return manifest if manifest.is_file() else None
-
-
-@dataclass(frozen=True)
-class Upload:
-    """One local file to put in the bucket: ``key`` is its object name, ``synthetic`` sets the metadata."""
-
-    path: Path
-    key: str
-    synthetic: bool
-
-
-def plan_uploads(paths: list[Path], prefix: str = "") -> list[Upload]:
-    """What seeding ``paths`` under ``prefix`` uploads: the DAQ files, plus the manifest of synthetic ones.
-
-    Raises:
-        UsageError: a path has no DAQ file; genuine and synthetic files would share the
-            prefix (the manifest would label the genuine rows synthetic); two files
-            would get the same key.
-    """
-    stem = prefix.strip("/")
-    uploads: list[Upload] = []
-    kinds = set()
-    for path in paths:
-        files = daq_files(path)
-        manifest = synthetic_manifest(path)
-        kinds.add(manifest is not None)
-        uploads += [Upload(f, f.name, manifest is not None) for f in files]
-        if manifest is not None and all(u.path != manifest for u in uploads):
-            uploads.append(Upload(manifest, manifest.name, True))
-    if len(kinds) > 1:
-        raise UsageError("genuine and synthetic DAQ files cannot share one bucket prefix: seed them separately")
-    uploads = [Upload(u.path, f"{stem}/{u.key}" if stem else u.key, u.synthetic) for u in uploads]
-    keys = [u.key for u in uploads]
-    duplicates = sorted({k for k in keys if keys.count(k) > 1})
-    if duplicates:
-        raise UsageError(f"two files would share the object name(s) {', '.join(duplicates)}")
-    return uploads
-
-
-def seed(endpoint_url: str, bucket: str, uploads: list[Upload]) -> None:
-    """Create ``bucket`` if needed and upload the files; synthetic ones get ``dtmon-synthetic: 1`` metadata."""
-    client = s3_client(endpoint_url)
-    if bucket not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
-        region = client.meta.region_name
-        extra = {} if region in (None, "us-east-1") else {"CreateBucketConfiguration": {"LocationConstraint": region}}
-        client.create_bucket(Bucket=bucket, **extra)
-    for upload in uploads:
-        extra_args = {"Metadata": dict(SYNTHETIC_METADATA)} if upload.synthetic else None
-        client.upload_file(str(upload.path), bucket, upload.key, ExtraArgs=extra_args)
 
 
 # ---------------------------------------------------------------- child processes
@@ -377,7 +292,7 @@ def serve(start: Callable[[], Service], ready: Callable[[], None]) -> None:
             code = run_until_interrupted(stack)
         except KeyboardInterrupt:
             console.print("interrupted: stopping")
-        except UsageError as error:
+        except (UsageError, SourceError) as error:
             console.print(f"[bold red]error:[/] {error}")
             code = 2
         except Exception as error:  # noqa: BLE001 - report, then stop what was started
@@ -427,7 +342,7 @@ def s3_server(
     """Run a moto S3 server until Ctrl-C, optionally seeded with DAQ files."""
     try:
         uploads = plan_uploads(list(seed_paths or []), prefix)
-    except UsageError as error:
+    except (UsageError, SourceError) as error:
         console.print(f"[bold red]error:[/] {error}")
         raise typer.Exit(2) from None
     endpoint = f"http://{_connect_host(host)}:{port}"
@@ -536,25 +451,6 @@ def dashboard_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise UsageError("the dashboard package is not installed (pip install -e .)")
     return Path(next(iter(spec.submodule_search_locations)))
-
-
-def create_topics(bootstrap_servers: str, partitions: dict[str, int], timeout: float = 30.0) -> None:
-    """Create the topics (name -> partitions) that do not exist yet.
-
-    Raises:
-        confluent_kafka.KafkaException: the broker refused for another reason than "exists".
-    """
-    from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
-    topics = [NewTopic(name, num_partitions=n, replication_factor=-1) for name, n in partitions.items()]
-    for future in admin.create_topics(topics, request_timeout=timeout).values():
-        try:
-            future.result(timeout)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
 
 
 def wait_for_http(url: str, timeout: float, stack: Stack) -> None:
@@ -697,7 +593,7 @@ def up(
     except Exception as error:  # pydantic.ValidationError: a flag or DTMON_* value is out of range
         console.print(f"[bold red]error:[/] invalid settings:\n{error}")
         raise typer.Exit(2) from None
-    external_kafka = bootstrap_servers is not None or "DTMON_BOOTSTRAP_SERVERS" in os.environ
+    external_kafka = "bootstrap_servers" in settings.model_fields_set  # a flag, DTMON_BOOTSTRAP_SERVERS or the Kafka config
     workdir = workdir.resolve()
     logs = workdir / "logs"
     checkpoint = workdir / "checkpoint"
@@ -734,8 +630,8 @@ def up(
                     logs / "broker.log",
                 )
                 settings = settings.model_copy(update={"bootstrap_servers": broker.address})
-            create_topics(settings.bootstrap_servers, {settings.raw_topic: settings.raw_partitions,
-                                                       settings.results_topic: 1})  # fmt: skip
+            KafkaClients(settings.kafka).ensure_topics({settings.raw_topic: settings.raw_partitions,
+                                                        settings.results_topic: 1}, timeout=30.0)  # fmt: skip
             ensure_port_free("127.0.0.1", dashboard_port, "dashboard", "--dashboard-port")
             url = f"http://127.0.0.1:{dashboard_port}/dashboard"
             addresses = {"producer": f"-> {settings.raw_topic}", "processor": f"-> {settings.results_topic}",
@@ -770,7 +666,7 @@ def up(
         except ChildDied as error:
             report_death(error)
             code = 1
-        except UsageError as error:
+        except (UsageError, SourceError) as error:
             console.print(f"[bold red]error:[/] {error}")
             code = 2
         except Exception as error:  # noqa: BLE001 - report, then stop what was started

@@ -1,4 +1,5 @@
-"""DAQ rows: columns, dtypes, CSV decoding and the channel -> chamber/layer/cell map.
+"""DAQ rows: columns, dtypes, CSV decoding, the channel <-> chamber/layer/cell map, the
+scintillator (t0) channel and the per-chamber time offsets.
 
 Formulas and numbers follow the MAPD-B course PDF ("MAPD-B distributed processing exam -
 default projects", rev. 08-06-2023), section 4.2 (data format, mapping, timing), as
@@ -40,6 +41,19 @@ MAX_CHAMBER_CHANNEL = 127
 BX_PER_ORBIT = 3564
 BX_NS = 25.0
 TDC_PER_BX = 30
+
+LAYER_OF_REMAINDER: tuple[int, int, int, int] = (4, 2, 3, 1)
+"""Layer (1 bottom .. 4 top) of a local channel c, indexed by ``c % 4`` (PDF figure, p. 19)."""
+REMAINDER_OF_LAYER: tuple[int, int, int, int] = tuple(LAYER_OF_REMAINDER.index(layer) for layer in (1, 2, 3, 4))
+"""The inverse: ``c % 4`` of the channels of layer 1..4, indexed by ``layer - 1`` -> (3, 1, 2, 0)."""
+
+SCINT_FPGA = 1
+"""FPGA of the scintillator (t0) channel (course PDF section 4.2.2)."""
+SCINT_CHANNEL = 128
+"""TDC_CHANNEL of the scintillator (t0) channel (course PDF; the genuine rows show 138)."""
+SCINT_CHAMBER_OFFSET_NS: tuple[float, ...] = (93.9, 101.4, 95.5, 92.4)
+"""Scintillator delay to subtract per chamber, ns: 95.0 - 1.1, 95.0 + 6.4, 95.0 + 0.5, 95.0 - 2.6
+(course PDF section 4.2.4); DRIFTIME = t_hit - t_scint + offset[chamber]."""
 
 # Valid value ranges, inclusive (raw 64-bit word layout, PDF section 4.2.1).
 _RANGES = {
@@ -207,10 +221,20 @@ def chamber_of(head: np.ndarray, fpga: np.ndarray, channel: np.ndarray) -> np.nd
     Returns:
         int8 array of shape (N,), values -1..3.
     """
-    head = np.asarray(head)
+    return np.where(np.asarray(head) == HEAD_HIT, chamber_of_channel(fpga, channel), -1).astype(np.int8)
+
+
+def chamber_of_channel(fpga: np.ndarray, channel: np.ndarray) -> np.ndarray:
+    """Chamber index of a hit's (FPGA, TDC_CHANNEL), -1 outside the chambers (``chamber_of`` without HEAD).
+
+    Args:
+        fpga, channel: integer arrays of shape (N,).
+    Returns:
+        int8 array of shape (N,), values -1..3.
+    """
     fpga = np.asarray(fpga)
     channel = np.asarray(channel)
-    valid = (head == HEAD_HIT) & (fpga >= 0) & (fpga <= 1) & (channel >= 0) & (channel <= MAX_CHAMBER_CHANNEL)
+    valid = (fpga >= 0) & (fpga <= 1) & (channel >= 0) & (channel <= MAX_CHAMBER_CHANNEL)
     chamber = fpga.astype(np.int16) * 2 + (channel >= CELLS_PER_CHAMBER)
     return np.where(valid, chamber, -1).astype(np.int8)
 
@@ -225,12 +249,26 @@ def layer_of(local: np.ndarray) -> np.ndarray:
 
     ``c % 4``: 0 -> layer 4, 2 -> layer 3, 1 -> layer 2, 3 -> layer 1. Shape (N,).
     """
-    return np.array([4, 2, 3, 1])[np.asarray(local) % 4]
+    return np.array(LAYER_OF_REMAINDER)[np.asarray(local) % 4]
 
 
 def cell_of(local: np.ndarray) -> np.ndarray:
     """Cell position along the layer, ``c // 4`` (0-15), shape (N,)."""
     return np.asarray(local) // 4
+
+
+def local_channel_of(layer: np.ndarray, cell: np.ndarray) -> np.ndarray:
+    """Local channel (0-63) of (layer 1..4, cell 0..15): the inverse of ``layer_of``/``cell_of``. Shape (N,)."""
+    return 4 * np.asarray(cell) + np.array(REMAINDER_OF_LAYER)[np.asarray(layer) - 1]
+
+
+def daq_channel_of(chamber: np.ndarray, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(FPGA, TDC_CHANNEL) of (chamber 0..3, local channel 0..63): the inverse of ``chamber_of``/``local_channel``.
+
+    Shapes (N,) -> two arrays (N,): FPGA = chamber // 2, TDC_CHANNEL = local + 64 * (chamber % 2).
+    """
+    chamber = np.asarray(chamber)
+    return chamber // 2, np.asarray(local) + CELLS_PER_CHAMBER * (chamber % 2)
 
 
 def hit_time_ns(orbit: np.ndarray, bx: np.ndarray, tdc: np.ndarray) -> np.ndarray:

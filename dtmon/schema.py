@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from dtmon.hits import CELLS_PER_CHAMBER, N_CHAMBERS
+from dtmon.hits import CELLS_PER_CHAMBER, N_CHAMBERS, SCINT_CHAMBER_OFFSET_NS  # noqa: F401 - re-exported
 
 RESULTS_SCHEMA_ID = "dtmon.results"
 RESULTS_VERSION = 3
@@ -261,10 +261,6 @@ class ResultsMessage(BaseModel):
         """
         return cls.model_validate_json(data)
 
-
-SCINT_CHAMBER_OFFSET_NS: tuple[float, ...] = (93.9, 101.4, 95.5, 92.4)
-"""Scintillator delay to subtract per chamber, ns: 95.0 - 1.1, 95.0 + 6.4, 95.0 + 0.5, 95.0 - 2.6
-(course PDF section 4.2.4); DRIFTIME = t_hit - t_scint + offset[chamber]."""
 
 OCCUPANCY_EDGES: list[float] = [float(i) for i in range(CELLS_PER_CHAMBER + 1)]
 MULTIPLICITY_EDGES: list[float] = [i + 0.5 for i in range(CELLS_PER_CHAMBER + 1)]

@@ -1,6 +1,7 @@
-"""Start the embedded default services as child processes: Tansu broker, moto S3 server.
+"""Start the embedded default services as child processes: Tansu broker, moto S3 server;
+and seed an S3 bucket with DAQ files.
 
-Both bind to loopback by default. Each ``start_*`` returns a ``Service`` whose
+Both services bind to loopback by default. Each ``start_*`` returns a ``Service`` whose
 ``stop()`` terminates the child (and its process group) and waits for it.
 """
 
@@ -15,6 +16,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from dtmon.daqfiles import SYNTHETIC_METADATA, SourceError, daq_files, synthetic_manifest
 
 
 @dataclass
@@ -155,15 +158,66 @@ def s3_client(endpoint_url: str | None):
     return boto3.client("s3", **kwargs)
 
 
-def seed_bucket(endpoint_url: str, bucket: str, files: list[Path], prefix: str = "") -> list[str]:
-    """Create ``bucket`` (if needed) and upload ``files`` under ``prefix``; return the keys."""
+def ensure_bucket(client, bucket: str) -> None:
+    """Create ``bucket`` with boto3 ``client`` if it does not exist (in the client's region)."""
+    if bucket not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
+        region = client.meta.region_name
+        extra = {} if region in (None, "us-east-1") else {"CreateBucketConfiguration": {"LocationConstraint": region}}
+        client.create_bucket(Bucket=bucket, **extra)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One local file to put in the bucket: ``key`` is its object name, ``synthetic`` sets the metadata."""
+
+    path: Path
+    key: str
+    synthetic: bool = False
+
+
+def plan_uploads(paths: list[Path], prefix: str = "") -> list[Upload]:
+    """What seeding ``paths`` under ``prefix`` uploads: the DAQ files, plus the manifest of synthetic ones.
+
+    Raises:
+        SourceError: a path has no DAQ file; genuine and synthetic files would share the
+            prefix (the manifest would label the genuine rows synthetic); two files
+            would get the same key.
+    """
+    stem = prefix.strip("/")
+    uploads: list[Upload] = []
+    kinds = set()
+    for path in paths:
+        files = daq_files(path)
+        manifest = synthetic_manifest(path)
+        kinds.add(manifest is not None)
+        uploads += [Upload(f, f.name, manifest is not None) for f in files]
+        if manifest is not None and all(u.path != manifest for u in uploads):
+            uploads.append(Upload(manifest, manifest.name, True))
+    if len(kinds) > 1:
+        raise SourceError("genuine and synthetic DAQ files cannot share one bucket prefix: seed them separately")
+    uploads = [Upload(u.path, f"{stem}/{u.key}" if stem else u.key, u.synthetic) for u in uploads]
+    keys = [u.key for u in uploads]
+    duplicates = sorted({k for k in keys if keys.count(k) > 1})
+    if duplicates:
+        raise SourceError(f"two files would share the object name(s) {', '.join(duplicates)}")
+    return uploads
+
+
+def seed(endpoint_url: str | None, bucket: str, uploads: list[Upload]) -> list[str]:
+    """Create ``bucket`` if needed and upload the files; synthetic ones get ``dtmon-synthetic: 1`` metadata.
+
+    Returns:
+        The object keys, in upload order.
+    """
     client = s3_client(endpoint_url)
-    existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
-    if bucket not in existing:
-        client.create_bucket(Bucket=bucket)
-    keys = []
-    for path in files:
-        key = f"{prefix.strip('/')}/{path.name}" if prefix.strip("/") else path.name
-        client.upload_file(str(path), bucket, key)
-        keys.append(key)
-    return keys
+    ensure_bucket(client, bucket)
+    for upload in uploads:
+        extra_args = {"Metadata": dict(SYNTHETIC_METADATA)} if upload.synthetic else None
+        client.upload_file(str(upload.path), bucket, upload.key, ExtraArgs=extra_args)
+    return [u.key for u in uploads]
+
+
+def seed_bucket(endpoint_url: str, bucket: str, files: list[Path], prefix: str = "") -> list[str]:
+    """Create ``bucket`` (if needed) and upload ``files`` as they are under ``prefix``; return the keys."""
+    stem = prefix.strip("/")
+    return seed(endpoint_url, bucket, [Upload(p, f"{stem}/{p.name}" if stem else p.name) for p in files])

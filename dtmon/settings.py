@@ -2,15 +2,22 @@
 
 Every field can be set from the environment with the ``DTMON_`` prefix, e.g.
 ``DTMON_BOOTSTRAP_SERVERS=broker:9092`` or ``DTMON_TRIGGER_INTERVAL_S=1``.
-Command-line flags override the environment (see each stage's ``--help``).
+Command-line flags override the environment (see each stage's ``--help``). How clients
+reach Kafka beyond the servers (security, librdkafka keys) is ``dtmon.kafka.KafkaConfig``
+(``DTMON_KAFKA_*``, or the file ``DTMON_KAFKA_CONFIG_FILE``); ``Settings.kafka`` joins the two.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from typing import Any
+
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from dtmon.hits import SCINT_CHANNEL, SCINT_FPGA
+from dtmon.kafka import KafkaConfig, load_kafka_config
 
 
 def find_shared_dir() -> Path | None:
@@ -46,6 +53,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DTMON_", frozen=True, extra="ignore")
 
     bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]")
+    kafka_config_file: str | None = Field(
+        None, description="TOML or .env file with the Kafka client settings of dtmon.kafka.KafkaConfig (security, librdkafka keys)"
+    )
     raw_topic: str = Field("minidt-hits", description="topic the producer writes DAQ rows to")
     results_topic: str = Field("minidt-results", description="topic with one results message per micro-batch")
     raw_partitions: int = Field(1, ge=1, le=256, description="partitions of the raw topic when dtmon creates it")
@@ -67,10 +77,10 @@ class Settings(BaseSettings):
     max_offsets_per_trigger: int | None = Field(None, ge=1, description="cap on Kafka messages read per micro-batch")
     spark_master: str = Field("local[*]", description="Spark master URL, e.g. local[*] or spark://host:7077")
     shuffle_partitions: int = Field(2, ge=1, description="spark.sql.shuffle.partitions for the per-batch aggregations")
-    scint_fpga: int = Field(1, ge=0, le=7, description="FPGA of the scintillator (t0) channel (course PDF: 1)")
+    scint_fpga: int = Field(SCINT_FPGA, ge=0, le=7, description="FPGA of the scintillator (t0) channel (course PDF: 1)")
     scint_channel: int | None = Field(
         None, ge=0, le=511, description="TDC_CHANNEL of the scintillator (course PDF: 128; the genuine rows show 138); "
-        "None: found in the data (processor.scint), 128 until then"
+        "None: found in the data (processor.scint), SCINT_CHANNEL (128) until then"
     )
     drift_time_min_ns: float = Field(-200.0, description="lower edge of the drift-time histograms, ns")
     drift_time_max_ns: float = Field(600.0, description="upper edge of the drift-time histograms, ns (values outside are dropped)")
@@ -87,6 +97,21 @@ class Settings(BaseSettings):
 
     dashboard_history: int = Field(300, ge=10, description="micro-batches kept for the time-series plots")
     dashboard_refresh_ms: int = Field(500, ge=50, description="how often each browser session looks for new results")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _servers_from_kafka_config(cls, data: Any) -> Any:
+        """Without a flag or ``DTMON_BOOTSTRAP_SERVERS``, take the servers the Kafka config names, if any."""
+        if isinstance(data, dict) and data.get("bootstrap_servers") is None:
+            config = load_kafka_config(data.get("kafka_config_file"))
+            if "bootstrap_servers" in config.model_fields_set:
+                data = {**data, "bootstrap_servers": config.bootstrap_servers}
+        return data
+
+    @property
+    def kafka(self) -> KafkaConfig:
+        """The Kafka client configuration (``DTMON_KAFKA_*``, ``kafka_config_file``) with these settings' servers."""
+        return load_kafka_config(self.kafka_config_file, bootstrap_servers=self.bootstrap_servers)
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -40,16 +40,21 @@ from dtmon.hits import (
     HEAD_HIT,
     HIT_SCHEMA,
     N_CHAMBERS,
+    REMAINDER_OF_LAYER,
+    SCINT_CHAMBER_OFFSET_NS,
+    SCINT_CHANNEL,
+    SCINT_FPGA,
     TDC_PER_BX,
     chamber_of,
     encode_csv,
+    layer_of,
 )
+from dtmon.daqfiles import SYNTHETIC_MANIFEST, SYNTHETIC_METADATA, daq_file_name
 from dtmon.synth_faults import SynthFaults, apply_faults
 
 GENERATOR_NAME = "dtmon.synth"
 GENERATOR_VERSION = "1.0.0"
-MANIFEST_NAME = "dtmon-synthetic.json"
-SYNTHETIC_METADATA = {"dtmon-synthetic": "1"}
+MANIFEST_NAME = SYNTHETIC_MANIFEST
 DEFAULT_ROWS_PER_FILE = 1_310_720  # 10 240 DMA transfers x 128 words (SOURCES.md)
 
 # ---- geometry (domain notes section 2; mm) -------------------------------------------
@@ -61,8 +66,6 @@ CHAMBER_LENGTH_MM = 672.0  # ASSUMED: wire length (square footprint); not in the
 CHAMBER_Z_MM = (219.8, 977.3, 1035.6, 1819.8)  # reference frame = bottom of layer 1
 MEASURES_Y = (False, True, False, False)  # chamber 1 is rotated by 90 degrees
 LAYER_SHIFT_MM = (STAGGER_MM, 0.0, STAGGER_MM, 0.0)  # layers 1..4: 1 and 3 staggered +21 mm
-# local channel of (layer 1..4, cell): c % 4 == 3 -> layer 1, 1 -> 2, 2 -> 3, 0 -> 4
-LAYER_CHANNEL_REMAINDER = (3, 1, 2, 0)
 # scintillator paddles (ASSUMED): same footprint as a chamber, between Ch1/Ch0 and Ch3/Ch2
 SCINT_Z_MM = (0.5 * (CHAMBER_Z_MM[0] + 52.0 + CHAMBER_Z_MM[1]), 0.5 * (CHAMBER_Z_MM[2] + 52.0 + CHAMBER_Z_MM[3]))
 SCINT_HALF_MM = 336.0
@@ -99,13 +102,13 @@ class SynthParams(BaseModel):
     max_zenith_deg: float = Field(75.0, gt=0, lt=90, description="largest zenith angle generated (assumed)")
     drift_velocity_um_per_ns: float = Field(53.8, gt=0, description="electron drift velocity (domain notes)")
     drift_resolution_ns: float = Field(2.0, ge=0, description="Gaussian smearing of hit times (assumed)")
-    scint_channel: int = Field(128, ge=128, le=511, description="TDC_CHANNEL of the scintillator on FPGA 1")
-    scint_fpga: int = Field(1, ge=0, le=7, description="FPGA of the scintillator (PDF: 1)")
+    scint_channel: int = Field(SCINT_CHANNEL, ge=128, le=511, description="TDC_CHANNEL of the scintillator on FPGA 1")
+    scint_fpga: int = Field(SCINT_FPGA, ge=0, le=7, description="FPGA of the scintillator (PDF: 1)")
     scint_delay_ns: float = Field(95.0, description="scintillator signal delay w.r.t. muon passage (domain notes)")
     scint_jitter_ns: float = Field(1.0, ge=0, description="Gaussian jitter of the scintillator time (assumed)")
     scint_efficiency: float = Field(0.98, ge=0, le=1, description="scintillator coincidence efficiency (assumed)")
     chamber_offsets_ns: tuple[float, float, float, float] = Field(
-        (93.9, 101.4, 95.5, 92.4), description="per-chamber offsets the processor adds (domain notes)"
+        SCINT_CHAMBER_OFFSET_NS, description="per-chamber offsets the processor adds (domain notes)"
     )
     noise_rate_hz: tuple[float, float, float, float] = Field(
         (2.2, 6.8, 4.3, 5.1), description="uncorrelated noise per channel, chambers 0-3 (calibrated)"
@@ -237,7 +240,7 @@ def _muon_hits(mu: dict[str, np.ndarray], rng: np.random.Generator, p: SynthPara
                 out_mu.append(i[near])
                 out_ch.append(np.full(int(near.sum()), k, np.int8))
                 out_l.append(np.full(int(near.sum()), layer, np.int8))
-                out_c.append(4 * cl[near] + LAYER_CHANNEL_REMAINDER[layer - 1])
+                out_c.append(4 * cl[near] + REMAINDER_OF_LAYER[layer - 1])
                 out_d.append(dist[near] / v_mm_per_ns)
     mu_i = np.concatenate(out_mu)
     keep = rng.random(len(mu_i)) < p.hit_efficiency
@@ -262,11 +265,11 @@ def _crosses_scintillators(mu: dict[str, np.ndarray]) -> np.ndarray:
 
 def _noise_rates(p: SynthParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-channel noise: FPGA (256,), TDC_CHANNEL (256,), rate Hz (256,) incl. hot channels."""
-    fpga = np.repeat(np.array([0, 1], np.int8), 128)
-    chan = np.tile(np.arange(128, dtype=np.int16), 2)
+    fpga = np.repeat(np.array([0, 1], np.int8), 2 * CELLS_PER_CHAMBER)
+    chan = np.tile(np.arange(2 * CELLS_PER_CHAMBER, dtype=np.int16), 2)
     rate = np.repeat(np.asarray(p.noise_rate_hz, float), CELLS_PER_CHAMBER)
     for f, c, r in p.hot_channels:
-        rate[f * 128 + c] += r
+        rate[f * 2 * CELLS_PER_CHAMBER + c] += r
     return fpga, chan, rate
 
 
@@ -486,7 +489,7 @@ def generate(n_rows: int, seed: int, params: SynthParams | None = None, start_or
 
 # ---- CSV writing -------------------------------------------------------------------------
 # ---- calibration ---------------------------------------------------------------------------
-def calibration_report(table: pa.Table, scint_channel: int = 128) -> dict:
+def calibration_report(table: pa.Table, scint_channel: int = SCINT_CHANNEL) -> dict:
     """Statistics used to calibrate the generator against the genuine rows.
 
     Returns a dict (plain floats/ints, JSON-ready):
@@ -515,7 +518,7 @@ def calibration_report(table: pa.Table, scint_channel: int = 128) -> dict:
     local = chan[cmask] % CELLS_PER_CHAMBER
     ch_counts = np.bincount(chamber[cmask], minlength=N_CHAMBERS)
     per_channel = np.bincount(chamber[cmask].astype(np.int64) * 64 + local, minlength=256)
-    layer = np.array([4, 2, 3, 1])[local % 4]
+    layer = layer_of(local)
     n_ch = max(int(cmask.sum()), 1)
     rate = 0.0
     for f in (0, 1):
@@ -541,9 +544,7 @@ def calibration_report(table: pa.Table, scint_channel: int = 128) -> dict:
 
 
 # ---- files -------------------------------------------------------------------------------
-def file_name(index: int) -> str:
-    """DAQ file name of file ``index``: ``data_000000.txt``, ``data_000001.txt``, ..."""
-    return f"data_{index:06d}.txt"
+file_name = daq_file_name
 
 
 def manifest(seed: int, params: SynthParams, n_files: int, rows_per_file: int, files: list[dict]) -> dict:
@@ -642,13 +643,11 @@ def _dir_writer(root: Path) -> Callable[[str, bytes, str], None]:
 
 
 def _s3_writer(dest: str, endpoint_url: str | None) -> Callable[[str, bytes, str], None]:
-    from dtmon.services import s3_client
+    from dtmon.services import ensure_bucket, s3_client
 
     bucket, prefix = _split_s3(dest)
     client = s3_client(endpoint_url)
-    existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
-    if bucket not in existing:
-        client.create_bucket(Bucket=bucket)
+    ensure_bucket(client, bucket)
 
     def put(name: str, body: bytes, content_type: str) -> None:
         key = f"{prefix}/{name}" if prefix else name
@@ -669,7 +668,7 @@ def cli_synth(
     muon_rate_hz: Annotated[
         float, typer.Option(min=0.001, help="muons crossing at least one chamber, Hz")
     ] = _DEFAULTS.muon_rate_hz,
-    scint_channel: Annotated[int, typer.Option(min=128, max=511, help="scintillator TDC_CHANNEL on FPGA 1")] = 128,
+    scint_channel: Annotated[int, typer.Option(min=128, max=511, help="scintillator TDC_CHANNEL on FPGA 1")] = SCINT_CHANNEL,
     endpoint_url: Annotated[str | None, typer.Option(help="S3 endpoint (e.g. moto) for s3:// destinations")] = None,
     dead_chamber: Annotated[int | None, typer.Option(min=0, max=3, help="FAULT: chamber that goes dead")] = None,
     dead_from: Annotated[float, typer.Option(min=0, help="FAULT: s of detector time after which --dead-chamber is dead")] = 0.0,

@@ -15,10 +15,12 @@ import time
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
+from dtmon.kafka import KafkaClients, KafkaConfig, as_kafka_config
 from dtmon.schema import RESULTS_SCHEMA_ID, RESULTS_VERSION
 from dtmon.settings import Settings
+from dtmon.wire import CONTENT_TYPE_JSON, HEADER_CONTENT_TYPE, HEADER_QUERY_ID, HEADER_SCHEMA
 from processor.histograms import aggregate_batch, build_message
-from processor.kafka_source import SOURCE_NAME, KafkaDataSource
+from processor.kafka_source import SOURCE_NAME, KafkaDataSource, kafka_options
 from processor.quality import QualityMonitor
 from processor.state import RunTracker
 
@@ -55,44 +57,19 @@ def spark_session(settings: Settings, app_name: str = "dtmon-processor") -> Spar
     return spark
 
 
-def last_published_batch(bootstrap: str, topic: str, query_id: str, timeout_s: float = 10.0) -> int | None:
+def last_published_batch(kafka: KafkaConfig | KafkaClients | str, topic: str, query_id: str, timeout_s: float = 10.0) -> int | None:
     """Batch id of the newest results message that query ``query_id`` published, if it is the newest in the topic.
 
-    Reads the tail of the results topic up to the end-of-partition event (robust to
-    Tansu's ListOffsets answer, see ``processor.kafka_source``).
+    Reads the tail of the results topic (``dtmon.kafka.KafkaClients.read_tail``).
     """
-    from confluent_kafka import Consumer, KafkaError, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "dtmon-processor-tail", "enable.partition.eof": True})
-    try:
-        metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-        if metadata is None or metadata.error is not None:
-            return None
-        newest: dict[int, tuple] = {}
-        positions = []
-        for p in metadata.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s, cached=False)
-            positions.append(TopicPartition(topic, p, max(low, high - 1, 0)))
-        consumer.assign(positions)
-        waiting = {tp.partition for tp in positions}
-        deadline = time.monotonic() + timeout_s
-        while waiting and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            if msg.error() is not None:
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    waiting.discard(msg.partition())
-                continue
-            newest[msg.partition()] = (msg.timestamp()[1], dict(msg.headers() or []), msg.key())
-        if not newest:
-            return None
-        _, headers, key = max(newest.values(), key=lambda v: v[0])
-        if headers.get("dtmon-query-id", b"").decode() != query_id:
-            return None
-        return int(key)
-    finally:
-        consumer.close()
+    clients = kafka if isinstance(kafka, KafkaClients) else KafkaClients(kafka)
+    newest = clients.read_tail(topic, timeout_s, group_id="dtmon-processor-tail")
+    if not newest:
+        return None
+    last = max(newest.values(), key=lambda msg: msg.timestamp()[1])
+    if dict(last.headers() or []).get(HEADER_QUERY_ID, b"").decode() != query_id:
+        return None
+    return int(last.key())
 
 
 class ResultsPublisher:
@@ -103,17 +80,13 @@ class ResultsPublisher:
     each batch once.
     """
 
-    def __init__(self, bootstrap: str, topic: str, producer=None):
-        from confluent_kafka import Producer
-
-        self.bootstrap = bootstrap
+    def __init__(self, kafka: KafkaConfig | KafkaClients | str, topic: str, producer=None):
+        self.clients = kafka if isinstance(kafka, KafkaClients) else KafkaClients(as_kafka_config(kafka))
         self.topic = topic
         self.errors = 0
         self.query_id = ""
         self.last_batch: int | None = None
-        self._producer = producer or Producer(
-            {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 0}
-        )
+        self._producer = producer or self.clients.producer(acks="all", enable_idempotence=True, linger_ms=0)
 
     def _on_delivery(self, err, msg) -> None:
         if err is not None:
@@ -123,7 +96,7 @@ class ResultsPublisher:
     def attach(self, query_id: str) -> None:
         """Bind to a query (its id survives checkpoint restarts) and learn what it already published."""
         self.query_id = query_id
-        self.last_batch = last_published_batch(self.bootstrap, self.topic, query_id)
+        self.last_batch = last_published_batch(self.clients, self.topic, query_id)
         if self.last_batch is not None:
             log.info("query %s already published up to batch %d", query_id, self.last_batch)
 
@@ -138,9 +111,9 @@ class ResultsPublisher:
             RuntimeError: the message was not acknowledged within ``timeout_s``.
         """
         headers = [
-            ("content-type", b"application/json"),
-            ("dtmon-schema", f"{RESULTS_SCHEMA_ID}/{RESULTS_VERSION}".encode()),
-            ("dtmon-query-id", self.query_id.encode()),
+            (HEADER_CONTENT_TYPE, CONTENT_TYPE_JSON.encode()),
+            (HEADER_SCHEMA, f"{RESULTS_SCHEMA_ID}/{RESULTS_VERSION}".encode()),
+            (HEADER_QUERY_ID, self.query_id.encode()),
         ]
         self._producer.produce(self.topic, key=str(batch_id).encode(), value=value, headers=headers, on_delivery=self._on_delivery)
         if self._producer.flush(timeout_s) > 0:
@@ -178,7 +151,7 @@ def start_query(spark: SparkSession, settings: Settings, publisher: ResultsPubli
     (data quality judged by ``monitor``, default ``QualityMonitor(settings)``)."""
     reader = (
         spark.readStream.format(SOURCE_NAME)
-        .option("kafka.bootstrap.servers", settings.bootstrap_servers)
+        .options(**kafka_options(settings.kafka))
         .option("subscribe", settings.raw_topic)
         .option("startingOffsets", settings.starting_offsets)
         .option("minPartitions", str(spark.sparkContext.defaultParallelism))
@@ -267,7 +240,7 @@ def run_processor(settings: Settings) -> int:
         return 2
     spark = spark_session(settings)
     spark.streams.addListener(ProgressLogger())
-    publisher = ResultsPublisher(settings.bootstrap_servers, settings.results_topic)
+    publisher = ResultsPublisher(settings.kafka, settings.results_topic)
     query = start_query(spark, settings, publisher, monitor)
     log.info(
         "processor running: %s -> %s, trigger %.1f s, checkpoint %s",

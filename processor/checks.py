@@ -193,8 +193,8 @@ def fit_time_box(drift_time: np.ndarray, edges, chamber: int, min_hits: int = 50
     (``scipy.optimize.curve_fit``; Poisson errors from the smoothed counts, sqrt(max(s, 1)), so
     that an empty bin inside the box of a sparse histogram does not pull the edge) of a box with error-function
     edges, ``b + h * erfc(-(t - t0)/(sqrt2 s_r))/2 * erfc((t - t_max)/(sqrt2 s_f))/2``, started
-    at the half-maximum points, edge widths at least half a bin (an edge sharper than a bin is
-    not resolved); its covariance gives the uncertainties. If the fit fails (or its
+    at the half-maximum points, over the box and 80 ns either side, edge widths at least half a
+    bin (an edge sharper than a bin is not resolved); its covariance gives the uncertainties. If the fit fails (or its
     uncertainties exceed 10 bins) the half-maximum points are returned with the bin
     width / sqrt(12) as uncertainty.
     v_drift = 21 mm / (t_max - t0) (course PDF section 4.2), in um/ns, error propagated.
@@ -227,20 +227,28 @@ def fit_time_box(drift_time: np.ndarray, edges, chamber: int, min_hits: int = 50
         return out
     err0 = errm = width / math.sqrt(12)
     background = float(np.median(counts[: max(1, i_rise - 3)])) if i_rise > 3 else 0.0
+    # fit the box and 80 ns either side; edge widths hypot(s, bin / 2) keep an edge at least
+    # half a bin wide without bounds, so the fast Levenberg-Marquardt method applies
+    near = (x > t0 - 80.0) & (x < t_max + 80.0)
+    half_bin = width / 2
+
+    def model(t, b, h, a, s_r, m, s_f):
+        return _box(t, b, h, a, math.hypot(s_r, half_bin), m, math.hypot(s_f, half_bin))
+
+    sigma = np.sqrt(np.maximum(smooth[near], 1.0))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            p, cov = optimize.curve_fit(
-                _box, x, counts, p0=[background, plateau, t0, width, t_max, 2 * width],
-                sigma=np.sqrt(np.maximum(smooth, 1.0)), absolute_sigma=True,
-                bounds=([0, 0, edges[0], width / 2, edges[0], width / 2],
-                        [np.inf, np.inf, edges[-1], 200, edges[-1], 200]),
-                maxfev=5000,
-            )
+            p, _ = optimize.curve_fit(model, x[near], counts[near], p0=[background, plateau, t0, half_bin, t_max, width],
+                                      sigma=sigma, absolute_sigma=True, method="lm", maxfev=2000)
+            # uncertainties of the edges with the edge widths fixed at their fit (a width at the
+            # half-bin floor makes the 6-parameter covariance singular)
+            p4, cov = optimize.curve_fit(lambda t, b, h, a, m: model(t, b, h, a, p[3], m, p[5]), x[near], counts[near],
+                                         p0=[p[0], p[1], p[2], p[4]], sigma=sigma, absolute_sigma=True, method="lm")
         errors = np.sqrt(np.diag(cov))
-        sane = np.all(np.isfinite(errors[[2, 4]])) and np.all(errors[[2, 4]] < 10 * width)
-        if sane and p[4] - p[2] > 2 * width:
-            t0, t_max, err0, errm = float(p[2]), float(p[4]), float(errors[2]), float(errors[4])
+        sane = np.all(np.isfinite(errors[[2, 3]])) and np.all(errors[[2, 3]] < 10 * width)
+        if sane and p4[3] - p4[2] > 2 * width and edges[0] < p4[2] < p4[3] < edges[-1]:
+            t0, t_max, err0, errm = float(p4[2]), float(p4[3]), float(errors[2]), float(errors[3])
     except (RuntimeError, ValueError, optimize.OptimizeWarning):
         pass
     span = t_max - t0

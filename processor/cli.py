@@ -28,7 +28,14 @@ def main(
     shuffle_partitions: Optional[int] = typer.Option(None, help="spark.sql.shuffle.partitions"),
     scint_fpga: Optional[int] = typer.Option(None, help="FPGA of the scintillator t0 channel (PDF: 1) [env DTMON_SCINT_FPGA]"),
     scint_channel: Optional[int] = typer.Option(
-        None, help="TDC_CHANNEL of the scintillator (PDF: 128; the genuine rows show 138) [env DTMON_SCINT_CHANNEL]"
+        None, help="TDC_CHANNEL of the scintillator (PDF: 128; the genuine rows show 138); unset: found in the data "
+        "[env DTMON_SCINT_CHANNEL]"
+    ),
+    checks_file: Optional[str] = typer.Option(
+        None, help="TOML thresholds merged over the shipped dtmon/checks.toml [env DTMON_CHECKS_FILE]"
+    ),
+    reference_file: Optional[str] = typer.Option(
+        None, help="reference run JSON for the shape and rate checks (dtmon reference save) [env DTMON_REFERENCE_FILE]"
     ),
 ) -> None:
     """Read the raw topic, histogram every micro-batch in Spark, publish one results message per batch."""
@@ -45,6 +52,8 @@ def main(
         shuffle_partitions=shuffle_partitions,
         scint_fpga=scint_fpga,
         scint_channel=scint_channel,
+        checks_file=checks_file,
+        reference_file=reference_file,
     )
     from processor.app import run_processor
 

@@ -5,7 +5,7 @@ and run markers.
 ``aggregate_batch`` is one Spark job of two stages over the source's message rows (one
 row per Kafka message, ~10 000 DAQ rows each), so the JVM never handles a row per hit.
 Stage 1 (``mapInArrow(decode_partition)``) decodes each partition's messages straight into
-Arrow DAQ rows (``processor.kafka_source.decode_messages``), counts rows, malformed rows,
+Arrow DAQ rows (``processor.decode.decode_messages``), counts rows, malformed rows,
 Kafka times, runs and run markers (``reduce_totals``) and splits the hits into orbit
 buckets (``split_rows``: ORBIT_CNT mod the bucket count), each bucket one row holding its
 hits as an Arrow IPC payload. The one shuffle groups rows by bucket, so each partition
@@ -39,14 +39,17 @@ from dtmon.hits import (
     BX_PER_ORBIT,
     CELLS_PER_CHAMBER,
     HEAD_HIT,
-    MAX_CHAMBER_CHANNEL,
     N_CHAMBERS,
+    SCINT_CHAMBER_OFFSET_NS,
+    SCINT_CHANNEL,
+    SCINT_FPGA,
+    chamber_of_channel,
     hit_time_ns,
+    local_channel,
 )
 from dtmon.schema import (
     MULTIPLICITY_EDGES,
     OCCUPANCY_EDGES,
-    SCINT_CHAMBER_OFFSET_NS,
     ChamberHistograms,
     ChannelHealth,
     Histogram,
@@ -56,7 +59,8 @@ from dtmon.schema import (
     StreamEvent,
 )
 from dtmon.settings import Settings
-from processor.kafka_source import RUN_DATA, decode_messages
+from dtmon.wire import RunEvent
+from processor.decode import decode_messages
 from processor.scint import DEFAULT_SCINT_CHANNEL, N_CANDIDATES, STATS, candidate_stats
 from processor.state import RunStatus
 
@@ -119,7 +123,7 @@ class BatchAggregates:
     ``orbit_buckets`` (B, 3) int64: bucket ``orbit div max_gap``, lowest and highest hit
     orbit in it. Times in ms since the epoch. ``newest_ms``/``run``: Kafka time and run of
     the newest row that has a run. ``run_events``: (run, event, Kafka ms) of the control
-    messages, event ``kafka_source.RUN_START`` or ``RUN_END``. ``scint_candidates``
+    messages, event ``RunEvent.START`` or ``RunEvent.END``. ``scint_candidates``
     (384, 3): t0-channel candidate counts (``processor.scint.candidate_stats``).
     ``occupancy_orbits`` (4, 64): distinct orbits with a hit per chamber and local channel (a
     replayed sample inside one batch counts once; for the data-quality window).
@@ -140,7 +144,7 @@ class BatchAggregates:
     occupancy_scint: np.ndarray = field(default_factory=_zeros_cells)
     drift_edges: list[float] = field(default_factory=lambda: drift_time_edges(-200.0, 600.0, 5.0))
     drift_time: np.ndarray | None = None
-    scintillator: tuple[int, int] = (1, 128)
+    scintillator: tuple[int, int] = (SCINT_FPGA, SCINT_CHANNEL)
     orbits_with_scintillator: int = 0
     orbit_buckets: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))
     detector_orbits: int = 0
@@ -204,7 +208,7 @@ def reduce_rows(rows: pa.Table, binning: Binning) -> BatchAggregates:
     null and run_event 0; control rows have run_event 1/2 and count only as run markers.
 
     Args:
-        rows: N rows with the columns of ``processor.kafka_source.OUTPUT_SCHEMA``; every
+        rows: N rows with the columns of ``processor.decode.OUTPUT_SCHEMA``; every
             orbit present must be complete (all its rows of the micro-batch are here).
         binning: scintillator, drift-time edges, max orbit gap.
     Returns:
@@ -230,7 +234,7 @@ def reduce_totals(rows: pa.Table | pa.RecordBatch, binning: Binning) -> BatchAgg
     newest Kafka time in ms, ``synthetic``, the newest row's run and the run markers.
 
     Args:
-        rows: N rows with the columns of ``processor.kafka_source.OUTPUT_SCHEMA``.
+        rows: N rows with the columns of ``processor.decode.OUTPUT_SCHEMA``.
         binning: only for the drift-time shape and scintillator of the empty histograms.
     Returns:
         ``BatchAggregates`` with the hit fields (``HIT_FIELDS``) empty.
@@ -238,8 +242,8 @@ def reduce_totals(rows: pa.Table | pa.RecordBatch, binning: Binning) -> BatchAgg
     out = BatchAggregates(drift_edges=list(binning.drift_edges), scintillator=binning.scintillator)
     if rows.num_rows == 0:
         return out
-    event = _ints(rows["run_event"], RUN_DATA)
-    data = event == RUN_DATA
+    event = _ints(rows["run_event"], RunEvent.DATA)
+    data = event == RunEvent.DATA
     head_null = rows["HEAD"].is_null().to_numpy(zero_copy_only=False)
     produced = _ints(rows["produced_ms"], 0)
     out.rows_read = int(data.sum())
@@ -299,10 +303,11 @@ def reduce_hits(hits: pa.Table, binning: Binning) -> BatchAggregates:
     tagged_orbit = np.isfinite(t_scint)
     out.orbits_with_scintillator = int(tagged_orbit.sum())
 
-    in_chamber = (fpga >= 0) & (fpga <= 1) & (channel >= 0) & (channel <= MAX_CHAMBER_CHANNEL)
+    chamber = chamber_of_channel(fpga, channel)
+    in_chamber = chamber >= 0
     out.hits_outside_chambers = int(out.hits - in_chamber.sum())
-    chamber = (fpga[in_chamber] * 2 + (channel[in_chamber] >= CELLS_PER_CHAMBER)).astype(np.int64)
-    local = channel[in_chamber] % CELLS_PER_CHAMBER
+    chamber = chamber[in_chamber].astype(np.int64)
+    local = local_channel(channel[in_chamber])
     cell = chamber * CELLS_PER_CHAMBER + local
     cell_orbit = orbit_index[in_chamber]
     out.occupancy = np.bincount(cell, minlength=_CELLS).reshape(N_CHAMBERS, CELLS_PER_CHAMBER)
@@ -471,7 +476,7 @@ def split_rows(rows: pa.Table | pa.RecordBatch, binning: Binning, buckets: int) 
     """Stage 1 of ``aggregate_batch`` on decoded DAQ rows (pure): their counts and their hits by orbit bucket.
 
     Args:
-        rows: N rows with the columns of ``processor.kafka_source.OUTPUT_SCHEMA``.
+        rows: N rows with the columns of ``processor.decode.OUTPUT_SCHEMA``.
         binning: passed to ``reduce_totals``.
         buckets: number of orbit buckets (>= 1); a hit goes to bucket ORBIT_CNT mod ``buckets``.
     Returns:

@@ -7,31 +7,18 @@ like the built-in source where it matters:
 
 * options ``kafka.bootstrap.servers``, ``subscribe`` (comma-separated topics),
   ``startingOffsets`` (``earliest``, ``latest`` or a JSON offset document),
-  ``maxOffsetsPerTrigger`` and ``minPartitions``;
+  ``maxOffsetsPerTrigger`` and ``minPartitions``; any other ``kafka.<key>`` option is a
+  librdkafka key passed to the clients (security settings, see ``kafka_options``);
 * the stream offset is ``{"topic": {"partition": next_offset}}`` per partition, so a
   query restarted from its checkpoint resumes exactly where it stopped;
 * partitions that appear later are read from their start.
 
 Like the built-in source it yields **one row per Kafka message** (``MESSAGE_SCHEMA``):
 topic, partition, offset, Kafka timestamp, the ``content-type``, ``dtmon-synthetic`` and
-``dtmon-run`` headers, and the value bytes. The value is decoded downstream
-(``decode_messages``, called by ``processor.histograms`` inside the micro-batch's first
-Spark stage) straight into Arrow record batches of DAQ rows (``OUTPUT_SCHEMA``): a
-message carries ~10 000 DAQ rows, so the JVM handles one row per message, never one per
-hit. A message that cannot be decoded becomes one all-null DAQ row (a malformed row,
-counted downstream), never a failed task.
-
-Run markers: at each run start and end the producer sends a control message (header
-``content-type: application/vnd.dtmon.control+json``, header ``dtmon-run``, value
-``{"event": "run-start"|"run-end", "run": N, "file": ..., "rows": n}``). ``decode_records``
-turns it into one row with every DAQ column null, ``run`` = N and ``run_event`` = 1
-(start) or 2 (end); data rows have ``run_event`` = 0. A malformed row is one with HEAD
-null and run_event 0.
-
-Log end offsets: on real Kafka, ListOffsets(latest) is the log end. Tansu 0.6 answers the
-last record batch's base offset + 1 instead, so the end is confirmed by reading from
-there to the PARTITION_EOF event, which is cheap (at most one record batch) and also
-correct on real Kafka.
+``dtmon-run`` headers (``dtmon.wire``), and the value bytes. The values are decoded in
+the micro-batch's first Spark stage (``processor.decode``), so the JVM handles one row
+per message, never one per hit. This module holds offsets, partitions and ``read`` only;
+the log end of a partition comes from ``dtmon.kafka.KafkaClients.end_offsets``.
 """
 
 from __future__ import annotations
@@ -47,8 +34,8 @@ import pyarrow as pa
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
 from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMaxRows
 
-from dtmon.hits import HIT_SCHEMA, DecodeError, decode_csv
-from dtmon.wire import CONTENT_TYPE_CONTROL, CONTENT_TYPE_CSV, decode_message, header_dict
+from dtmon.kafka import KafkaClients, KafkaConfig
+from dtmon.wire import HEADER_CONTENT_TYPE, HEADER_RUN, HEADER_SYNTHETIC, header_dict, parse_run
 
 log = logging.getLogger(__name__)
 
@@ -77,23 +64,6 @@ SPARK_SCHEMA = (
 )
 """``MESSAGE_SCHEMA`` as a Spark DDL string (the source's schema)."""
 
-OUTPUT_SCHEMA = pa.schema(
-    list(HIT_SCHEMA)
-    + [
-        pa.field("produced_ms", pa.int64()),
-        pa.field("synthetic", pa.bool_()),
-        pa.field("run", pa.int32()),
-        pa.field("run_event", pa.int8()),
-    ]
-)
-"""DAQ rows decoded from messages (``decode_records``): the DAQ columns
-(``dtmon.hits.HIT_SCHEMA``), the Kafka timestamp of the message each row came in (ms since
-the epoch), the synthetic flag, the run and the run event (``RUN_DATA``, ``RUN_START``,
-``RUN_END``)."""
-
-RUN_DATA, RUN_START, RUN_END = 0, 1, 2
-RUN_EVENTS = {"run-start": RUN_START, "run-end": RUN_END}
-
 Offsets = dict[str, dict[str, int]]
 
 
@@ -107,17 +77,29 @@ class KafkaRange(InputPartition):
     end: int
 
 
-def _consumer_config(bootstrap: str, group: str = "dtmon-processor") -> dict:
-    return {
-        "bootstrap.servers": bootstrap,
-        "group.id": group,
-        "enable.auto.commit": False,
-        "enable.partition.eof": True,
-        "auto.offset.reset": "error",  # never jump to another offset silently: planned offsets are exact
-        "fetch.max.bytes": 64 << 20,
-        "max.partition.fetch.bytes": 16 << 20,
-        "socket.timeout.ms": 10000,
-    }
+CONSUMER_GROUP = "dtmon-processor"
+"""Consumer group the processed offsets are committed to (for consumer-lag monitoring only)."""
+
+_READ_ROLE = {
+    "enable.partition.eof": True,
+    "auto.offset.reset": "error",  # never jump to another offset silently: planned offsets are exact
+    "fetch.max.bytes": 64 << 20,
+    "max.partition.fetch.bytes": 16 << 20,
+    "socket.timeout.ms": 10000,
+}
+"""librdkafka keys of the source's consumers."""
+
+
+def kafka_options(config: KafkaConfig) -> dict[str, str]:
+    """Source options that carry ``config``: ``kafka.<librdkafka key>`` (as Spark's own Kafka source takes them)."""
+    return {f"kafka.{k}": str(v) for k, v in config.as_librdkafka_dict().items()}
+
+
+def config_from_options(options: dict[str, str]) -> KafkaConfig:
+    """The ``KafkaConfig`` given by ``kafka.*`` source options (keys lower-case); servers default to 127.0.0.1:9092."""
+    keys = {k[len("kafka."):]: v for k, v in options.items() if k.startswith("kafka.")}
+    servers = keys.pop("bootstrap.servers", None) or "127.0.0.1:9092"
+    return KafkaConfig(bootstrap_servers=servers, extra=keys)
 
 
 def plan_ranges(start: Offsets, end: Offsets, min_partitions: int = 1) -> list[KafkaRange]:
@@ -173,134 +155,8 @@ def cap_offsets(start: Offsets, latest: Offsets, max_messages: int) -> Offsets:
     return capped
 
 
-def parse_run(header: str | None) -> int | None:
-    """The run number of a ``dtmon-run`` header value; None if missing or not an integer >= 0."""
-    if header is None:
-        return None
-    try:
-        run = int(header)
-    except ValueError:
-        log.error("dtmon-run header %r is not an integer: rows get no run", header)
-        return None
-    return run if 0 <= run < 2**31 else None
-
-
-def parse_control(value: bytes, header_run: int | None) -> tuple[int | None, int]:
-    """Run number and event code (``RUN_START``/``RUN_END``) of a control message.
-
-    The run comes from the JSON ``run`` field, else from the ``dtmon-run`` header.
-
-    Raises:
-        DecodeError: the value is not a JSON object with ``event`` run-start or run-end,
-            or its run is not an integer >= 0.
-    """
-    try:
-        doc = json.loads(value)
-        event = RUN_EVENTS[doc["event"]]
-        run = doc.get("run", header_run)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise DecodeError(f"bad control message {value[:200]!r}: {exc!r}") from exc
-    if run is not None and (not isinstance(run, int) or isinstance(run, bool) or not 0 <= run < 2**31):
-        raise DecodeError(f"bad run {run!r} in control message")
-    return run, event
-
-
-def decode_records(
-    values: list[bytes],
-    content_types: list[str | None],
-    timestamps_ms: list[int],
-    synthetic: list[bool],
-    runs: list[int | None] | None = None,
-    origins: list[str] | None = None,
-) -> pa.RecordBatch:
-    """Decode raw-topic message values into one record batch with ``OUTPUT_SCHEMA``.
-
-    Consecutive ``text/csv`` messages (one CSV line each, the peers' design) are decoded
-    together. A message that cannot be decoded gives one all-null row (malformed); a
-    control message gives one all-null row with ``run`` and ``run_event`` set.
-
-    Args:
-        values, content_types, timestamps_ms, synthetic: per message, length M.
-        runs: per message, the ``dtmon-run`` header as an int (None: no header); default all None.
-        origins: per message, where it came from (e.g. ``topic/partition@offset``), for the log.
-    Returns:
-        record batch of N rows (N = rows in all messages, + 1 per undecodable or control message).
-    """
-    no_run = -1  # stands for null until the Arrow column is built
-    runs = [no_run] * len(values) if runs is None else [no_run if r is None else r for r in runs]
-    tables: list[pa.Table] = []
-    extra: list[tuple] = []  # per table: produced_ms, synthetic, run, run_event (scalars or per-row lists)
-
-    def add(table: pa.Table, ts, syn, run, event: int = RUN_DATA) -> None:
-        tables.append(table)
-        extra.append((ts, syn, run, event))
-
-    i = 0
-    while i < len(values):
-        if content_types[i] == CONTENT_TYPE_CSV:
-            j = i
-            while j < len(values) and content_types[j] == CONTENT_TYPE_CSV:
-                j += 1
-            chunk = [v if v.endswith(b"\n") else v + b"\n" for v in values[i:j]]
-            table = decode_csv(b"".join(chunk)).table
-            if table.num_rows == j - i:
-                add(table, timestamps_ms[i:j], synthetic[i:j], runs[i:j])
-            else:  # multi-line CSV messages: the block's first message stamps every row
-                add(table, timestamps_ms[i], synthetic[i], runs[i])
-            i = j
-            continue
-        try:
-            if content_types[i] == CONTENT_TYPE_CONTROL:
-                run, event = parse_control(values[i], None if runs[i] == no_run else runs[i])
-                add(_null_row(), timestamps_ms[i], synthetic[i], no_run if run is None else run, event)
-            else:
-                add(decode_message(values[i], content_types[i]), timestamps_ms[i], synthetic[i], runs[i])
-        except DecodeError as exc:
-            where = origins[i] if origins else f"#{i} of the batch"
-            log.error("undecodable raw message %s (%s): counted as one malformed row", where, exc)
-            add(_null_row(), timestamps_ms[i], synthetic[i], runs[i])
-        i += 1
-    if not tables:
-        return pa.RecordBatch.from_pylist([], OUTPUT_SCHEMA)
-    rows = pa.concat_tables(tables).combine_chunks()
-    sizes = [t.num_rows for t in tables]
-
-    def column(k: int, dtype) -> np.ndarray:
-        return np.concatenate([np.broadcast_to(np.asarray(e[k], dtype), (n,)) for e, n in zip(extra, sizes)])
-
-    run = column(2, np.int64)
-    columns = [c.combine_chunks() for c in rows.columns] + [
-        pa.array(column(0, np.int64)),
-        pa.array(column(1, bool)),
-        pa.array(run, type=pa.int32(), mask=run == no_run),
-        pa.array(column(3, np.int8)),
-    ]
-    return pa.RecordBatch.from_arrays(columns, schema=OUTPUT_SCHEMA)
-
-
-def _null_row() -> pa.Table:
-    return pa.Table.from_pylist([{}], HIT_SCHEMA)
-
-
-def decode_messages(messages: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
-    """Decode a batch of source rows (``MESSAGE_SCHEMA``) into DAQ rows (``OUTPUT_SCHEMA``).
-
-    ``decode_records`` on the message columns; an undecodable message is logged with its
-    topic, partition and offset and becomes one malformed row.
-    """
-    cols = {name: messages.column(name).to_pylist() for name in MESSAGE_SCHEMA.names}
-    return decode_records(
-        [v or b"" for v in cols["value"]],
-        cols["content_type"],
-        [0 if t is None else t for t in cols["produced_ms"]],
-        [bool(x) for x in cols["synthetic"]],
-        cols["run"],
-        [f"{t}/{p}@{o}" for t, p, o in zip(cols["topic"], cols["partition"], cols["offset"])],
-    )
-
-
 def read_range(
-    bootstrap: str, rng: KafkaRange, bytes_per_batch: int = 16 << 20, stall_timeout_s: float = 60.0
+    clients: KafkaClients, rng: KafkaRange, bytes_per_batch: int = 16 << 20, stall_timeout_s: float = 60.0
 ) -> Iterator[pa.RecordBatch]:
     """Read offsets ``[rng.start, rng.end)`` of one partition as record batches of messages (``MESSAGE_SCHEMA``).
 
@@ -312,9 +168,9 @@ def read_range(
             still missing (Spark then retries the task).
         RuntimeError: a fatal consumer error.
     """
-    from confluent_kafka import Consumer, KafkaError, TopicPartition
+    from confluent_kafka import KafkaError, TopicPartition
 
-    consumer = Consumer(_consumer_config(bootstrap))
+    consumer = clients.consumer(CONSUMER_GROUP, _READ_ROLE)
     consumer.assign([TopicPartition(rng.topic, rng.partition, rng.start)])
     columns: dict[str, list] = {name: [] for name in MESSAGE_SCHEMA.names}
     pending_bytes = 0
@@ -351,9 +207,9 @@ def read_range(
                 columns["partition"].append(rng.partition)
                 columns["offset"].append(msg.offset())
                 columns["produced_ms"].append(msg.timestamp()[1])
-                columns["content_type"].append(headers.get("content-type"))
-                columns["synthetic"].append(headers.get("dtmon-synthetic") == "1")
-                columns["run"].append(parse_run(headers.get("dtmon-run")))
+                columns["content_type"].append(headers.get(HEADER_CONTENT_TYPE))
+                columns["synthetic"].append(headers.get(HEADER_SYNTHETIC) == "1")
+                columns["run"].append(parse_run(headers.get(HEADER_RUN)))
                 columns["value"].append(value)
                 pending_bytes += len(value)
                 last_progress = time.monotonic()
@@ -371,9 +227,12 @@ def read_range(
 class KafkaStreamReader(DataSourceStreamReader):
     """Driver-side planning of micro-batches over Kafka partitions (see module docstring)."""
 
+    clients_cls: type[KafkaClients] = KafkaClients
+    """Makes the Kafka clients; tests put a subclass with doubles here (``tests/doubles``)."""
+
     def __init__(self, options: dict[str, str]):
         opts = {k.lower(): v for k, v in options.items()}
-        self.bootstrap = opts.get("kafka.bootstrap.servers") or "127.0.0.1:9092"
+        self.clients = self.clients_cls(config_from_options(opts))
         self.topics = [t.strip() for t in opts.get("subscribe", "").split(",") if t.strip()]
         if not self.topics:
             raise ValueError("option 'subscribe' (topic names) is required")
@@ -386,13 +245,11 @@ class KafkaStreamReader(DataSourceStreamReader):
     # -- Kafka look-ups (driver) ------------------------------------------------
     def _consumer(self):
         if self._probe is None:
-            from confluent_kafka import Consumer
-
-            self._probe = Consumer(_consumer_config(self.bootstrap))
+            self._probe = self.clients.consumer(CONSUMER_GROUP, _READ_ROLE)
         return self._probe
 
-    def _partitions(self, consumer=None) -> dict[str, list[int]]:
-        metadata = (consumer or self._consumer()).list_topics(timeout=10)
+    def _partitions(self) -> dict[str, list[int]]:
+        metadata = self._consumer().list_topics(timeout=10)
         found = {}
         for topic in self.topics:
             meta = metadata.topics.get(topic)
@@ -400,49 +257,28 @@ class KafkaStreamReader(DataSourceStreamReader):
         return found
 
     def _end_offsets(self, timeout_s: float = 10.0) -> Offsets:
-        """True log end offset of every partition (see module docstring).
+        """True log end offset of every partition (``dtmon.kafka.KafkaClients.end_offsets``).
 
-        Each call uses a fresh consumer: librdkafka reports PARTITION_EOF only once per
+        Each probe uses a fresh consumer: librdkafka reports PARTITION_EOF only once per
         offset, so a long-lived consumer would wait out ``timeout_s`` whenever no message
         arrived since the previous call.
         """
-        from confluent_kafka import Consumer, KafkaError, TopicPartition
+        from confluent_kafka import TopicPartition
 
-        # the broker answers a fetch at the log end after fetch.wait.max.ms (default 500 ms)
-        consumer = Consumer({**_consumer_config(self.bootstrap), "fetch.wait.max.ms": 5})
-        try:
-            positions = []
-            for topic, parts in self._partitions(consumer).items():
-                for p in parts:
-                    low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
-                    start = max(low, high - 1, self._known_end.get((topic, p), 0))
-                    positions.append(TopicPartition(topic, p, start))
-                    self._known_end[(topic, p)] = max(self._known_end.get((topic, p), 0), high if high >= 0 else 0)
-            if not positions:
-                return {t: {} for t in self.topics}
-            consumer.assign(positions)
-            waiting = {(tp.topic, tp.partition) for tp in positions}
-            deadline = time.monotonic() + timeout_s
-            starts = {(tp.topic, tp.partition): tp.offset for tp in positions}
-            while waiting and time.monotonic() < deadline:
-                msg = consumer.poll(0.5)  # one event at a time: consume(n) would wait out its timeout
-                if msg is None:
-                    continue
-                key = (msg.topic(), msg.partition())
-                err = msg.error()
-                if err is None:
-                    self._known_end[key] = max(self._known_end.get(key, 0), msg.offset() + 1)
-                elif err.code() == KafkaError._PARTITION_EOF:
-                    self._known_end[key] = max(self._known_end.get(key, 0), msg.offset())
-                    waiting.discard(key)
-                elif err.code() in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE) and key in waiting:
-                    # the broker has no offset ``start``: nothing was written there yet
-                    log.warning("end-offset probe: %s at offset %s is out of range (%s)", key, starts[key], err)
-                    waiting.discard(key)
-            if waiting:
-                log.warning("no end-of-partition answer for %s; using watermarks", sorted(waiting))
-        finally:
-            consumer.close()
+        consumer = self._consumer()
+        positions = {}
+        for topic, parts in self._partitions().items():
+            for p in parts:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
+                positions[(topic, p)] = max(low, high - 1, self._known_end.get((topic, p), 0))
+                self._known_end[(topic, p)] = max(self._known_end.get((topic, p), 0), high if high >= 0 else 0)
+        if not positions:
+            return {t: {} for t in self.topics}
+        ends, unanswered = self.clients.end_offsets(positions, timeout_s, CONSUMER_GROUP)
+        for key, end in ends.items():
+            self._known_end[key] = max(self._known_end.get(key, 0), end)
+        if unanswered:
+            log.warning("no end-of-partition answer for %s; using watermarks", sorted(unanswered))
         return {t: {str(p): self._known_end[(t, p)] for (tt, p) in self._known_end if tt == t} for t in self.topics}
 
     def _start_offsets(self) -> Offsets:
@@ -487,10 +323,10 @@ class KafkaStreamReader(DataSourceStreamReader):
         return plan_ranges(start, end, self.min_partitions)
 
     def read(self, partition: KafkaRange) -> Iterator[pa.RecordBatch]:
-        return read_range(self.bootstrap, partition)
+        return read_range(self.clients, partition)
 
     def commit(self, end: dict) -> None:
-        """Record the processed offsets in consumer group ``dtmon-processor`` so tools can show consumer lag."""
+        """Record the processed offsets in consumer group ``CONSUMER_GROUP`` so tools can show consumer lag."""
         from confluent_kafka import KafkaException, TopicPartition
 
         offsets = [TopicPartition(t, int(p), o) for t, parts in end.items() for p, o in parts.items()]

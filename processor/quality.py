@@ -22,8 +22,8 @@ from dtmon.hits import N_CHAMBERS
 from dtmon.reference import Reference, load_reference
 from dtmon.schema import ChannelHealth, ChannelRef, QualityReport, QualityWindow, Scintillator, StreamEvent
 from dtmon.settings import Settings
+from dtmon.wire import RunEvent
 from processor import checks
-from processor.kafka_source import RUN_START
 from processor.scint import DEFAULT_SCINT_CHANNEL, N_CANDIDATES, STATS, choose_scintillator
 from processor.window import CheckWindow, WindowBatch, WindowTotals
 
@@ -141,7 +141,7 @@ class QualityMonitor:
         now = time.time() if now is None else now
         self.reload_reference()
         window = self.config.window
-        if (window.reset_on_run_start and any(e[1] == RUN_START for e in agg.run_events)) or (
+        if (window.reset_on_run_start and any(e[1] == RunEvent.START for e in agg.run_events)) or (
             window.reset_on_orbit_jump and agg.orbit_jumps > 0
         ):
             self.window.reset()

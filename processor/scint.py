@@ -15,10 +15,9 @@ from __future__ import annotations
 import numpy as np
 
 from dtmon.checks_config import ScintillatorConfig
+from dtmon.hits import SCINT_CHANNEL as DEFAULT_SCINT_CHANNEL  # the course PDF's t0 channel, used until one is found
+from dtmon.hits import SCINT_FPGA
 
-SCINT_FPGA = 1
-DEFAULT_SCINT_CHANNEL = 128
-"""The course PDF's t0 channel (FPGA 1), used until a channel is found or when none is configured."""
 FIRST_CANDIDATE = 128
 N_CANDIDATES = 384
 """Candidates: FPGA 1, TDC_CHANNEL 128..511."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from processor.kafka_source import RUN_END, RUN_START
+from dtmon.wire import RunEvent
 
 
 @dataclass(frozen=True)
@@ -38,16 +38,16 @@ class RunTracker:
 
         Args:
             newest_run: run of the batch's newest raw message (None: no run header seen).
-            events: (run, ``RUN_START``/``RUN_END``, Kafka timestamp in ms) per control message.
+            events: (run, ``RunEvent.START``/``RunEvent.END``, Kafka timestamp in ms) per control message.
         Returns:
             ``RunStatus`` of ``newest_run``; all None when it is None.
         """
         for run, event, ms in sorted((e for e in events if e[0] is not None), key=lambda e: (e[2], e[1])):
-            if event == RUN_START:  # one marker per raw partition: keep the earliest of an open run
+            if event == RunEvent.START:  # one marker per raw partition: keep the earliest of an open run
                 opened = run not in self.started or run in self.ended
                 self.started[run] = ms / 1000.0 if opened else min(self.started[run], ms / 1000.0)
                 self.ended.discard(run)
-            elif event == RUN_END:
+            elif event == RunEvent.END:
                 self.ended.add(run)
         if newest_run is None:
             return RunStatus()

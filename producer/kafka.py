@@ -1,4 +1,4 @@
-"""Thin wrapper on confluent_kafka: the raw-topic producer and topic creation.
+"""Thin wrapper on confluent_kafka: the raw-topic producer (topics: ``dtmon.kafka.ensure_topic``).
 
 Holds as little logic as possible: configuration, a delivery-error counter, a retry when
 librdkafka's local queue is full, flush. Delivery reports are requested for failed
@@ -13,15 +13,14 @@ import time
 from dataclasses import dataclass, field
 
 import confluent_kafka
-from confluent_kafka.admin import AdminClient, NewTopic
+
+from dtmon.kafka import KafkaConfig, KafkaSetupError, as_kafka_config, ensure_topic
+
+__all__ = ["DeliveryErrors", "KafkaSetupError", "KafkaSink", "ensure_topic", "kafka_compression", "producer_config"]
 
 log = logging.getLogger("producer")
 
 MAX_ERRORS_KEPT = 5
-
-
-class KafkaSetupError(RuntimeError):
-    """The broker cannot be reached or the topic cannot be created."""
 
 
 def kafka_compression(wire: str, body_compression: str) -> str:
@@ -38,7 +37,7 @@ def kafka_compression(wire: str, body_compression: str) -> str:
 
 
 def producer_config(
-    bootstrap_servers: str, compression: str = "none", linger_ms: float = 5.0, overrides: dict | None = None
+    kafka: KafkaConfig | str, compression: str = "none", linger_ms: float = 5.0, overrides: dict | None = None
 ) -> dict:
     """librdkafka configuration of the raw-topic producer.
 
@@ -47,16 +46,14 @@ def producer_config(
     ``message.max.bytes`` (1 MB, what brokers accept by default). ``overrides`` are
     more librdkafka settings by their own names (e.g. ``{"message.timeout.ms": 5000}``).
     """
-    config = {
-        "bootstrap.servers": bootstrap_servers,
-        "acks": "all",
-        "enable.idempotence": True,
-        "linger.ms": linger_ms,
-        "compression.type": compression,
-        "delivery.report.only.error": True,
-    }
-    config.update(overrides or {})
-    return config
+    return as_kafka_config(kafka).as_librdkafka_dict(
+        overrides,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=linger_ms,
+        compression_type=compression,
+        delivery_report_only_error=True,
+    )
 
 
 @dataclass
@@ -81,7 +78,7 @@ class KafkaSink:
     """Sends raw-topic messages with confluent_kafka.
 
     Args:
-        bootstrap_servers: ``host:port[,host:port]``.
+        kafka: the Kafka client configuration (or a bootstrap-servers string).
         topic: raw topic name.
         compression: Kafka ``compression.type`` (see ``kafka_compression``).
         overrides: more librdkafka settings by their own names.
@@ -93,7 +90,7 @@ class KafkaSink:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        kafka: KafkaConfig | str,
         topic: str,
         compression: str = "none",
         overrides: dict | None = None,
@@ -103,7 +100,7 @@ class KafkaSink:
         self.topic = topic
         self.partitions = partitions
         self.errors = DeliveryErrors()
-        config = producer_config(bootstrap_servers, compression, overrides=overrides)
+        config = producer_config(kafka, compression, overrides=overrides)
         config["on_delivery"] = self.errors
         config["error_cb"] = self._on_error
         self._last_error_log = 0.0
@@ -160,37 +157,3 @@ class KafkaSink:
     def flush(self, timeout: float = 30.0) -> int:
         """Wait up to ``timeout`` s for every queued message; return how many are still undelivered."""
         return self.producer.flush(timeout)
-
-
-def ensure_topic(bootstrap_servers: str, topic: str, partitions: int = 1, timeout: float = 10.0) -> int:
-    """Create ``topic`` with ``partitions`` partitions if it does not exist.
-
-    Args:
-        bootstrap_servers: ``host:port[,host:port]``.
-        topic: topic name.
-        partitions: partitions for a new topic (an existing topic keeps its own).
-        timeout: s to wait for the broker.
-    Returns:
-        The topic's partition count.
-    Raises:
-        KafkaSetupError: the broker did not answer within ``timeout`` or refused the topic.
-    """
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
-    try:
-        metadata = admin.list_topics(timeout=timeout)
-    except confluent_kafka.KafkaException as exc:
-        raise KafkaSetupError(f"cannot reach Kafka at {bootstrap_servers} within {timeout} s: {exc}") from exc
-    existing = metadata.topics.get(topic)
-    if existing is not None and existing.error is None:
-        if len(existing.partitions) < partitions:
-            log.warning("topic %s exists with %d partitions (< %d asked); keeping it", topic, len(existing.partitions), partitions)
-        return len(existing.partitions)
-    future = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=-1)])[topic]
-    try:
-        future.result(timeout)
-    except confluent_kafka.KafkaException as exc:
-        if exc.args[0].code() != confluent_kafka.KafkaError.TOPIC_ALREADY_EXISTS:
-            raise KafkaSetupError(f"cannot create topic {topic!r} on {bootstrap_servers}: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - concurrent.futures.TimeoutError and friends
-        raise KafkaSetupError(f"cannot create topic {topic!r} on {bootstrap_servers}: {exc!r}") from exc
-    return partitions

@@ -3,21 +3,18 @@
 * ``load_file``: decode a file with ``dtmon.hits.decode_csv`` and find the line number
   (and, for ``--wire csv-line``, the bytes) of every data row;
 * ``arrow_message`` / ``csv_line_messages``: one message value + headers for a slice
-  of rows (wire format in ``dtmon.wire``; summary in ``producer.run``);
-* ``control_message``: a run-start / run-end marker (runs in ``producer.runs``).
+  of rows (wire format, headers and run markers: ``dtmon.wire``).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
 from dtmon.hits import MalformedRow, decode_csv
-from dtmon.wire import CONTENT_TYPE_ARROW, CONTENT_TYPE_CONTROL, CONTENT_TYPE_CSV, HITS_SCHEMA_ID, encode_arrow
-from producer.runs import MAX_RUN, RUN_END, RUN_START
+from dtmon.wire import CONTENT_TYPE_ARROW, CONTENT_TYPE_CSV, HEADER_FIRST_LINE, data_headers, encode_arrow
 from producer.sources import FileBytes
 
 WIRE_FORMATS = ("arrow", "csv-line")
@@ -198,46 +195,6 @@ def load_file(content: FileBytes, keep_text: bool = False) -> LoadedFile:
     )
 
 
-def message_headers(content_type: str, file_name: str, first_line: int, synthetic: bool, run: int) -> list[tuple[str, bytes]]:
-    """Kafka headers of one raw-topic data message (names from ``dtmon.wire``; ``dtmon-run`` decimal)."""
-    return [
-        ("content-type", content_type.encode()),
-        ("dtmon-schema", HITS_SCHEMA_ID.encode()),
-        ("dtmon-file", file_name.encode()),
-        ("dtmon-first-line", str(first_line).encode()),
-        ("dtmon-synthetic", b"1" if synthetic else b"0"),
-        ("dtmon-run", str(run).encode()),
-    ]
-
-
-def control_message(event: str, run: int, file_name: str, rows: int) -> tuple[bytes, list[tuple[str, bytes]]]:
-    """A run marker: ``run-start`` before a run's first data message, ``run-end`` after its last.
-
-    Value: JSON ``{"event": event, "run": run, "file": file_name, "rows": rows}``;
-    headers ``content-type: application/vnd.dtmon.control+json``, ``dtmon-run: <run>``
-    (decimal), ``dtmon-file: <file_name>``.
-
-    Args:
-        event: ``run-start`` or ``run-end``.
-        run: run number, 0 .. 2**31 - 1.
-        file_name: the run's first file (run-start) or the file of its last data (run-end).
-        rows: DAQ rows sent in the run so far: 0 for run-start, the run's total for run-end.
-    Raises:
-        ValueError: unknown event, run out of range, negative rows, or rows != 0 at run-start.
-    """
-    if event not in (RUN_START, RUN_END):
-        raise ValueError(f"control event must be {RUN_START!r} or {RUN_END!r}, got {event!r}")
-    if not 0 <= run <= MAX_RUN or rows < 0 or (event == RUN_START and rows != 0):
-        raise ValueError(f"bad {event} marker: run {run}, rows {rows}")
-    value = json.dumps({"event": event, "run": run, "file": file_name, "rows": rows}).encode()
-    headers = [
-        ("content-type", CONTENT_TYPE_CONTROL.encode()),
-        ("dtmon-run", str(run).encode()),
-        ("dtmon-file", file_name.encode()),
-    ]
-    return value, headers
-
-
 def arrow_message(
     f: LoadedFile, start: int, n: int, compression: str, use_threads: bool = True, *, run: int
 ) -> tuple[bytes, list[tuple[str, bytes]]]:
@@ -249,18 +206,18 @@ def arrow_message(
         (value, headers); value is an Arrow IPC stream (``dtmon.wire.encode_arrow``).
     """
     value = encode_arrow(f.table.slice(start, n), compression, use_threads)
-    return value, message_headers(CONTENT_TYPE_ARROW, f.name, f.lines.number(start), f.synthetic, run)
+    return value, data_headers(CONTENT_TYPE_ARROW, f.name, f.lines.number(start), f.synthetic, run)
 
 
 def csv_line_messages(f: LoadedFile, start: int, n: int, *, run: int) -> list[tuple[bytes, list[tuple[str, bytes]]]]:
-    """One message per row (the earlier implementations' design): the row's CSV line as is.
+    """One message per row (``--wire csv-line``): the row's CSV line as is.
 
     A malformed line travels as its original text; the reader's ``decode_csv`` turns
     it into an all-null row. Requires ``f.data`` (``load_file(keep_text=True)``).
     """
     if f.data is None and f.lines.texts is None:
         raise ValueError("csv-line messages need the file text: load_file(..., keep_text=True)")
-    common = message_headers(CONTENT_TYPE_CSV, f.name, 0, f.synthetic, run)
+    common = data_headers(CONTENT_TYPE_CSV, f.name, 0, f.synthetic, run)
     before, after = common[:3], common[4:]  # all headers but dtmon-first-line are the same for the file
     text, number, data = f.lines.text, f.lines.number, f.data
-    return [(text(data, row), [*before, ("dtmon-first-line", b"%d" % number(row)), *after]) for row in range(start, start + n)]
+    return [(text(data, row), [*before, (HEADER_FIRST_LINE, b"%d" % number(row)), *after]) for row in range(start, start + n)]

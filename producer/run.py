@@ -6,31 +6,17 @@ current one is sent) -> cut the rows into chunks (``producer.pacing.chunk_rows``
 encode each chunk -> wait for the chunk's due time (``producer.pacing.Pacer``) -> send
 (``producer.kafka.KafkaSink``) -> repeat; with ``loop`` start again at the first file.
 
-Wire format (defined in ``dtmon/wire.py``), one of:
+Wire format (``--wire``; the protocol is described in ``dtmon.wire``): ``arrow``
+(default; one Arrow IPC stream of up to ``rows_per_message`` rows per message, Kafka-level
+compression then off) or ``csv-line`` (one DAQ CSV line per message, for the benchmark
+comparison).
 
-* ``arrow`` (default): one Kafka message = one Arrow IPC stream (schema + one record
-  batch, ``dtmon.hits.HIT_SCHEMA``: HEAD int8, FPGA int8, TDC_CHANNEL int16, ORBIT_CNT
-  int64, BX_COUNTER int32, TDC_MEAS float64) with up to ``rows_per_message`` rows, body
-  compressed with zstd or lz4 (Kafka-level compression then off);
-  ``content-type: application/vnd.apache.arrow.stream``.
-* ``csv-line``: one Kafka message = ONE DAQ CSV line as found in the file, no header
-  (the design of earlier implementations, kept for the benchmark comparison);
-  ``content-type: text/csv``.
-
-Headers on every data message: ``content-type``; ``dtmon-schema: dtmon.hits/1``;
-``dtmon-file``: file name; ``dtmon-first-line``: 1-based line of the message's first
-row in that file; ``dtmon-synthetic``: ``1`` for rows from the synthetic generator, else
-``0``; ``dtmon-run``: the run number, decimal.
-
-Runs (rules in ``producer.runs``): before the first data message of each run and after
-its last one, the producer sends a control message (``content-type:
-application/vnd.dtmon.control+json``, headers ``dtmon-run`` and ``dtmon-file``, value
-``{"event": "run-start"|"run-end", "run": N, "file": name, "rows": n}``, ``rows`` = rows
-sent in the run so far, 0 at run-start) to EVERY partition of the raw topic: data
-messages are spread over the partitions, so each partition then reads start, its share
-of the run's data, end, in that order, and a reader of any partition (or a Spark task
-reading one partition range) sees where the run begins and ends. ``rows`` at run-end is
-the run's total over all partitions. A run cut short by a clean stop (Ctrl-C, SIGTERM,
+Headers and run markers follow the raw-topic protocol (``dtmon.wire``); which file
+belongs to which run: ``producer.runs``. The run markers go to EVERY partition of the raw
+topic: data messages are spread over the partitions, so each partition then reads start,
+its share of the run's data, end, in that order, and a reader of any partition (or a Spark
+task reading one partition range) sees where the run begins and ends. ``rows`` at run-end
+is the run's total over all partitions. A run cut short by a clean stop (Ctrl-C, SIGTERM,
 ``max_rows``, ``duration``) or by an error gets its run-end too; only a hard abort (a
 second Ctrl-C) leaves it open. Control messages are not rows: they do not count in the
 rows, the pacing or ``max_rows``.
@@ -50,10 +36,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from dtmon.settings import Settings
+from dtmon.wire import RunEvent, encode_control
 from producer.kafka import KafkaSink, ensure_topic, kafka_compression
-from producer.messages import WIRE_FORMATS, LoadedFile, arrow_message, control_message, csv_line_messages, load_file
+from producer.messages import WIRE_FORMATS, LoadedFile, arrow_message, csv_line_messages, load_file
 from producer.pacing import Pacer, chunk_rows
-from producer.runs import RUN_START, RunMarkers, run_number
+from producer.runs import RunMarkers, run_number
 from producer.sources import DaqFile, open_source
 
 log = logging.getLogger("producer")
@@ -267,9 +254,10 @@ def run_producer(
         run_of(1, daq)
     log.info("streaming %d file(s) from %s to %s", len(files), src.url, settings.raw_topic)
     if sink is None:
-        partitions = ensure_topic(settings.bootstrap_servers, settings.raw_topic, settings.raw_partitions)
+        kafka = settings.kafka
+        partitions = ensure_topic(kafka, settings.raw_topic, settings.raw_partitions)
         sink = KafkaSink(
-            settings.bootstrap_servers, settings.raw_topic, kafka_compression(wire, settings.compression), partitions=partitions
+            kafka, settings.raw_topic, kafka_compression(wire, settings.compression), partitions=partitions
         )
     partitions = sink.partition_count()
 
@@ -285,15 +273,15 @@ def run_producer(
         if progress is not None:
             progress(stats)
 
-    def send_control(event: str, run_no: int, file_name: str, rows: int) -> None:
-        value, headers = control_message(event, run_no, file_name, rows)
+    def send_control(event: RunEvent, run_no: int, file_name: str, rows: int) -> None:
+        value, headers = encode_control(event, run_no, file_name, rows)
         for partition in range(partitions):
             sink.send(value, headers, partition)
         stats.control_messages += partitions
-        if event == RUN_START:
+        if event == RunEvent.START:
             stats.runs += 1
             stats.run = run_no
-        log.debug("%s %d (%s, %s rows)", event, run_no, file_name, f"{rows:,}")
+        log.debug("%s %d (%s, %s rows)", event.wire_name, run_no, file_name, f"{rows:,}")
 
     markers = RunMarkers(send_control)
     stopped = False

@@ -14,86 +14,25 @@ A *run* is a stretch of the stream the dashboard treats as one data-taking perio
 * with ``--run N``: one pass over the whole source is one run; with ``--loop`` the
   passes are runs N, N+1, N+2, ...
 
-Run number of a path or S3 key, first rule that applies:
-
-1. the file name holds a run token ``run<digits>`` (``Run_50.txt``, ``run810_data_3.txt``;
-   ``run``, then an optional ``_`` or ``-``, then digits; any case; not part of a longer
-   word such as ``rerun5``) -> those digits;
-2. the innermost directory named exactly like a run (``Run000810``, ``run_810``,
-   ``RUN-810``) -> those digits;
-3. the file name holds ``data_<digits>`` (``data_000003.txt``) -> those digits;
-4. the last run of digits in the file name (``test_3.csv`` -> 3);
-5. otherwise a ``ValueError``: pass ``--run``.
-
-Run numbers are integers 0 .. 2**31 - 1 (the processor's int32 ``run`` column).
+The run number of a path or S3 key (``run_number``) follows the rules in ``dtmon.daqfiles``.
 
 Markers (``RunMarkers``): before the first data message of a run the producer sends a
 ``run-start`` control message, after its last data message a ``run-end`` one (message
-format in ``producer.messages.control_message``). A run cut short by a clean stop
+format in ``dtmon.wire``). A run cut short by a clean stop
 (Ctrl-C, SIGTERM, ``--max-rows``, ``--duration``) or by an error also gets its run-end,
 with the rows actually sent.
 """
 
 from __future__ import annotations
 
-import re
-from pathlib import PurePosixPath
 from typing import Callable
 
-MAX_RUN = 2**31 - 1
-"""Largest run number (the processor keeps runs in an int32 column)."""
+from dtmon.daqfiles import run_number
+from dtmon.wire import MAX_RUN, RunEvent
 
-RUN_START = "run-start"
-RUN_END = "run-end"
+__all__ = ["MAX_RUN", "RunMarkers", "SendControl", "run_number"]
 
-_RUN_IN_NAME = re.compile(r"(?<![a-z0-9])run[_-]?(\d+)(?![0-9])", re.IGNORECASE)
-_RUN_DIRECTORY = re.compile(r"run[_-]?(\d+)", re.IGNORECASE)
-_DATA_IN_NAME = re.compile(r"(?<![a-z0-9])data_(\d+)(?![0-9])", re.IGNORECASE)
-_DIGITS = re.compile(r"\d+")
-
-
-def _checked(run: int, origin: str) -> int:
-    if not 0 <= run <= MAX_RUN:
-        raise ValueError(f"run number {run} of {origin} is outside 0 .. {MAX_RUN}")
-    return run
-
-
-def run_number(path_or_key: str, explicit: int | None = None) -> int:
-    """The run number of a DAQ file (rules in the module docstring).
-
-    Args:
-        path_or_key: local path (``/data/Run000810/data_000003.txt``), S3 key
-            (``minidt/data_000003.txt``) or ``s3://`` URL of the file.
-        explicit: the run number asked for (``--run``, already advanced per pass);
-            it wins over the path when given.
-    Returns:
-        Run number, 0 .. ``MAX_RUN``.
-    Raises:
-        ValueError: no rule gives a number, or the number is outside 0 .. ``MAX_RUN``.
-    """
-    if explicit is not None:
-        return _checked(explicit, "--run")
-    parts = [p for p in re.split(r"[/\\]", path_or_key) if p]
-    if not parts:
-        raise ValueError("no file name to take a run number from: pass --run N")
-    name, directories = parts[-1], parts[:-1]
-    stem = PurePosixPath(name).stem
-    if found := _RUN_IN_NAME.findall(stem):
-        return _checked(int(found[-1]), path_or_key)
-    for directory in reversed(directories):
-        if match := _RUN_DIRECTORY.fullmatch(directory):
-            return _checked(int(match.group(1)), path_or_key)
-    if found := _DATA_IN_NAME.findall(stem):
-        return _checked(int(found[-1]), path_or_key)
-    if found := _DIGITS.findall(stem):
-        return _checked(int(found[-1]), path_or_key)
-    raise ValueError(
-        f"cannot tell the run number of {path_or_key!r}: no Run000810/run_810 directory and no number "
-        "in the file name; pass --run N"
-    )
-
-
-SendControl = Callable[[str, int, str, int], None]
+SendControl = Callable[[RunEvent, int, str, int], None]
 """``send(event, run, file_name, rows)``: puts one control message on the raw topic."""
 
 
@@ -126,7 +65,7 @@ class RunMarkers:
         if self.run is not None and self.run != run:
             self.end()
         if self.run is None:
-            self.send(RUN_START, run, file_name, 0)
+            self.send(RunEvent.START, run, file_name, 0)
             self.run, self.rows = run, 0
             self.started += 1
         self.file = file_name
@@ -140,4 +79,4 @@ class RunMarkers:
         if self.run is None:
             return
         run, self.run = self.run, None  # closed even if sending fails
-        self.send(RUN_END, run, self.file, self.rows)
+        self.send(RunEvent.END, run, self.file, self.rows)

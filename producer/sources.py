@@ -8,24 +8,12 @@ A *source* is given as a string:
   non-AWS S3 such as CloudVeneto or a moto server; credentials from the standard AWS
   environment variables / profile).
 
-Which files of a directory (or S3 "directory") are DAQ files - the selection rule:
-
-1. only regular files / objects whose name ends in ``.txt`` or ``.csv`` (any case), not
-   hidden (no leading ``.``); the synthetic manifest ``dtmon-synthetic.json`` and
-   anything else (``.dat``, ``.md``, ...) is never streamed;
-2. if at least one name matches the DAQ naming ``data_*.txt``, only those files are
-   streamed (so a ``notes.txt`` beside the DAQ files is left alone);
-3. files are streamed in *natural* file-name order: digit runs compare as numbers, so
-   ``data_2.txt`` < ``data_10.txt`` and zero-padded names keep their plain order.
+Which files are DAQ files, their order and the synthetic marker: ``dtmon.daqfiles``.
 
 S3 prefixes: ``s3://bucket`` and ``s3://bucket/dir/`` list the objects directly in that
 "directory"; ``s3://bucket/dir`` (no trailing slash) is read as a name prefix first
 (``s3://bucket/dir/data_00`` selects ``data_00*``; an exact key selects that one
 object) and as the directory ``dir/`` if no object name starts with it.
-
-Synthetic data marker: files in a directory (or S3 "directory") that holds
-``dtmon-synthetic.json``, and S3 objects with object metadata ``dtmon-synthetic: 1``,
-are synthetic; the producer labels their messages with the ``dtmon-synthetic: 1`` header.
 
 Errors: every problem with the source raises ``SourceError`` with a message that says
 what was looked for and where (missing path, missing bucket, no DAQ files, S3
@@ -34,23 +22,19 @@ unreachable, access denied).
 
 from __future__ import annotations
 
-import fnmatch
-import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-SYNTHETIC_MANIFEST = "dtmon-synthetic.json"
-"""File beside synthetic DAQ files (generator version, seed, parameters)."""
+from dtmon.daqfiles import (
+    DAQ_NAME_PATTERN,
+    SYNTHETIC_MANIFEST,
+    SourceError,
+    daq_files,
+    is_synthetic_metadata,
+    select_daq_names,
+)
 
-SYNTHETIC_METADATA_KEY = "dtmon-synthetic"
-"""S3 object metadata key set to ``1`` on synthetic objects."""
-
-DATA_SUFFIXES = (".txt", ".csv")
-DAQ_NAME_PATTERN = "data_*.txt"
-
-
-class SourceError(ValueError):
-    """The source cannot be listed or read (message says which and why)."""
+__all__ = ["DaqFile", "FileBytes", "LocalSource", "S3Source", "SourceError", "open_source", "parse_s3_url"]
 
 
 @dataclass(frozen=True)
@@ -81,32 +65,6 @@ class FileBytes:
     synthetic: bool
 
 
-def natural_key(name: str) -> tuple:
-    """Sort key for natural file-name order (digit runs compared as integers)."""
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
-
-
-def select_daq_names(names: list[str]) -> list[str]:
-    """Apply the selection rule of this module to bare file names.
-
-    Args:
-        names: file names (no directories).
-    Returns:
-        The DAQ file names in natural order (rule in the module docstring).
-    """
-    candidates = [
-        n for n in names if not n.startswith(".") and n != SYNTHETIC_MANIFEST and n.lower().endswith(DATA_SUFFIXES)
-    ]
-    daq_named = [n for n in candidates if fnmatch.fnmatchcase(n.lower(), DAQ_NAME_PATTERN)]
-    return sorted(daq_named or candidates, key=natural_key)
-
-
-def is_synthetic_metadata(metadata: dict[str, str] | None) -> bool:
-    """True if S3 user metadata (as boto3 returns it, keys lower-cased) marks the object synthetic."""
-    value = {k.lower(): v for k, v in (metadata or {}).items()}.get(SYNTHETIC_METADATA_KEY, "")
-    return value.strip().lower() in ("1", "true", "yes")
-
-
 class LocalSource:
     """DAQ files from a local file or directory (see module docstring for the rule)."""
 
@@ -120,19 +78,9 @@ class LocalSource:
         Raises:
             SourceError: the path does not exist, or a directory holds no DAQ file.
         """
-        if self.path.is_file():
-            synthetic = (self.path.parent / SYNTHETIC_MANIFEST).is_file()
-            return [DaqFile(self.path.name, str(self.path), self.path.stat().st_size, synthetic)]
-        if not self.path.exists():
-            raise SourceError(f"no such file or directory: {self.path}")
-        if not self.path.is_dir():
-            raise SourceError(f"not a regular file or directory: {self.path}")
-        entries = {p.name: p for p in self.path.iterdir() if p.is_file()}
-        names = select_daq_names(list(entries))
-        if not names:
-            raise SourceError(f"no DAQ files ({DAQ_NAME_PATTERN}, *.txt, *.csv) in directory {self.path}")
-        synthetic = SYNTHETIC_MANIFEST in entries
-        return [DaqFile(n, str(entries[n]), entries[n].stat().st_size, synthetic) for n in names]
+        files = daq_files(self.path)
+        synthetic = (files[0].parent / SYNTHETIC_MANIFEST).is_file()
+        return [DaqFile(f.name, str(f), f.stat().st_size, synthetic) for f in files]
 
     def read(self, file: DaqFile) -> FileBytes:
         """The bytes of ``file``.

@@ -23,9 +23,9 @@ import numpy as np
 import pyarrow as pa
 import pyspark
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import TopicPartition
 
+from dtmon.kafka import KafkaClients
 from dtmon.schema import ResultsMessage
 from dtmon.services import free_port, stop_process, wait_for_port
 from dtmon.wire import CONTENT_TYPE_ARROW, encode_arrow
@@ -95,10 +95,9 @@ def spark_cluster(tmp_path):
 
 def fill_raw_topic(bootstrap: str, topic: str, table: pa.Table) -> None:
     """Create ``topic`` with PARTITIONS partitions and send ``table`` as Arrow messages, round-robin."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    for future in admin.create_topics([NewTopic(topic, PARTITIONS)]).values():
-        future.result(30)
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True})
+    clients = KafkaClients(bootstrap)
+    clients.ensure_topic(topic, PARTITIONS, timeout=30)
+    producer = clients.producer(acks="all", enable_idempotence=True)
     headers = [("content-type", CONTENT_TYPE_ARROW.encode()), ("dtmon-synthetic", b"1")]
     for i, start in enumerate(range(0, table.num_rows, ROWS_PER_MESSAGE)):
         producer.produce(topic, value=encode_arrow(table.slice(start, ROWS_PER_MESSAGE)), partition=i % PARTITIONS,
@@ -120,7 +119,7 @@ def start_processor(bootstrap: str, raw: str, results: str, master: str, tmp: Pa
 def collect_results(bootstrap: str, runs: dict[str, tuple[subprocess.Popen, Path]], timeout_s: float = 300.0
                     ) -> dict[str, list[ResultsMessage]]:
     """Read each results topic (name -> (processor, log)) until its batches cover every row; stop the processors."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-cluster"})
+    consumer = KafkaClients(bootstrap).consumer("test-cluster")
     messages: dict[str, list[ResultsMessage]] = {topic: [] for topic in runs}
     try:
         consumer.assign([TopicPartition(topic, 0, 0) for topic in runs])
@@ -157,9 +156,7 @@ def test_cluster_results_identical_to_local(spark_cluster, kafka_bootstrap, topi
     table = generate(ROWS, seed=7)
     raw = f"{topic_name}-raw"
     fill_raw_topic(kafka_bootstrap, raw, table)
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-    for future in admin.create_topics([NewTopic(f"{topic_name}-local", 1), NewTopic(f"{topic_name}-cluster", 1)]).values():
-        future.result(30)
+    KafkaClients(kafka_bootstrap).ensure_topics({f"{topic_name}-local": 1, f"{topic_name}-cluster": 1})
 
     # both processors at once: each has its own checkpoint and results topic
     runs = {f"{topic_name}-local": start_processor(kafka_bootstrap, raw, f"{topic_name}-local", "local[2]", tmp_path),

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from dtmon.kafka import KafkaClients
 from dtmon.schema import ResultsMessage
 from dtmon.services import free_port
 from tests.dtmon.test_cli import DTMON, REPO, alive, descendants, kill_tree, port_open
@@ -62,7 +63,7 @@ def _answers(url: str) -> bool:
 
 
 def test_dtmon_up_streams_genuine_rows_to_the_dashboard_and_stops_cleanly(tmp_path):
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
     from playwright.sync_api import sync_playwright
 
     broker_port, s3_port, dashboard_port = free_port(), free_port(), free_port()
@@ -99,8 +100,7 @@ def test_dtmon_up_streams_genuine_rows_to_the_dashboard_and_stops_cleanly(tmp_pa
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 page.goto(url)
 
-                consumer = Consumer({"bootstrap.servers": f"127.0.0.1:{broker_port}", "group.id": "stack-test",
-                                     "enable.auto.commit": False})  # fmt: skip
+                consumer = KafkaClients(f"127.0.0.1:{broker_port}").consumer("stack-test")
                 consumer.assign([TopicPartition("minidt-results", 0, OFFSET_BEGINNING)])
                 message = None
                 deadline = t0 + FIRST_RESULT_TIMEOUT_S

@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 
+from dtmon.kafka import KafkaClients
 from dtmon.services import free_port, stop_process, wait_for_port
 from tests.dashboard.factory import Batch, make_batch
 
@@ -52,7 +51,7 @@ DIV_HAS = """([name, text]) => {
 
 
 def publish(bootstrap: str, topic: str, values: list[bytes], keys: list[str]) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    producer = KafkaClients(bootstrap).producer(acks="all")
     for key, value in zip(keys, values):
         producer.produce(topic, key=key.encode(), value=value)
     assert producer.flush(10) == 0
@@ -115,8 +114,7 @@ def test_dashboard_follows_results_topic(kafka_bootstrap, topic_name, tmp_path):
     try:
         wait_for_port("127.0.0.1", port, 60, server)
         # The topic appears only now: the dashboard's consumer has to retry.
-        admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-        admin.create_topics([NewTopic(topic_name, 1, 1)])[topic_name].result(30)
+        KafkaClients(kafka_bootstrap).ensure_topic(topic_name, 1, timeout=30)
         now = time.time()  # batch times close to now, so the screenshots show a live run
         v1 = make_batch(0, seed=10, malformed=1, started=now - 24)  # a version-1 message (run None) still displays
         run7 = [make_batch(i, seed=10 + i, malformed=i, v2=True, started=now - 24 + 2 * i, run_started=now - 30,

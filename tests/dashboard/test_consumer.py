@@ -6,11 +6,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from dashboard.consumer import ResultsConsumer
 from dashboard.state import ResultsStore
+from dtmon.kafka import KafkaClients
 from dtmon.services import free_port, start_broker
 from tests.dashboard.factory import make_batch
 
@@ -36,9 +35,9 @@ def test_consumer_retries_replays_history_counts_invalid_and_tracks_broker(tmp_p
         consumer.start()
         wait_until(store, lambda s: s.broker_reachable and "not found" in s.broker_detail, "missing topic")
 
-        admin = AdminClient({"bootstrap.servers": broker.address})
-        admin.create_topics([NewTopic("results", 1, 1)])["results"].result(30)
-        producer = Producer({"bootstrap.servers": broker.address})
+        clients = KafkaClients(broker.address)
+        clients.ensure_topic("results", 1, timeout=30)
+        producer = clients.producer()
         batches = [make_batch(i, seed=i) for i in range(15)]
         for b in batches:
             producer.produce("results", b.message.to_json())

@@ -17,18 +17,16 @@ from pathlib import Path
 import pytest
 
 from dtmon.cli import (
-    SYNTHETIC_MANIFEST,
     ChildDied,
     Stack,
     UsageError,
     child_env,
-    plan_uploads,
-    seed,
     stage_commands,
     tail,
 )
+from dtmon.daqfiles import SYNTHETIC_MANIFEST, SourceError
 from dtmon.schema import RESULTS_VERSION
-from dtmon.services import free_port, s3_client, wait_for_port
+from dtmon.services import free_port, plan_uploads, s3_client, seed, wait_for_port
 from dtmon.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -260,13 +258,13 @@ def test_plan_uploads_takes_daq_files_in_name_order_and_marks_synthetic(tmp_path
     plan = plan_uploads([synthetic / "data_000010.txt"])
     assert [(u.key, u.synthetic) for u in plan] == [("data_000010.txt", True), (SYNTHETIC_MANIFEST, True)]
 
-    with pytest.raises(UsageError, match="genuine and synthetic"):
+    with pytest.raises(SourceError, match="genuine and synthetic"):
         plan_uploads([genuine, synthetic])
-    with pytest.raises(UsageError, match="data_000010.txt"):
+    with pytest.raises(SourceError, match="data_000010.txt"):
         plan_uploads([genuine, genuine / "data_000010.txt"])
-    with pytest.raises(UsageError, match="no DAQ files"):
+    with pytest.raises(SourceError, match="no DAQ files"):
         plan_uploads([_empty(tmp_path)])
-    with pytest.raises(UsageError, match="no such file"):
+    with pytest.raises(SourceError, match="no such file"):
         plan_uploads([tmp_path / "missing"])
 
 
@@ -346,7 +344,7 @@ def _start(cmd: list[str]) -> tuple[subprocess.Popen, Output]:
 
 
 def test_broker_serves_kafka_until_interrupted(tmp_path):
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from dtmon.kafka import KafkaClients
 
     port = free_port()
     proc, output = _start([*DTMON, "broker", "--port", str(port), "--log", str(tmp_path / "broker.log")])
@@ -355,10 +353,10 @@ def test_broker_serves_kafka_until_interrupted(tmp_path):
         output.wait_for(f"Tansu broker on 127.0.0.1:{port}", 60)
         children = descendants(proc.pid)
         assert children, "dtmon broker should run the broker as a child process"
-        admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"})
+        clients = KafkaClients(f"127.0.0.1:{port}")
         topic = f"t-{uuid.uuid4().hex[:8]}"
-        admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])[topic].result(20)
-        assert len(admin.list_topics(timeout=10).topics[topic].partitions) == 2
+        assert clients.ensure_topic(topic, 2, timeout=20) == 2
+        assert len(clients.admin().list_topics(timeout=10).topics[topic].partitions) == 2
         out = interrupt_and_wait(proc, output, 30)
     finally:
         kill_tree(proc, children)

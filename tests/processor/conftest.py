@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from dtmon.hits import HIT_SCHEMA, decode_csv
+from dtmon.kafka import KafkaClients
 from dtmon.settings import load_settings
-from dtmon.wire import CONTENT_TYPE_ARROW, CONTENT_TYPE_CONTROL, encode_arrow
-from processor.kafka_source import MESSAGE_SCHEMA, OUTPUT_SCHEMA, RUN_DATA, RUN_END, RUN_START, SPARK_SCHEMA
+from dtmon.wire import CONTENT_TYPE_ARROW, CONTENT_TYPE_CONTROL, RunEvent, encode_arrow
+from processor.decode import OUTPUT_SCHEMA
+from processor.kafka_source import MESSAGE_SCHEMA, SPARK_SCHEMA
 
 
 @pytest.fixture(scope="session")
@@ -36,9 +36,7 @@ def genuine_table(genuine_csv) -> pa.Table:
 
 def create_topic(bootstrap: str, topic: str, partitions: int = 1) -> None:
     """Create ``topic`` on the broker and wait for it."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    for future in admin.create_topics([NewTopic(topic, partitions)]).values():
-        future.result(30)
+    KafkaClients(bootstrap).ensure_topic(topic, partitions, timeout=30)
 
 
 def produce_table(
@@ -48,7 +46,7 @@ def produce_table(
 
     With ``run``, every message carries header ``dtmon-run``.
     """
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5})
+    producer = KafkaClients(bootstrap).producer(acks="all", enable_idempotence=True, linger_ms=5)
     headers = [("content-type", CONTENT_TYPE_ARROW.encode())] + ([("dtmon-run", str(run).encode())] if run is not None else [])
     count = 0
     for start in range(0, table.num_rows, rows_per_message):
@@ -116,13 +114,13 @@ def as_messages(rows: pa.Table) -> pa.Table:
     meta = rows.select(["produced_ms", "synthetic", "run", "run_event"]).to_pylist()
     messages, start = [], 0
     for i in range(1, len(meta) + 1):
-        if i < len(meta) and meta[i] == meta[start] and meta[i]["run_event"] == RUN_DATA:
+        if i < len(meta) and meta[i] == meta[start] and meta[i]["run_event"] == RunEvent.DATA:
             continue
         m = meta[start]
-        if m["run_event"] == RUN_DATA:
+        if m["run_event"] == RunEvent.DATA:
             ctype, value = CONTENT_TYPE_ARROW, encode_arrow(rows.slice(start, i - start).select(HIT_SCHEMA.names))
         else:
-            event = {RUN_START: "run-start", RUN_END: "run-end"}[m["run_event"]]
+            event = RunEvent(m["run_event"]).wire_name
             ctype, value = CONTENT_TYPE_CONTROL, json.dumps({"event": event, "run": m["run"]}).encode()
         messages.append({"topic": "test", "partition": 0, "offset": len(messages), "produced_ms": m["produced_ms"],
                          "content_type": ctype, "synthetic": m["synthetic"], "run": m["run"], "value": value})

@@ -18,7 +18,8 @@ from processor.histograms import (
     detector_span,
     drift_time_edges,
 )
-from processor.kafka_source import OUTPUT_SCHEMA, RUN_END, RUN_START
+from dtmon.wire import RunEvent
+from processor.decode import OUTPUT_SCHEMA
 from processor.state import RunStatus
 from tests.processor.conftest import (
     edges_of,
@@ -155,9 +156,9 @@ def test_control_rows_carry_runs_and_are_not_rows_or_malformed(spark, genuine_ta
     data = with_source_columns(genuine_table.slice(0, 50), produced_ms=2_000, run=7)
     markers = pa.Table.from_pylist(
         [
-            {"produced_ms": 1_000, "synthetic": False, "run": 7, "run_event": RUN_START},
-            {"produced_ms": 3_000, "synthetic": False, "run": 7, "run_event": RUN_END},
-            {"produced_ms": 3_001, "synthetic": False, "run": 8, "run_event": RUN_START},
+            {"produced_ms": 1_000, "synthetic": False, "run": 7, "run_event": RunEvent.START},
+            {"produced_ms": 3_000, "synthetic": False, "run": 7, "run_event": RunEvent.END},
+            {"produced_ms": 3_001, "synthetic": False, "run": 8, "run_event": RunEvent.START},
             {"produced_ms": 3_002, "synthetic": False, "run": None, "run_event": 0},  # malformed
         ],
         schema=OUTPUT_SCHEMA,
@@ -165,7 +166,7 @@ def test_control_rows_carry_runs_and_are_not_rows_or_malformed(spark, genuine_ta
     agg = aggregate_batch(as_frame(spark, pa.concat_tables([data, markers])), load_settings())
     assert agg.rows_read == 51 and agg.malformed_rows == 1
     assert agg.hits == int((genuine_table.slice(0, 50).column("HEAD").to_numpy() == 2).sum())
-    assert sorted(agg.run_events) == [(7, RUN_START, 1_000), (7, RUN_END, 3_000), (8, RUN_START, 3_001)]
+    assert sorted(agg.run_events) == [(7, RunEvent.START, 1_000), (7, RunEvent.END, 3_000), (8, RunEvent.START, 3_001)]
     assert agg.run == 8  # the newest message's run
     assert (agg.produced_first_ms, agg.produced_last_ms) == (1_000, 3_002)
 

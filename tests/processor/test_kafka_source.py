@@ -6,7 +6,7 @@ import json
 
 import pyarrow as pa
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError
 
 from dtmon.hits import HIT_SCHEMA, DecodeError
 from dtmon.wire import (
@@ -15,22 +15,18 @@ from dtmon.wire import (
     CONTENT_TYPE_CSV,
     encode_arrow,
 )
+from dtmon.kafka import KafkaClients
+from dtmon.wire import RunEvent
+from processor.decode import OUTPUT_SCHEMA, decode_messages, decode_records
 from processor.kafka_source import (
     MESSAGE_SCHEMA,
-    OUTPUT_SCHEMA,
-    RUN_DATA,
-    RUN_END,
-    RUN_START,
     KafkaRange,
     KafkaStreamReader,
     cap_offsets,
-    decode_messages,
-    decode_records,
-    parse_control,
-    parse_run,
     plan_ranges,
     read_range,
 )
+from tests.doubles.kafka import FakeClients, FakeError, FakeMessage, eof
 from tests.processor.conftest import create_topic, produce_table
 
 
@@ -85,7 +81,7 @@ def test_end_offsets_and_read_back_on_real_broker(kafka_bootstrap, topic_name, g
     assert start == {topic_name: {"0": 0, "1": 0}}
     assert sum(end[topic_name].values()) == sent
 
-    batches = [b for rng in plan_ranges(start, end, min_partitions=3) for b in read_range(kafka_bootstrap, rng)]
+    batches = [b for rng in plan_ranges(start, end, min_partitions=3) for b in read_range(KafkaClients(kafka_bootstrap), rng)]
     messages = pa.Table.from_batches(batches, schema=MESSAGE_SCHEMA)  # one row per Kafka message, like Spark's own source
     assert messages.num_rows == sent
     assert sorted(zip(messages["partition"].to_pylist(), messages["offset"].to_pylist())) == sorted(
@@ -106,7 +102,7 @@ def test_latest_offset_follows_new_messages(kafka_bootstrap, topic_name, genuine
     try:
         start = reader.initialOffset()
         assert start == {topic_name: {"0": 0}}
-        producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 50})
+        producer = KafkaClients(kafka_bootstrap).producer(linger_ms=50)
         for i in range(5):
             producer.produce(topic_name, value=encode_arrow(genuine_table.slice(i * 10, 10)), headers=[("content-type", CONTENT_TYPE_ARROW.encode())])
         producer.flush(30)
@@ -130,17 +126,48 @@ def test_decode_records_run_headers_and_control_messages(genuine_table):
     table = pa.Table.from_batches([batch])
     assert batch.schema.equals(OUTPUT_SCHEMA)
     assert table.num_rows == 1 + 4 + 1 + 1 + 1 + 4
-    assert table.column("run_event").to_pylist() == [RUN_START] + [RUN_DATA] * 5 + [RUN_END] + [RUN_DATA] * 5
+    assert table.column("run_event").to_pylist() == [RunEvent.START] + [RunEvent.DATA] * 5 + [RunEvent.END] + [RunEvent.DATA] * 5
     assert table.column("run").to_pylist() == [7] * 7 + [7] + [None] * 4  # the bad control row keeps its header run
     heads = table.column("HEAD").to_pylist()
     assert heads[0] is None and heads[6] is None and heads[7] is None  # marker rows and the bad one: DAQ columns null
     assert table.column("produced_ms").to_pylist()[6:8] == [4, 5]
 
 
-def test_parse_control_and_run_header():
-    assert parse_control(control("run-end", 3), None) == (3, RUN_END)
-    assert parse_control(b'{"event": "run-start"}', 12) == (12, RUN_START)  # run from the header
-    for bad in (b"not json", b'{"event": "stop", "run": 1}', b'{"event": "run-end", "run": -1}', b"[1, 2]"):
-        with pytest.raises(DecodeError):
-            parse_control(bad, 1)
-    assert parse_run("42") == 42 and parse_run(None) is None and parse_run("x") is None
+# -- the source's Kafka paths on client doubles (no broker) --------------------------------------------------
+
+
+def test_read_range_skips_replayed_offsets_and_stops_at_the_range_end():
+    events = [FakeMessage("t", 0, 3, b"x", [("content-type", b"text/csv"), ("dtmon-run", b"4")]),
+              FakeMessage("t", 0, 2, b"replayed"), FakeMessage("t", 0, 4, b"y"), FakeMessage("t", 0, 5, b"beyond")]
+    clients = FakeClients(lambda: {"events": list(events)})
+    batches = list(read_range(clients, KafkaRange("t", 0, 3, 5)))
+    table = pa.Table.from_batches(batches, MESSAGE_SCHEMA)
+    assert table.column("offset").to_pylist() == [3, 4] and table.column("value").to_pylist() == [b"x", b"y"]
+    assert table.column("run").to_pylist() == [4, None] and table.column("content_type").to_pylist() == ["text/csv", None]
+    consumer = clients.consumers[0]
+    assert consumer.assigned == [("t", 0, 3)] and consumer.closed and consumer.config["auto.offset.reset"] == "error"
+
+
+def test_read_range_raises_on_a_stall_and_on_a_fatal_error():
+    stalled = FakeClients(lambda: {"events": [FakeMessage("t", 0, 0, b"x")]})
+    with pytest.raises(TimeoutError, match="offset 1"):
+        list(read_range(stalled, KafkaRange("t", 0, 0, 3), stall_timeout_s=0.0))
+    assert stalled.consumers[0].closed
+    fatal = FakeClients(lambda: {"events": [FakeMessage("t", 0, 0, None, err=FakeError(KafkaError._FATAL, True))]})
+    with pytest.raises(RuntimeError, match="Kafka error"):
+        list(read_range(fatal, KafkaRange("t", 0, 0, 3)))
+
+
+def test_max_offsets_per_trigger_caps_the_planned_end(monkeypatch):
+    script = lambda: {"partitions": {"t": [0, 1]}, "watermarks": {("t", 0): (0, 300), ("t", 1): (0, 200)},  # noqa: E731
+                      "events": [eof("t", 0, 300), eof("t", 1, 200)]}
+    monkeypatch.setattr(KafkaStreamReader, "clients_cls", lambda self, config: FakeClients(script, config), raising=False)
+    reader = KafkaStreamReader({"kafka.bootstrap.servers": "fake:1", "subscribe": "t", "maxOffsetsPerTrigger": "100",
+                                "kafka.security.protocol": "SSL"})
+    assert reader.clients.config.as_librdkafka_dict()["security.protocol"] == "SSL"
+    limit = reader.getDefaultReadLimit()
+    end = reader.latestOffset({"t": {"0": 0, "1": 100}}, limit)
+    assert end == {"t": {"0": 75, "1": 125}}
+    assert reader.reportLatestOffset() == {"t": {"0": 300, "1": 200}}
+    reader.commit(end)
+    assert reader.clients.consumers[0].committed == [[("t", 0, 75), ("t", 1, 125)]]

@@ -9,8 +9,8 @@ import pytest
 from dtmon.checks_config import load_checks_config
 from dtmon.settings import load_settings
 from dtmon.synth import SynthParams, generate
+from dtmon.wire import RunEvent
 from processor.histograms import Binning, build_message, reduce_rows
-from processor.kafka_source import RUN_START
 from processor.quality import QualityMonitor
 from processor.scint import FIRST_CANDIDATE, choose_scintillator
 from tests.processor.conftest import with_source_columns
@@ -19,7 +19,7 @@ from tests.processor.conftest import with_source_columns
 def feed(monitor: QualityMonitor, rows, batch_id: int, run_start: bool = False):
     agg = reduce_rows(rows, Binning.from_settings(monitor.binning_settings()))
     if run_start:
-        agg.run_events = [(agg.run, RUN_START, 0)]
+        agg.run_events = [(agg.run, RunEvent.START, 0)]
     return agg, monitor.update(batch_id, agg, now=1.0)
 
 
@@ -121,3 +121,21 @@ def test_without_orbit_jump_reset_the_replays_add_up(genuine_table):
         _, dq = feed(monitor, rows, b)
     assert dq.quality.window.batches == 20
     assert any(r.quality == "bad" for c in dq.quality.chambers for r in c.checks if r.check == "dead_channels")
+
+
+def test_processor_stops_at_start_on_a_bad_checks_or_reference_file(tmp_path, caplog):
+    """One line naming file and key, exit code 2, before Spark starts."""
+    from typer.testing import CliRunner
+
+    from processor.cli import app
+
+    checks = tmp_path / "checks.toml"
+    checks.write_text("[time_box]\nmin_tagged_hits = -5\n")
+    result = CliRunner().invoke(app, ["--checks-file", str(checks)])
+    assert result.exit_code == 2
+    assert "checks.toml: time_box.min_tagged_hits: must be >= 1, got -5" in caplog.text
+    reference = tmp_path / "ref.json"
+    reference.write_text('{"schema": "dtmon.reference", "version": 1}')
+    caplog.clear()
+    assert CliRunner().invoke(app, ["--reference-file", str(reference)]).exit_code == 2
+    assert "ref.json: name: Field required" in caplog.text

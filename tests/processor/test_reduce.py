@@ -21,7 +21,8 @@ from processor.histograms import (
     split_rows,
     to_partial_row,
 )
-from processor.kafka_source import OUTPUT_SCHEMA, RUN_END, RUN_START
+from dtmon.wire import RunEvent
+from processor.decode import OUTPUT_SCHEMA
 from tests.processor.conftest import edges_of, expected_extras, expected_outputs, with_source_columns
 
 
@@ -85,16 +86,17 @@ def test_a_split_orbit_loses_its_tag():
 def test_partial_row_round_trip_and_run_markers(synthetic_rows):
     binning = Binning.from_settings(load_settings())
     markers = pa.Table.from_pylist(
-        [{"produced_ms": 5, "synthetic": True, "run": 4, "run_event": RUN_START},
-         {"produced_ms": 1_800_000_000_000, "synthetic": True, "run": 4, "run_event": RUN_END},
-         {"produced_ms": 7, "synthetic": True, "run": None, "run_event": RUN_END}],
+        [{"produced_ms": 5, "synthetic": True, "run": 4, "run_event": RunEvent.START},
+         {"produced_ms": 1_800_000_000_000, "synthetic": True, "run": 4, "run_event": RunEvent.END},
+         {"produced_ms": 7, "synthetic": True, "run": None, "run_event": RunEvent.END}],
         OUTPUT_SCHEMA,
     )
     nulls = pa.Table.from_pylist([{"produced_ms": 6, "synthetic": True, "run": 4, "run_event": 0}] * 3, OUTPUT_SCHEMA)
     rows = pa.concat_tables([synthetic_rows, markers, nulls])
     agg = reduce_rows(rows, binning)
     assert agg.malformed_rows == 3 and agg.rows_read == synthetic_rows.num_rows + 3
-    assert sorted(agg.run_events, key=repr) == sorted([(4, RUN_START, 5), (4, RUN_END, 1_800_000_000_000), (None, RUN_END, 7)], key=repr)
+    expected = [(4, RunEvent.START, 5), (4, RunEvent.END, 1_800_000_000_000), (None, RunEvent.END, 7)]
+    assert sorted(agg.run_events, key=repr) == sorted([(r, int(e), t) for r, e, t in expected], key=repr)
     assert agg.run == 4 and agg.newest_ms == 1_800_000_000_000 and agg.synthetic
     (back,) = from_partial_rows(pa.Table.from_batches([to_partial_row(agg)]), binning)
     assert_same(back, agg)

@@ -9,8 +9,9 @@ import time
 import numpy as np
 import pyarrow as pa
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 
+from dtmon.kafka import KafkaClients
 from dtmon.schema import RESULTS_VERSION, ResultsMessage
 from dtmon.settings import load_settings
 from dtmon.wire import CONTENT_TYPE_ARROW, CONTENT_TYPE_CONTROL, encode_arrow
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.integration
 
 def read_results(bootstrap: str, topic: str, rows_wanted: int, timeout_s: float = 180.0) -> list[ResultsMessage]:
     """Consume results messages from the start until they cover ``rows_wanted`` rows."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-results", "enable.partition.eof": True})
+    consumer = KafkaClients(bootstrap).consumer("test-results", enable_partition_eof=True)
     consumer.assign([TopicPartition(topic, 0, 0)])
     messages: list[ResultsMessage] = []
     deadline = time.monotonic() + timeout_s
@@ -46,7 +47,7 @@ def read_results(bootstrap: str, topic: str, rows_wanted: int, timeout_s: float 
 
 
 def run_until(spark, settings, rows_wanted: int) -> list[ResultsMessage]:
-    query = start_query(spark, settings, ResultsPublisher(settings.bootstrap_servers, settings.results_topic))
+    query = start_query(spark, settings, ResultsPublisher(settings.kafka, settings.results_topic))
     try:
         return read_results(settings.bootstrap_servers, settings.results_topic, rows_wanted)
     finally:
@@ -95,7 +96,7 @@ def produce_run(bootstrap: str, topic: str, run: int, table: pa.Table, start_ms:
     """Send a run as the producer does: run-start marker, Arrow messages of 100 rows with header
     ``dtmon-run``, and (if ``end``) the run-end marker; Kafka timestamps start_ms, start_ms + 1, ...
     Returns the timestamp of the last message."""
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5})
+    producer = KafkaClients(bootstrap).producer(acks="all", enable_idempotence=True, linger_ms=5)
     run_header = ("dtmon-run", str(run).encode())
 
     def marker(event: str) -> tuple[bytes, list]:
@@ -115,7 +116,7 @@ def produce_run(bootstrap: str, topic: str, run: int, table: pa.Table, start_ms:
 
 def read_until(bootstrap: str, topic: str, done, timeout_s: float = 180.0) -> list[ResultsMessage]:
     """Consume the results topic from the start until ``done(messages)`` is true."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-runs", "enable.partition.eof": True})
+    consumer = KafkaClients(bootstrap).consumer("test-runs", enable_partition_eof=True)
     consumer.assign([TopicPartition(topic, 0, 0)])
     messages: list[ResultsMessage] = []
     deadline = time.monotonic() + timeout_s

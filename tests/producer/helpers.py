@@ -9,11 +9,11 @@ import uuid
 from pathlib import Path
 
 import pandas as pd
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from dtmon.hits import COLUMNS
-from dtmon.wire import header_dict
-from dtmon.wire import CONTENT_TYPE_CONTROL
+from dtmon.kafka import KafkaClients
+from dtmon.wire import CONTENT_TYPE_CONTROL, header_dict
 
 
 def is_control(headers) -> bool:
@@ -37,14 +37,7 @@ def consume_all(bootstrap: str, topic: str, timeout: float = 30.0) -> list:
     Uses enable.partition.eof to know where each partition ends (Tansu's ListOffsets
     "latest" is off, platform notes). Raises TimeoutError after ``timeout`` s.
     """
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"test-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
+    consumer = KafkaClients(bootstrap).consumer(f"test-{uuid.uuid4().hex[:8]}", enable_partition_eof=True)
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])

@@ -1,4 +1,4 @@
-"""Decoding DAQ files into messages: header / no header / CRLF / blank / malformed lines, line numbers; run markers."""
+"""Decoding DAQ files into messages: header / no header / CRLF / blank / malformed lines, line numbers."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import pytest
 
 from dtmon.hits import COLUMNS
 from dtmon.wire import CONTENT_TYPE_ARROW, CONTENT_TYPE_CSV, HITS_SCHEMA_ID, decode_message, header_dict
-from dtmon.wire import CONTENT_TYPE_CONTROL
-from producer.messages import arrow_message, control_message, csv_line_messages, index_lines, load_file
+from producer.messages import arrow_message, csv_line_messages, index_lines, load_file
 from producer.sources import DaqFile, FileBytes
 from tests.producer.helpers import read_csv_independently
 
@@ -115,27 +114,3 @@ def test_csv_line_message_decodes_to_its_row(genuine_csv):
     assert h["content-type"] == CONTENT_TYPE_CSV and h["dtmon-synthetic"] == "0" and h["dtmon-first-line"] == "12"
     assert h["dtmon-run"] == "0"
     pd.testing.assert_frame_equal(frame_of(decode_message(value, CONTENT_TYPE_CSV)), expected.iloc[[10]].reset_index(drop=True))
-
-
-@pytest.mark.parametrize(
-    "event,run,name,rows",
-    [("run-start", 0, "data_000000.txt", 0), ("run-end", 810, "data_000003.txt", 1_310_592), ("run-end", 2**31 - 1, "\u00e9.csv", 0)],
-)
-def test_control_message_carries_event_run_file_and_rows(event, run, name, rows):
-    value, headers = control_message(event, run, name, rows)
-    assert json.loads(value) == {"event": event, "run": run, "file": name, "rows": rows}
-    assert headers == [
-        ("content-type", b"application/vnd.dtmon.control+json"),
-        ("dtmon-run", str(run).encode("ascii")),
-        ("dtmon-file", name.encode("utf-8")),
-    ]
-    assert CONTENT_TYPE_CONTROL == "application/vnd.dtmon.control+json"
-
-
-@pytest.mark.parametrize(
-    "event,run,rows",
-    [("run-stop", 1, 0), ("start", 1, 0), ("run-start", -1, 0), ("run-end", 2**31, 5), ("run-end", 3, -1), ("run-start", 3, 7)],
-)
-def test_control_message_refuses_bad_markers(event, run, rows):
-    with pytest.raises(ValueError):
-        control_message(event, run, "data_000003.txt", rows)

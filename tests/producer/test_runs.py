@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from dtmon.wire import RunEvent
 from producer.runs import MAX_RUN, RunMarkers, run_number
 
 
@@ -70,10 +71,10 @@ def test_markers_frame_each_run_once_with_its_rows():
     markers.end()
     markers.end()  # nothing open: nothing sent
     assert sent == [
-        ("run-start", 0, "data_000000.txt", 0),
-        ("run-end", 0, "data_000000.txt", 8),
-        ("run-start", 1, "data_000001.txt", 0),
-        ("run-end", 1, "data_000001.txt", 2),
+        (RunEvent.START, 0, "data_000000.txt", 0),
+        (RunEvent.END, 0, "data_000000.txt", 8),
+        (RunEvent.START, 1, "data_000001.txt", 0),
+        (RunEvent.END, 1, "data_000001.txt", 2),
     ]
     assert markers.started == 2 and markers.run is None
 
@@ -88,8 +89,8 @@ def test_a_run_over_several_files_ends_with_its_last_file():
     markers.data(810, "data_000001.txt")  # the same number after an end: a new run
     markers.end()
     assert sent == [
-        ("run-start", 810, "data_000000.txt", 0),
-        ("run-end", 810, "data_000000.txt", 13),
-        ("run-start", 810, "data_000001.txt", 0),
-        ("run-end", 810, "data_000001.txt", 0),
+        (RunEvent.START, 810, "data_000000.txt", 0),
+        (RunEvent.END, 810, "data_000000.txt", 13),
+        (RunEvent.START, 810, "data_000001.txt", 0),
+        (RunEvent.END, 810, "data_000001.txt", 0),
     ]

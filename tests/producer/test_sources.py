@@ -8,15 +8,8 @@ from pathlib import Path
 import pytest
 
 from dtmon.services import s3_client
-from producer.sources import (
-    SYNTHETIC_MANIFEST,
-    LocalSource,
-    S3Source,
-    SourceError,
-    natural_key,
-    open_source,
-    select_daq_names,
-)
+from dtmon.daqfiles import SYNTHETIC_MANIFEST, SourceError, natural_key, select_daq_names
+from producer.sources import LocalSource, S3Source, open_source
 
 
 def touch(directory: Path, name: str, text: str = "1,1,0,5,0,130\n") -> Path:

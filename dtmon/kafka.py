@@ -1,0 +1,340 @@
+"""One typed Kafka client configuration, and the Kafka chores every stage shares.
+
+``KafkaConfig`` holds how to reach the cluster (servers, security, any librdkafka key) and
+builds every client's librdkafka dictionary (``as_librdkafka_dict``, the role's own keys
+on top), as quix-streams' ``ConnectionConfig`` does. Its fields are read, highest first,
+from keyword arguments, ``DTMON_KAFKA_<FIELD>`` environment variables, then a config file
+(TOML, or ``KEY=value`` lines with the ``DTMON_KAFKA_`` names) named by
+``DTMON_KAFKA_CONFIG_FILE`` or ``--kafka-config``. Secrets are ``SecretStr``: never in
+``repr`` or logs.
+
+``KafkaClients`` creates the confluent-kafka clients through one overridable method per
+kind (``_create_consumer``, ``_create_producer``, ``_create_admin``), the seam where tests
+put doubles (``tests/doubles``). On it: ``ensure_topic`` (create a topic if missing),
+``end_offsets`` (true log end of partitions) and ``read_tail`` (the newest message of
+every partition of a topic).
+
+Log end offsets: on real Kafka, ListOffsets(latest) is the log end. Tansu 0.6 answers the
+last record batch's base offset + 1 instead, so the end is confirmed by reading from there
+to the PARTITION_EOF event, which is cheap (at most one record batch) and also correct on
+real Kafka (``../shared/docs/platform-notes.md``).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE_ENV = "DTMON_KAFKA_CONFIG_FILE"
+"""Environment variable naming the Kafka config file (TOML or ``.env`` lines)."""
+
+_config_file: contextvars.ContextVar[str | None] = contextvars.ContextVar("dtmon_kafka_config_file", default=None)
+
+# KafkaConfig field -> librdkafka key
+_LIBRDKAFKA_KEYS = {
+    "bootstrap_servers": "bootstrap.servers",
+    "security_protocol": "security.protocol",
+    "sasl_mechanism": "sasl.mechanisms",
+    "sasl_username": "sasl.username",
+    "sasl_password": "sasl.password",
+    "ssl_ca_location": "ssl.ca.location",
+    "ssl_certificate_location": "ssl.certificate.location",
+    "ssl_key_location": "ssl.key.location",
+    "ssl_key_password": "ssl.key.password",
+    "ssl_endpoint_identification_algorithm": "ssl.endpoint.identification.algorithm",
+}
+
+
+_CLIENT_KEYS = {"error_cb", "on_delivery", "stats_cb", "throttle_cb", "oauth_cb", "logger", "log_level", "on_commit"}
+"""confluent-kafka keys whose name has an underscore of its own."""
+
+
+def _secret_key(key: str) -> bool:
+    return any(word in key.lower() for word in ("password", "secret", "token"))
+
+
+class KafkaSetupError(RuntimeError):
+    """The broker cannot be reached or a topic cannot be created."""
+
+
+class KafkaConfig(BaseSettings):
+    """How every dtmon client reaches Kafka: servers, security, and librdkafka pass-through keys.
+
+    Frozen; ``model_copy(update={...})`` derives a changed copy. Secrets (``sasl_password``,
+    ``ssl_key_password``) are ``SecretStr``: ``repr``/``str``/``model_dump`` show ``**********``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="DTMON_KAFKA_", frozen=True, extra="ignore")
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="librdkafka security.protocol"
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER"] | None = Field(
+        None, description="librdkafka sasl.mechanisms"
+    )
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = Field(None, description="CA certificate file (PEM)")
+    ssl_certificate_location: str | None = Field(None, description="client certificate file (PEM)")
+    ssl_key_location: str | None = Field(None, description="client private key file (PEM)")
+    ssl_key_password: SecretStr | None = None
+    ssl_endpoint_identification_algorithm: Literal["https", "none"] | None = Field(
+        None, description="check the broker's host name against its certificate (https) or not (none)"
+    )
+    extra: dict[str, str] = Field(default_factory=dict, description="more librdkafka settings by their own names")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments > ``DTMON_KAFKA_*`` environment > config file > defaults."""
+        import os
+
+        path = _config_file.get() or os.environ.get(CONFIG_FILE_ENV)
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if path:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"Kafka config file {path} does not exist")
+            if path.endswith(".toml"):
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+            else:
+                sources.append(DotEnvSettingsSource(settings_cls, env_file=path, env_prefix="DTMON_KAFKA_"))
+        return tuple(sources)
+
+    def as_librdkafka_dict(self, overrides: dict[str, Any] | None = None, /, **role: Any) -> dict[str, Any]:
+        """The librdkafka configuration of one client.
+
+        The connection keys of this config (unset ones left out, secrets revealed), then
+        ``extra``, then the role's keys: ``role`` keyword arguments name a librdkafka key
+        with ``_`` for ``.`` (``group_id="x"`` -> ``group.id``; the client's own keys such as
+        ``error_cb``, ``on_delivery``, ``log_level`` keep their name), and ``overrides``
+        gives keys by their exact names (``{"message.timeout.ms": 5000}``), applied last.
+        """
+        config: dict[str, Any] = {}
+        for name, key in _LIBRDKAFKA_KEYS.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            config[key] = value.get_secret_value() if isinstance(value, SecretStr) else value
+        config.update(self.extra)
+        for name, value in role.items():
+            config[name if name in _CLIENT_KEYS else name.replace("_", ".")] = value
+        config.update(overrides or {})
+        return config
+
+    def __repr_args__(self):
+        # SecretStr already hides the secrets; ``extra`` may hold a password too
+        for name, value in super().__repr_args__():
+            yield name, ({k: "**********" if _secret_key(k) else v for k, v in value.items()} if name == "extra" else value)
+
+
+def as_kafka_config(kafka: KafkaConfig | str) -> KafkaConfig:
+    """``kafka`` itself, or for a bootstrap-servers string the config of the environment with those servers."""
+    return kafka if isinstance(kafka, KafkaConfig) else load_kafka_config(bootstrap_servers=kafka)
+
+
+def load_kafka_config(config_file: str | Path | None = None, **overrides: Any) -> KafkaConfig:
+    """``KafkaConfig`` from ``config_file`` (else ``DTMON_KAFKA_CONFIG_FILE``), the environment and non-None ``overrides``.
+
+    Raises:
+        FileNotFoundError: the config file does not exist.
+        pydantic.ValidationError: a value is not allowed (e.g. an unknown security protocol).
+    """
+    token = _config_file.set(str(config_file) if config_file else None)
+    try:
+        return KafkaConfig(**{k: v for k, v in overrides.items() if v is not None})
+    finally:
+        _config_file.reset(token)
+
+
+class KafkaClients:
+    """Creates confluent-kafka clients from one ``KafkaConfig``.
+
+    Every client is made by ``_create_consumer``, ``_create_producer`` or
+    ``_create_admin``; a test subclass returns doubles there (``tests/doubles``).
+    """
+
+    def __init__(self, config: KafkaConfig | str | None = None) -> None:
+        self.config = load_kafka_config() if config is None else as_kafka_config(config)
+
+    def _create_consumer(self, conf: dict[str, Any]):
+        from confluent_kafka import Consumer
+
+        return Consumer(conf)
+
+    def _create_producer(self, conf: dict[str, Any]):
+        from confluent_kafka import Producer
+
+        return Producer(conf)
+
+    def _create_admin(self, conf: dict[str, Any]):
+        from confluent_kafka.admin import AdminClient
+
+        return AdminClient(conf)
+
+    def consumer(self, group_id: str, overrides: dict[str, Any] | None = None, /, **role: Any):
+        """A consumer in group ``group_id`` (used with ``assign``; offsets never auto-committed).
+
+        ``overrides``/``role``: more librdkafka keys, as in ``KafkaConfig.as_librdkafka_dict``.
+        """
+        return self._create_consumer(
+            self.config.as_librdkafka_dict(overrides, group_id=group_id, enable_auto_commit=False, **role)
+        )
+
+    def producer(self, overrides: dict[str, Any] | None = None, /, **role: Any):
+        """A producer with this config and the role's librdkafka keys."""
+        return self._create_producer(self.config.as_librdkafka_dict(overrides, **role))
+
+    def admin(self, overrides: dict[str, Any] | None = None, /, **role: Any):
+        """An admin client with this config."""
+        return self._create_admin(self.config.as_librdkafka_dict(overrides, **role))
+
+    # -- shared chores -------------------------------------------------------------
+    def ensure_topic(self, topic: str, partitions: int = 1, timeout: float = 10.0) -> int:
+        """Create ``topic`` with ``partitions`` partitions if it does not exist.
+
+        Returns:
+            The topic's partition count (an existing topic keeps its own).
+        Raises:
+            KafkaSetupError: the broker did not answer within ``timeout`` s or refused the topic.
+        """
+        from confluent_kafka import KafkaError, KafkaException
+        from confluent_kafka.admin import NewTopic
+
+        where = self.config.bootstrap_servers
+        admin = self.admin()
+        try:
+            metadata = admin.list_topics(timeout=timeout)
+        except KafkaException as exc:
+            raise KafkaSetupError(f"cannot reach Kafka at {where} within {timeout} s: {exc}") from exc
+        existing = metadata.topics.get(topic)
+        if existing is not None and existing.error is None:
+            if len(existing.partitions) < partitions:
+                log.warning("topic %s exists with %d partitions (< %d asked); keeping it", topic, len(existing.partitions), partitions)
+            return len(existing.partitions)
+        future = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=-1)])[topic]
+        try:
+            future.result(timeout)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise KafkaSetupError(f"cannot create topic {topic!r} on {where}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - concurrent.futures.TimeoutError and friends
+            raise KafkaSetupError(f"cannot create topic {topic!r} on {where}: {exc!r}") from exc
+        return partitions
+
+    def ensure_topics(self, partitions: dict[str, int], timeout: float = 30.0) -> dict[str, int]:
+        """``ensure_topic`` for each topic name -> partitions; returns name -> partition count."""
+        return {name: self.ensure_topic(name, n, timeout) for name, n in partitions.items()}
+
+    def end_offsets(
+        self,
+        positions: dict[tuple[str, int], int],
+        timeout_s: float = 10.0,
+        group_id: str = "dtmon-end-probe",
+    ) -> tuple[dict[tuple[str, int], int], set[tuple[str, int]]]:
+        """True log end offset of partitions, read from ``positions`` to the end-of-partition event.
+
+        Args:
+            positions: (topic, partition) -> offset to read from (at or below the end,
+                e.g. the high watermark - 1).
+            timeout_s: s to wait for every partition's answer.
+        Returns:
+            (ends, unanswered): ends of the partitions that answered (offset after the
+            last message read, or the start), and the partitions that gave no end in time.
+        """
+        from confluent_kafka import KafkaError, TopicPartition
+
+        # a fetch at the log end is answered after fetch.wait.max.ms (default 500 ms); an offset
+        # the broker does not have is reported, never silently replaced
+        consumer = self.consumer(group_id, enable_partition_eof=True, fetch_wait_max_ms=5, auto_offset_reset="error")
+        ends: dict[tuple[str, int], int] = {}
+        try:
+            if not positions:
+                return ends, set()
+            consumer.assign([TopicPartition(t, p, o) for (t, p), o in positions.items()])
+            waiting = set(positions)
+            deadline = time.monotonic() + timeout_s
+            while waiting and time.monotonic() < deadline:
+                msg = consumer.poll(0.5)  # one event at a time: consume(n) would wait out its timeout
+                if msg is None:
+                    continue
+                key = (msg.topic(), msg.partition())
+                err = msg.error()
+                if err is None:
+                    ends[key] = max(ends.get(key, 0), msg.offset() + 1)
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    ends[key] = max(ends.get(key, 0), msg.offset())
+                    waiting.discard(key)
+                elif err.code() in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE) and key in waiting:
+                    # the broker has no offset there: nothing was written yet
+                    log.warning("end-offset probe: %s at offset %s is out of range (%s)", key, positions[key], err)
+                    waiting.discard(key)
+            return ends, waiting
+        finally:
+            consumer.close()
+
+    def read_tail(self, topic: str, timeout_s: float = 10.0, group_id: str = "dtmon-tail") -> dict[int, Any] | None:
+        """The newest message of every partition of ``topic`` (partition -> confluent-kafka Message).
+
+        Reads from the high watermark - 1 to the end-of-partition event, so Tansu's low
+        ListOffsets answer costs at most one record batch. Returns None if the topic does
+        not exist; partitions with no message are left out.
+        """
+        from confluent_kafka import KafkaError, TopicPartition
+
+        consumer = self.consumer(group_id, enable_partition_eof=True)
+        try:
+            metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+            if metadata is None or metadata.error is not None:
+                return None
+            positions = []
+            for p in metadata.partitions:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s, cached=False)
+                positions.append(TopicPartition(topic, p, max(low, high - 1, 0)))
+            consumer.assign(positions)
+            newest: dict[int, Any] = {}
+            waiting = {tp.partition for tp in positions}
+            deadline = time.monotonic() + timeout_s
+            while waiting and time.monotonic() < deadline:
+                msg = consumer.poll(0.5)
+                if msg is None:
+                    continue
+                if msg.error() is not None:
+                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                        waiting.discard(msg.partition())
+                    continue
+                newest[msg.partition()] = msg
+            return newest
+        finally:
+            consumer.close()
+
+
+def ensure_topic(kafka: KafkaConfig | str, topic: str, partitions: int = 1, timeout: float = 10.0) -> int:
+    """``KafkaClients(kafka).ensure_topic(topic, partitions, timeout)``: create ``topic`` if missing.
+
+    Returns:
+        The topic's partition count (an existing topic keeps its own).
+    Raises:
+        KafkaSetupError: the broker did not answer within ``timeout`` s or refused the topic.
+    """
+    return KafkaClients(kafka).ensure_topic(topic, partitions, timeout)
