@@ -1,1 +1,1 @@
-"""dtmon benchmarks (issue 3): ``python -m bench --help``. Input is always SYNTHETIC (``dtmon.synth``)."""
+"""dtmon benchmarks: ``python -m bench --help``. Input is always SYNTHETIC (``dtmon.synth``)."""

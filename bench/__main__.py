@@ -1,4 +1,4 @@
-"""``python -m bench``: the issue-3 benchmarks on this machine, every stage for real.
+"""``python -m bench``: the benchmarks on this machine, every stage for real.
 
 Starts, per scenario, a fresh Tansu broker (and moto S3 server where needed) and the
 ``producer`` / ``processor`` / ``bokeh serve dashboard`` / ``dtmon up`` console scripts as

@@ -5,11 +5,11 @@ MESSAGE_SCHEMA``), each an Arrow IPC message of ``--rows-per-message`` DAQ rows,
 producer sends them. Times, in one local Spark session and interleaved (so machine load
 hits both alike):
 
-* ``aggregate_batch`` - ``processor.histograms.aggregate_batch``: every output, one Spark job;
+* ``aggregate_batch`` - ``processor.plan.aggregate_batch``: every output, one Spark job;
 * ``count``           - ``batch.count()`` on the cached rows: one trivial job, the floor of any batch.
 
 Also counts the Spark jobs each variant runs per batch and checks the result against the
-pure reference ``processor.histograms.reduce_rows`` on the same rows.
+pure reference ``processor.reduce.reduce_rows`` on the same rows.
 """
 
 from __future__ import annotations
@@ -51,11 +51,13 @@ def main(
     out: Annotated[Path, typer.Option(help="JSON output")] = Path("artifacts/bench-aggregation.json"),
 ) -> None:
     """Time the per-batch aggregation on one cached SYNTHETIC batch."""
-    from bench.procstats import descendants, parent_map, read_process
+    from bench.procstats import read_process, tree
+    from dtmon.supervisor import process_parents
     from dtmon.settings import load_settings
     from dtmon.synth import generate
     from processor.app import spark_session
-    from processor.histograms import Binning, aggregate_batch, reduce_rows
+    from processor.plan import aggregate_batch
+    from processor.reduce import Binning, reduce_rows
     from processor.decode import decode_messages
     from processor.kafka_source import SPARK_SCHEMA
 
@@ -71,7 +73,7 @@ def main(
     variants = {"aggregate_batch": lambda: aggregate_batch(batch, settings), "count (1 job, floor)": lambda: batch.count()}
 
     def tree_cpu() -> float:  # this process + the JVM + Python workers, s
-        procs = [read_process(pid) for pid in descendants(os.getpid(), parent_map())]
+        procs = [read_process(pid) for pid in tree(os.getpid(), process_parents())]
         return sum(p.cpu_s for p in procs if p is not None)
 
     times: dict[str, list[float]] = {k: [] for k in variants}

@@ -6,6 +6,8 @@ import os
 import time
 from pathlib import Path
 
+from dtmon.supervisor import process_parents
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
@@ -21,16 +23,12 @@ SHOWS_A_BATCH = """() => {
 def playwright_driver_pid() -> int | None:
     """Pid of the Playwright driver child of this process (Chromium runs below it), or None."""
     me = os.getpid()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid, parent in process_parents().items():
         try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
+            if parent == me and b"run-driver" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
         except OSError:
             continue
-        if int(stat[stat.rindex(")") + 2 :].split()[1]) == me and b"run-driver" in cmdline:
-            return int(entry.name)
     return None
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dtmon.services import s3_client
-
-MANIFEST = "dtmon-synthetic.json"
+from dtmon.daqfiles import SYNTHETIC_MANIFEST as MANIFEST
+from dtmon.services import plan_uploads, seed
 
 
 def synthetic_dir(cache: Path, files: int, rows: int, seed: int) -> Path:
@@ -37,9 +36,5 @@ def total_rows(directory: Path) -> int:
 def upload_to_s3(endpoint: str, directory: Path, bucket: str = "minidt-bench", prefix: str = "synthetic") -> str:
     """Upload the DAQ files and the manifest of ``directory`` to ``bucket/prefix`` (objects marked
     ``dtmon-synthetic: 1``); returns the ``s3://bucket/prefix/`` source address."""
-    client = s3_client(endpoint)
-    client.create_bucket(Bucket=bucket)
-    for path in sorted(directory.iterdir()):
-        if path.suffix in (".txt", ".json"):
-            client.upload_file(str(path), bucket, f"{prefix}/{path.name}", ExtraArgs={"Metadata": {"dtmon-synthetic": "1"}})
+    seed(endpoint, bucket, plan_uploads([directory], prefix))
     return f"s3://{bucket}/{prefix}/"

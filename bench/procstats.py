@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dtmon.supervisor import descendants, process_parents
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROC = Path("/proc")
 
@@ -70,30 +72,9 @@ def read_process(pid: int) -> ProcSample | None:
     return ProcSample(pid, ppid, cpu, parse_status_kb(status, "VmRSS"), parse_status_kb(status, "VmHWM"))
 
 
-def parent_map() -> dict[int, int]:
-    """pid -> ppid of every process on the machine."""
-    parents = {}
-    for entry in PROC.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parents[int(entry.name)] = parse_stat((entry / "stat").read_text())[0]
-        except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
-            continue
-    return parents
-
-
-def descendants(root: int, parents: dict[int, int]) -> list[int]:
-    """``root`` and every process below it in ``parents`` (pid -> ppid), root first."""
-    children: dict[int, list[int]] = {}
-    for pid, ppid in parents.items():
-        children.setdefault(ppid, []).append(pid)
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo += children.get(pid, [])
-    return out
+def tree(root: int, parents: dict[int, int]) -> list[int]:
+    """``root`` and every process below it in ``parents`` (pid -> ppid, ``dtmon.supervisor.process_parents``), root first."""
+    return [root, *sorted(descendants(root, parents))]
 
 
 @dataclass
@@ -128,11 +109,11 @@ class TreeSampler:
             roots = dict(self.roots)
         if not roots:
             return
-        parents = parent_map()
+        parents = process_parents()
         for name, root in roots.items():
             if root not in parents:
                 continue
-            procs = [p for p in (read_process(pid) for pid in descendants(root, parents)) if p is not None]
+            procs = [p for p in (read_process(pid) for pid in tree(root, parents)) if p is not None]
             if not procs or procs[0].pid != root:
                 continue
             with self._lock:

@@ -7,7 +7,7 @@
 2. **Micro-batch** in a real local Spark streaming query on the same source, with batches
    capped to the same rows: Spark's own ``durationMs`` breakdown (latestOffset, addBatch,
    walCommit, commitOffsets, ...) and, inside ``addBatch``, the source scan
-   (``persist`` + ``count``) separated from ``processor.histograms.aggregate_batch`` on the
+   (``persist`` + ``count``) separated from ``processor.plan.aggregate_batch`` on the
    cached rows, plus the number of Spark jobs and stages per batch.
 
 A fresh Tansu broker is started on a free loopback port and stopped at the end.
@@ -29,7 +29,7 @@ import typer
 
 from dtmon.kafka import KafkaClients
 from dtmon.services import free_port, start_broker
-from dtmon.wire import CONTENT_TYPE_ARROW, CONTENT_TYPE_CSV, encode_arrow
+from dtmon.wire import CONTENT_TYPE_ARROW, CONTENT_TYPE_CSV, HEADER_CONTENT_TYPE, HEADER_SYNTHETIC, encode_arrow
 
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
 
@@ -42,8 +42,8 @@ def fill(bootstrap: str, topic: str, table, wire: str, rows_per_message: int = 1
     clients.ensure_topic(topic, 1, timeout=30)
     producer = clients.producer(linger_ms=20, acks="all", compression_type="none" if wire == "arrow" else "lz4",
                                 queue_buffering_max_messages=1_000_000)
-    headers_arrow = [("content-type", CONTENT_TYPE_ARROW.encode()), ("dtmon-synthetic", b"1")]
-    headers_csv = [("content-type", CONTENT_TYPE_CSV.encode()), ("dtmon-synthetic", b"1")]
+    headers_arrow = [(HEADER_CONTENT_TYPE, CONTENT_TYPE_ARROW.encode()), (HEADER_SYNTHETIC, b"1")]
+    headers_csv = [(HEADER_CONTENT_TYPE, CONTENT_TYPE_CSV.encode()), (HEADER_SYNTHETIC, b"1")]
     sent = 0
     if wire == "arrow":
         for start in range(0, table.num_rows, rows_per_message):
@@ -90,7 +90,7 @@ def profile_batches(bootstrap: str, topic: str, cap_messages: int, batches_wante
 
     from dtmon.settings import load_settings
     from processor.app import spark_session
-    from processor.histograms import aggregate_batch
+    from processor.plan import aggregate_batch
     from processor.kafka_source import SOURCE_NAME, kafka_options
 
     settings = load_settings(spark_master=master, shuffle_partitions=shuffle_partitions)

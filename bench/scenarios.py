@@ -1,4 +1,4 @@
-"""The issue-3 benchmark scenarios. Each starts its own fresh stack and returns table rows.
+"""The benchmark scenarios. Each starts its own fresh stack and returns table rows.
 
 Every row is a dict with the keys of ``bench.report.COLUMNS`` plus ``details`` (all the
 numbers behind it) and ``resources`` (``{process: {"cpu_s", "peak_rss_mb"}}``). Rows/s of
@@ -17,15 +17,13 @@ from pathlib import Path
 from bench.inputs import synthetic_dir, upload_to_s3
 from bench.metrics import pacing_stats, stream_stats
 from bench.stack import (
-    READY_MARK,
     ResultsReader,
     Stack,
-    console_script,
-    parse_producer_summary,
     read_raw_topic,
 )
 from dtmon.kafka import KafkaClients
 from dtmon.services import free_port, wait_for_port
+from dtmon.supervisor import console_script
 
 RAW, RESULTS = "minidt-hits", "minidt-results"
 ARROW_ROWS_PER_MESSAGE = 10_000
@@ -86,7 +84,7 @@ def producer_max(opts: Options, where: str) -> dict:
         producer = stack.producer("producer", source, RAW, 0, endpoint_url=endpoint)
         code = stack.wait(producer, 900)
         wall = producer.ended - producer.started
-        summary = parse_producer_summary(producer.log_text())
+        summary = stack.producer_summary(producer)
     finally:
         resources = stack.close()
     if summary is None:
@@ -110,7 +108,7 @@ def pacing(opts: Options, rate: float) -> dict:
         producer = stack.producer("producer", str(opts.input_dir), RAW, rate, loop=True, duration=opts.pacing_seconds)
         code = stack.wait(producer, opts.pacing_seconds + 300)
         stamps = read_raw_topic(stack.bootstrap, RAW)
-        summary = parse_producer_summary(producer.log_text())
+        summary = stack.producer_summary(producer)
     finally:
         resources = stack.close()
     stats = pacing_stats(stamps, rate)
@@ -163,7 +161,7 @@ def live(opts: Options, scenario: str, rate: float, trigger_s: float, seconds: f
         stack.create_topic(RESULTS)
         reader = ResultsReader(stack.bootstrap, RESULTS)
         processor = stack.processor(RAW, RESULTS, trigger_s)
-        t_ready = stack.wait_for_log(processor, READY_MARK, 300) - processor.started
+        t_ready = stack.wait_for_query(processor, 300) - processor.started
         warm = stack.producer("warm-up", str(opts.input_dir), RAW, 0, max_rows=warmup_rows, partitions=partitions)
         stack.wait(warm, 300)
         if not reader.wait_rows(warmup_rows, 300, alive=processor):
@@ -179,7 +177,7 @@ def live(opts: Options, scenario: str, rate: float, trigger_s: float, seconds: f
         producer_start = time.time()
         code = stack.wait(producer, seconds + 300)
         producer_end = time.time()
-        summary = parse_producer_summary(producer.log_text()) or {"rows": 0, "rows_per_s": None}
+        summary = stack.producer_summary(producer) or {"rows": 0, "rows_per_s": None}
         behind_rows = warmup_rows + summary["rows"] - reader.rows()
         caught_up = reader.wait_rows(warmup_rows + summary["rows"], max(60.0, min(120.0, seconds)), alive=processor)
         drain_s = time.time() - producer_end
@@ -307,7 +305,7 @@ def drain(opts: Options, wire: str) -> dict:
         stack.create_topic(RESULTS)
         producer = stack.producer("producer", str(opts.input_dir), RAW, 0, wire=wire, max_rows=rows)
         code = stack.wait(producer, 900)
-        summary = parse_producer_summary(producer.log_text())
+        summary = stack.producer_summary(producer)
         reader = ResultsReader(stack.bootstrap, RESULTS)
         processor = stack.processor(RAW, RESULTS, 2.0, max_offsets_per_trigger=max(1, opts.peers_batch_rows // per_message))
         done = reader.wait_rows(rows, 600, alive=processor)

@@ -11,8 +11,8 @@ group, SIGKILL after a timeout) and reaps it with ``os.wait4``.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -27,23 +27,8 @@ from bench.procstats import TreeSampler, wait_reap
 from dtmon.kafka import KafkaClients
 from dtmon.schema import ResultsMessage
 from dtmon.services import Service, free_port, start_broker, start_s3, wait_for_port
+from dtmon.supervisor import console_script, start_in_session
 
-PRODUCER_SUMMARY = re.compile(
-    r"sent ([\d,]+) rows in ([\d,]+) messages \(([\d.,]+) MB\) in ([\d.,]+) s: ([\d,]+) rows/s"
-)
-"""The producer's final summary line (``producer.run.ProducerStats.summary``)."""
-
-READY_MARK = "processor running"
-"""Logged by ``processor.app.run_processor`` once the streaming query has started."""
-
-
-def console_script(name: str) -> list[str]:
-    """The console script ``name`` of this interpreter's environment."""
-    script = Path(sys.executable).parent / name
-    if script.is_file():
-        return [str(script)]
-    module = {"producer": "producer.cli", "processor": "processor.cli", "dtmon": "dtmon.cli"}[name]
-    return [sys.executable, "-c", f"import sys; sys.argv[0] = {name!r}; from {module} import app; app()"]
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -105,10 +90,7 @@ class Stack:
     def spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Child:
         """Start ``cmd`` in its own session, output to ``<workdir>/<name>.log``."""
         log = self.workdir / f"{name}.log"
-        with open(log, "wb") as out:
-            process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       env=env or child_env(), cwd=cwd, start_new_session=True)
-        child = Child(name, process, log, time.monotonic())
+        child = Child(name, start_in_session(cmd, log, env or child_env(), cwd), log, time.monotonic())
         self.children.append(child)
         self.sampler.add(name, process.pid)
         return child
@@ -122,7 +104,7 @@ class Stack:
                  endpoint_url: str | None = None) -> Child:
         """Start the ``producer`` CLI (no live display)."""
         cmd = console_script("producer") + [
-            "--source", source, "--bootstrap-servers", self.bootstrap, "--topic", topic,
+            "--source", source, "--bootstrap-servers", self.bootstrap, "--raw-topic", topic,
             "--rate", f"{rate:g}", "--wire", wire, "--no-progress",
         ]  # fmt: skip
         if loop:
@@ -132,21 +114,31 @@ class Stack:
         if max_rows is not None:
             cmd += ["--max-rows", str(max_rows)]
         if partitions is not None:
-            cmd += ["--partitions", str(partitions)]
+            cmd += ["--raw-partitions", str(partitions)]
         if endpoint_url:
-            cmd += ["--endpoint-url", endpoint_url]
+            cmd += ["--s3-endpoint-url", endpoint_url]
+        cmd += ["--stats-json", str(self.stats_file(name))]
         return self.spawn(name, cmd)
+
+    def stats_file(self, producer: str) -> Path:
+        """Where the producer child ``producer`` writes its final statistics (``producer --stats-json``)."""
+        return self.workdir / f"{producer}-stats.json"
+
+    def producer_summary(self, producer: Child) -> dict | None:
+        """rows, messages, MB, elapsed s and rows/s of a finished producer child, from its
+        ``--stats-json`` file; None if it wrote none."""
+        return producer_summary(self.stats_file(producer.name))
 
     def processor(self, raw_topic: str, results_topic: str, trigger_s: float, *, master: str | None = None,
                   max_offsets_per_trigger: int | None = None, name: str = "processor") -> Child:
         """Start the ``processor`` CLI reading ``raw_topic`` from the earliest offsets, with a fresh checkpoint."""
         cmd = console_script("processor") + [
             "--bootstrap-servers", self.bootstrap, "--raw-topic", raw_topic, "--results-topic", results_topic,
-            "--trigger-interval", f"{trigger_s:g}", "--checkpoint-location", str(self.workdir / f"{name}-checkpoint"),
+            "--trigger-interval-s", f"{trigger_s:g}", "--checkpoint-location", str(self.checkpoint(name)),
             "--starting-offsets", "earliest",
         ]  # fmt: skip
         if master:
-            cmd += ["--master", master]
+            cmd += ["--spark-master", master]
         if max_offsets_per_trigger:
             cmd += ["--max-offsets-per-trigger", str(max_offsets_per_trigger)]
         return self.spawn(name, cmd)
@@ -165,20 +157,27 @@ class Stack:
         return child, f"http://127.0.0.1:{port}/{app_dir.name}"
 
     # -- waiting and stopping ---------------------------------------------------
-    def wait_for_log(self, child: Child, mark: str, timeout_s: float) -> float:
-        """Block until ``mark`` appears in the child's log; return the monotonic time it was seen.
+    def wait_for_query(self, processor: Child, timeout_s: float) -> float:
+        """Block until the processor child's streaming query has started (Spark wrote the query
+        id into its checkpoint, ``processor.app.read_query_id``); return the monotonic time.
 
         Raises:
-            RuntimeError: the child exited first. TimeoutError: not seen in ``timeout_s``.
+            RuntimeError: the child exited first. TimeoutError: not started in ``timeout_s``.
         """
+        from processor.app import read_query_id
+
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if mark in child.log_text():
+            if read_query_id(str(self.checkpoint(processor.name))):
                 return time.monotonic()
-            if child.process.poll() is not None:
-                raise RuntimeError(f"{child.name} exited ({child.process.returncode}):\n{child.log_text()[-3000:]}")
+            if processor.process.poll() is not None:
+                raise RuntimeError(f"{processor.name} exited ({processor.process.returncode}):\n{processor.log_text()[-3000:]}")
             time.sleep(0.2)
-        raise TimeoutError(f"{child.name}: {mark!r} not logged after {timeout_s} s")
+        raise TimeoutError(f"{processor.name}: no streaming query after {timeout_s} s")
+
+    def checkpoint(self, processor: str) -> Path:
+        """Checkpoint directory of the processor child ``processor``."""
+        return self.workdir / f"{processor}-checkpoint"
 
     def _reap(self, child: Child, timeout_s: float) -> bool:
         got = wait_reap(child.process.pid, timeout_s)
@@ -228,13 +227,14 @@ class Stack:
         return self.sampler.result(cpu_since, cpu_until)
 
 
-def parse_producer_summary(text: str) -> dict | None:
-    """rows, messages, MB, elapsed s and rows/s from the producer's summary line, or None."""
-    found = PRODUCER_SUMMARY.findall(text)
-    if not found:
+def producer_summary(path: Path) -> dict | None:
+    """rows, messages, MB, elapsed s and rows/s from a ``producer --stats-json`` file, or None if
+    there is none (``producer.run.ProducerStats.as_json``)."""
+    if not path.is_file():
         return None
-    rows, messages, mb, elapsed, rate = (float(v.replace(",", "")) for v in found[-1])
-    return {"rows": int(rows), "messages": int(messages), "mb": mb, "elapsed_s": elapsed, "rows_per_s": rate}
+    stats = json.loads(path.read_text())
+    return {"rows": stats["rows"], "messages": stats["messages"], "mb": stats["bytes"] / 1e6,
+            "elapsed_s": stats["elapsed_s"], "rows_per_s": stats["achieved_rate"]}
 
 
 class ResultsReader:
@@ -295,7 +295,7 @@ def read_raw_topic(bootstrap: str, topic: str, timeout_s: float = 120.0) -> list
     """
     import pyarrow as pa
 
-    from dtmon.wire import CONTENT_TYPE_ARROW, CONTENT_TYPE_CSV, header_dict
+    from dtmon.wire import CONTENT_TYPE_ARROW, CONTENT_TYPE_CSV, HEADER_CONTENT_TYPE, header_dict
 
     consumer = KafkaClients(bootstrap).consumer("dtmon-bench-raw", enable_partition_eof=True, fetch_max_bytes=64 << 20)
     try:
@@ -310,7 +310,7 @@ def read_raw_topic(bootstrap: str, topic: str, timeout_s: float = 120.0) -> list
                         waiting.discard(msg.partition())
                     continue
                 value = msg.value() or b""
-                content_type = header_dict(msg.headers()).get("content-type")
+                content_type = header_dict(msg.headers()).get(HEADER_CONTENT_TYPE)
                 if content_type == CONTENT_TYPE_CSV:
                     rows = max(1, value.rstrip(b"\n").count(b"\n") + 1)
                 elif content_type in (None, CONTENT_TYPE_ARROW):

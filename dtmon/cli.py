@@ -16,28 +16,34 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Callable, Iterator
+from typing import Annotated, Callable
 
 import typer
-from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from dtmon.cliopts import alias_option, setting_option, settings_from, version_option
 from dtmon.daqfiles import SYNTHETIC_MANIFEST, SourceError
 from dtmon.kafka import KafkaClients
 from dtmon.schema import RESULTS_VERSION
-from dtmon.services import Service, Upload, plan_uploads, seed, start_broker, start_s3, stop_process
-from dtmon.settings import Settings, load_settings
+from dtmon.services import Service, Upload, plan_uploads, seed, start_broker, start_s3
+from dtmon.settings import Settings
+from dtmon.supervisor import (
+    ChildDied,
+    Stack,
+    console,
+    console_script,
+    interruptible,
+    report_death,
+    run_until_interrupted,
+    signals_ignored,
+)
 
 app = typer.Typer(
     help="dtmon: live data-quality monitor for the MiniDT drift-tube telescope.",
@@ -45,7 +51,13 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(highlight=False, soft_wrap=True)
+
+
+
+@app.callback()
+def _main(version: Annotated[bool | None, version_option()] = None) -> None:
+    """dtmon: live data-quality monitor for the MiniDT drift-tube telescope."""
+
 
 DEFAULT_BUCKET = "minidt-stream"
 SCHEMA_FILE = Path(f"schemas/results-v{RESULTS_VERSION}.schema.json")
@@ -57,214 +69,20 @@ class UsageError(Exception):
     """Bad input from the operator: printed as a one-line error, exit code 2."""
 
 
-class ChildDied(Exception):
-    """A child process exited while the stack was supposed to be running."""
-
-    def __init__(self, child: "Child") -> None:
-        super().__init__(f"{child.name} exited (code {child.process.returncode})")
-        self.child = child
-
-
-# ---------------------------------------------------------------- child processes
-
-
-@dataclass
-class Child:
-    """A child process dtmon started, in its own process group, and where its output goes."""
-
-    name: str
-    process: subprocess.Popen
-    address: str = ""
-    log: Path | None = None
-
-
-@dataclass
-class Stack:
-    """The child processes of one dtmon command, stopped in reverse start order."""
-
-    children: list[Child] = field(default_factory=list)
-
-    def start_service(self, start: Callable[[], Service], log: Path | None = None) -> Child:
-        """Start a service with a ``dtmon.services.start_*`` call and track it.
-
-        Ctrl-C/SIGTERM during the start is held until the service is tracked, so an
-        interrupted start still stops it.
-        """
-        with deferred_interrupts():
-            service = start()
-            child = Child(service.name, service.process, service.address, log)
-            self.children.append(child)
-        return child
-
-    def spawn(self, name: str, cmd: list[str], log: Path, env: dict[str, str], address: str = "") -> Child:
-        """Start ``cmd`` in a new session (own process group), stdout+stderr to ``log``, stdin closed."""
-        with deferred_interrupts(), open(log, "wb") as out:
-            process = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
-            )
-            child = Child(name, process, address, log)
-            self.children.append(child)
-        return child
-
-    def first_dead(self) -> Child | None:
-        """The first child that has exited, or None while all run."""
-        return next((c for c in self.children if c.process.poll() is not None), None)
-
-    def check(self) -> None:
-        """Raises ChildDied if a child has exited."""
-        dead = self.first_dead()
-        if dead is not None:
-            raise ChildDied(dead)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM each child's process group (newest first), SIGKILL after ``timeout`` s.
-
-        Descendants that moved to a process group of their own (Spark's Python worker
-        daemon does) and outlive their child are terminated too.
-        """
-        for child in reversed(self.children):
-            if child.process.poll() is None:
-                console.print(f"stopping {child.name} (pid {child.process.pid})")
-            below = descendants(child.process.pid)
-            stop_process(child.process, timeout)
-            terminate(below, timeout)
-
-
-def _proc_state(pid: int) -> tuple[str, int] | None:
-    """(state letter, parent pid) of a process from /proc/<pid>/stat, or None if it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()
-    return fields[0], int(fields[1])
-
-
-def descendants(pid: int) -> set[int]:
-    """Pids of all processes below ``pid`` (children, grandchildren, ...), read from /proc."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        state = _proc_state(int(entry.name)) if entry.name.isdigit() else None
-        if state is not None:
-            parents[int(entry.name)] = state[1]
-    found: set[int] = set()
-    level = {pid}
-    while level:
-        level = {p for p, parent in parents.items() if parent in level} - found
-        found |= level
-    return found
-
-
-def running(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie."""
-    state = _proc_state(pid)
-    return state is not None and state[0] != "Z"
-
-
-def terminate(pids: set[int], timeout: float) -> None:
-    """SIGTERM the processes of ``pids`` still running, SIGKILL those left after ``timeout`` s."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        left = [p for p in pids if running(p)]
-        for pid in left:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + timeout
-        while left and time.monotonic() < deadline:
-            time.sleep(0.1)
-            left = [p for p in left if running(p)]
-        if not left:
-            return
-
-
-def tail(path: Path | None, lines: int = 25) -> str:
-    """The last ``lines`` lines of a log file ('' if there is none)."""
-    if path is None or not path.is_file():
-        return ""
-    with open(path, "rb") as fh:
-        fh.seek(0, 2)
-        fh.seek(max(0, fh.tell() - 64_000))
-        text = fh.read().decode("utf-8", errors="replace")
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def _interrupt(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
-    raise KeyboardInterrupt
-
-
-@contextmanager
-def interruptible() -> Iterator[None]:
-    """Turn SIGINT, SIGTERM and SIGHUP into KeyboardInterrupt while the block runs.
-
-    SIGINT is handled even when the shell started us with it ignored (``cmd &`` in a
-    script); SIGHUP is left alone when ignored (``nohup``).
-    """
-    wanted = [signal.SIGINT, signal.SIGTERM]
-    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
-        wanted.append(signal.SIGHUP)
-    old = {s: signal.signal(s, _interrupt) for s in wanted}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-
-
-@contextmanager
-def deferred_interrupts() -> Iterator[None]:
-    """Hold Ctrl-C/SIGTERM/SIGHUP while the block runs; raise KeyboardInterrupt at its end if one came.
-
-    Used around "start a child and record it", so no interrupt can fall in between.
-    """
-    pending: list[int] = []
-    watched = [signal.SIGINT, signal.SIGTERM]
-    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
-        watched.append(signal.SIGHUP)
-    old = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in watched}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-    if pending:
-        raise KeyboardInterrupt
-
-
-@contextmanager
-def signals_ignored() -> Iterator[None]:
-    """Ignore Ctrl-C/SIGTERM/SIGHUP so a second Ctrl-C cannot cut the shutdown short."""
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-
-
-def report_death(error: ChildDied) -> None:
-    """Print which child died, its exit code and the end of its log."""
-    child = error.child
-    code = child.process.returncode
-    how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-    console.print(f"[bold red]{child.name} {how} unexpectedly[/]")
-    text = tail(child.log)
-    if text:
-        console.print(Panel(text, title=f"last lines of {child.log}", border_style="red"), markup=False)
-
-
-def run_until_interrupted(stack: Stack) -> int:
-    """Block until Ctrl-C/SIGTERM (exit code 0) or until a child dies (reported, exit code 1)."""
-    try:
-        while True:
-            stack.check()
-            time.sleep(0.5)
-    except KeyboardInterrupt:
+def report_stop(error: BaseException) -> int:
+    """Print why a command stops early and return its exit code: 0 for Ctrl-C/SIGTERM, 2 for
+    bad input (``UsageError``, ``SourceError``), 1 for a dead child or any other error."""
+    if isinstance(error, KeyboardInterrupt):
         console.print("interrupted: stopping")
         return 0
-    except ChildDied as error:
+    if isinstance(error, ChildDied):
         report_death(error)
         return 1
+    if isinstance(error, (UsageError, SourceError)):
+        console.print(f"[bold red]error:[/] {error}")
+        return 2
+    console.print(f"[bold red]error:[/] {type(error).__name__}: {error}")
+    return 1
 
 
 def _connect_host(host: str) -> str:
@@ -290,14 +108,8 @@ def serve(start: Callable[[], Service], ready: Callable[[], None]) -> None:
             stack.start_service(start)
             ready()
             code = run_until_interrupted(stack)
-        except KeyboardInterrupt:
-            console.print("interrupted: stopping")
-        except (UsageError, SourceError) as error:
-            console.print(f"[bold red]error:[/] {error}")
-            code = 2
-        except Exception as error:  # noqa: BLE001 - report, then stop what was started
-            console.print(f"[bold red]error:[/] {type(error).__name__}: {error}")
-            code = 1
+        except (KeyboardInterrupt, Exception) as error:  # report, then stop what was started
+            code = report_stop(error)
         finally:
             with signals_ignored():
                 stack.stop()
@@ -433,14 +245,6 @@ def child_env(settings: Settings, base: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def console_script(name: str, module: str) -> list[str]:
-    """Command that runs console script ``name`` of this environment (``module:app`` if it is missing)."""
-    script = Path(sys.executable).parent / name
-    if script.is_file():
-        return [str(script)]
-    return [sys.executable, "-c", f"import sys; sys.argv[0] = {name!r}; from {module} import app; app()"]
-
-
 def dashboard_dir() -> Path:
     """Directory of the installed ``dashboard`` package (a Bokeh directory app).
 
@@ -497,7 +301,7 @@ def generate_synthetic(directory: Path, stack: Stack, env: dict[str, str], log: 
             border_style="bold red",
         )
     )
-    cmd = [*console_script("dtmon", "dtmon.cli"), "synth", "--out", str(directory), "--rows", str(SYNTHETIC_ROWS)]
+    cmd = [*console_script("dtmon"), "synth", "--out", str(directory), "--rows", str(SYNTHETIC_ROWS)]
     child = stack.spawn("synth", cmd, log, env)
     child.process.wait()
     if child.process.returncode != 0:
@@ -512,13 +316,13 @@ def stage_commands(settings: Settings, checkpoint: Path, dashboard_port: int) ->
     The remaining settings reach them as ``DTMON_*`` variables (``child_env``); the
     processor starts a fresh query at the earliest offset, the dashboard binds loopback.
     """
-    producer = [*console_script("producer", "producer.cli"), "--source", settings.source]
+    producer = [*console_script("producer"), "--source", settings.source]
     if settings.s3_endpoint_url and settings.source.startswith("s3://"):
-        producer += ["--endpoint-url", settings.s3_endpoint_url]
+        producer += ["--s3-endpoint-url", settings.s3_endpoint_url]
     producer += ["--loop", "--rate", f"{settings.rate:g}"]
     processor = [
-        *console_script("processor", "processor.cli"),
-        "--trigger-interval", f"{settings.trigger_interval_s:g}",
+        *console_script("processor"),
+        "--trigger-interval-s", f"{settings.trigger_interval_s:g}",
         "--checkpoint-location", str(checkpoint),
         "--starting-offsets", "earliest",
     ]  # fmt: skip
@@ -551,21 +355,16 @@ def write_state(path: Path, stack: Stack, started: float) -> None:
 @app.command()
 def up(
     source: Annotated[
-        str | None,
-        typer.Option(help="DAQ files to stream: file, directory or s3://bucket/prefix [DTMON_SOURCE; "
-                     "the genuine rows in ../shared, or else freshly generated synthetic files]"),
+        str | None, setting_option("source", note="without one: the genuine rows in ../shared, or else synthetic files")
     ] = None,
-    rate: Annotated[float | None, typer.Option(help="producer rate in rows/s, 0 = max [DTMON_RATE; 1000]")] = None,
-    trigger_interval: Annotated[
-        float | None, typer.Option(help="micro-batch trigger interval in s [DTMON_TRIGGER_INTERVAL_S; 2]")
-    ] = None,
+    rate: Annotated[float | None, setting_option("rate")] = None,
+    trigger_interval_s: Annotated[float | None, setting_option("trigger_interval_s")] = None,
     bootstrap_servers: Annotated[
-        str | None,
-        typer.Option(help="use this Kafka instead of starting Tansu (so does setting DTMON_BOOTSTRAP_SERVERS)"),
+        str | None, setting_option("bootstrap_servers", note="set (flag, environment or Kafka config): no Tansu is started")
     ] = None,
-    s3_endpoint: Annotated[
-        str | None,
-        typer.Option(help="S3 endpoint for an s3:// --source instead of moto [DTMON_S3_ENDPOINT_URL]"),
+    kafka_config_file: Annotated[str | None, setting_option("kafka_config_file")] = None,
+    s3_endpoint_url: Annotated[
+        str | None, setting_option("s3_endpoint_url", note="for an s3:// --source, instead of moto")
     ] = None,
     broker_port: Annotated[int, typer.Option(help="port of the embedded Tansu broker")] = 9092,
     s3_port: Annotated[int, typer.Option(help="port of the embedded moto S3 server")] = 5000,
@@ -578,21 +377,14 @@ def up(
                      "embedded broker starts empty)"),
     ] = False,
     startup_timeout: Annotated[float, typer.Option(help="s to wait for each service to answer")] = 120.0,
+    trigger_interval_s_alias: Annotated[float | None, alias_option("--trigger-interval")] = None,
+    s3_endpoint_url_alias: Annotated[str | None, alias_option("--s3-endpoint")] = None,
+    kafka_config_file_alias: Annotated[str | None, alias_option("--kafka-config")] = None,
 ) -> None:
     """Run the whole stack locally: broker, S3, producer, processor, dashboard. Ctrl-C stops it all."""
     started = time.time()
     t0 = time.monotonic()
-    try:
-        settings = load_settings(
-            source=source,
-            rate=rate,
-            trigger_interval_s=trigger_interval,
-            bootstrap_servers=bootstrap_servers,
-            s3_endpoint_url=s3_endpoint,
-        )
-    except Exception as error:  # pydantic.ValidationError: a flag or DTMON_* value is out of range
-        console.print(f"[bold red]error:[/] invalid settings:\n{error}")
-        raise typer.Exit(2) from None
+    settings = settings_from(locals(), console)
     external_kafka = "bootstrap_servers" in settings.model_fields_set  # a flag, DTMON_BOOTSTRAP_SERVERS or the Kafka config
     workdir = workdir.resolve()
     logs = workdir / "logs"
@@ -611,8 +403,8 @@ def up(
             if settings.source.startswith("s3://"):
                 uploads: list[Upload] = []
                 console.print(f"source: {settings.source} (endpoint {settings.s3_endpoint_url or 'AWS'})")
-            elif s3_endpoint is not None:
-                raise UsageError("--s3-endpoint needs an s3:// --source (local files are served by moto)")
+            elif (s3_endpoint_url or s3_endpoint_url_alias) is not None:
+                raise UsageError("--s3-endpoint-url needs an s3:// --source (local files are served by moto)")
             else:
                 src = settings.source or generate_synthetic(workdir / "synthetic", stack, env, logs / "synth.log")
                 uploads = plan_uploads([Path(src)])
@@ -661,17 +453,8 @@ def up(
             console.print(f"dashboard answering after {time.monotonic() - t0:.1f} s")
             console.print(f"Dashboard: [bold green]{url}[/]   (Ctrl-C stops everything)")
             code = run_until_interrupted(stack)
-        except KeyboardInterrupt:
-            console.print("interrupted: stopping")
-        except ChildDied as error:
-            report_death(error)
-            code = 1
-        except (UsageError, SourceError) as error:
-            console.print(f"[bold red]error:[/] {error}")
-            code = 2
-        except Exception as error:  # noqa: BLE001 - report, then stop what was started
-            console.print(f"[bold red]error:[/] {type(error).__name__}: {error}")
-            code = 1
+        except (KeyboardInterrupt, Exception) as error:  # report, then stop what was started
+            code = report_stop(error)
         finally:
             with signals_ignored():
                 stack.stop()

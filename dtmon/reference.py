@@ -162,11 +162,12 @@ def load_reference(path: str | Path) -> Reference:
 # --- reading the results topic ----------------------------------------------------------------
 
 
-def read_results(bootstrap: str, topic: str, *, last_batches: int | None = None, run: int | None = None,
+def read_results(kafka, topic: str, *, last_batches: int | None = None, run: int | None = None,
                  timeout_s: float = 10.0) -> list[ResultsMessage]:
     """Results messages from the topic, up to its end (end-of-partition event) at the time of the call.
 
     Args:
+        kafka: ``dtmon.kafka.KafkaConfig`` or bootstrap servers ``host:port``.
         last_batches: only the N messages with the highest batch ids.
         run: only messages of this run (the whole topic is read).
     Returns:
@@ -174,10 +175,13 @@ def read_results(bootstrap: str, topic: str, *, last_batches: int | None = None,
     """
     import logging
 
-    from confluent_kafka import Consumer, KafkaError, TopicPartition
+    from confluent_kafka import KafkaError, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "dtmon-reference", "enable.partition.eof": True,
-                         "enable.auto.commit": False})
+    from dtmon.kafka import KafkaClients
+
+    clients = KafkaClients(kafka)
+    consumer = clients.consumer("dtmon-reference", enable_partition_eof=True)
+    bootstrap = clients.config.bootstrap_servers
     out: list[ResultsMessage] = []
     bad = 0
     try:
@@ -241,7 +245,7 @@ def cli_save(
         raise typer.BadParameter("give exactly one of --run N or --last-batches N")
     settings = load_settings(bootstrap_servers=bootstrap_servers, results_topic=results_topic)
     try:
-        messages = read_results(settings.bootstrap_servers, settings.results_topic, last_batches=last_batches, run=run)
+        messages = read_results(settings.kafka, settings.results_topic, last_batches=last_batches, run=run)
         reference = reference_from_messages(messages, name)
     except ReferenceError as e:
         typer.echo(f"error: {e}", err=True)

@@ -75,7 +75,9 @@ class Settings(BaseSettings):
     checkpoint_location: str = Field("var/checkpoint", description="Spark streaming checkpoint directory")
     starting_offsets: str = Field("latest", description="where a new query starts in the raw topic: earliest or latest")
     max_offsets_per_trigger: int | None = Field(None, ge=1, description="cap on Kafka messages read per micro-batch")
-    spark_master: str = Field("local[*]", description="Spark master URL, e.g. local[*] or spark://host:7077")
+    spark_master: str | None = Field(
+        None, description="Spark master URL, e.g. local[*] or spark://host:7077; unset: spark-submit's --master, else local[*]"
+    )
     shuffle_partitions: int = Field(2, ge=1, description="spark.sql.shuffle.partitions for the per-batch aggregations")
     scint_fpga: int = Field(SCINT_FPGA, ge=0, le=7, description="FPGA of the scintillator (t0) channel (course PDF: 1)")
     scint_channel: int | None = Field(

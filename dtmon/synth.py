@@ -669,7 +669,9 @@ def cli_synth(
         float, typer.Option(min=0.001, help="muons crossing at least one chamber, Hz")
     ] = _DEFAULTS.muon_rate_hz,
     scint_channel: Annotated[int, typer.Option(min=128, max=511, help="scintillator TDC_CHANNEL on FPGA 1")] = SCINT_CHANNEL,
-    endpoint_url: Annotated[str | None, typer.Option(help="S3 endpoint (e.g. moto) for s3:// destinations")] = None,
+    endpoint_url: Annotated[
+        str | None, typer.Option("--s3-endpoint-url", "--endpoint-url", help="S3 endpoint (e.g. moto) for s3:// destinations")
+    ] = None,
     dead_chamber: Annotated[int | None, typer.Option(min=0, max=3, help="FAULT: chamber that goes dead")] = None,
     dead_from: Annotated[float, typer.Option(min=0, help="FAULT: s of detector time after which --dead-chamber is dead")] = 0.0,
     dead_channel: Annotated[list[str] | None, typer.Option(help="FAULT: dead channel CHAMBER:CHANNEL (repeatable)")] = None,

@@ -1,6 +1,7 @@
 """The streaming query: raw topic -> Spark micro-batches -> one results message per batch.
 
-I/O only; the per-batch computation lives in ``processor.histograms``.
+I/O only; the per-batch computation is ``processor.plan.aggregate_batch``, the message
+``processor.message.build_message``.
 """
 
 from __future__ import annotations
@@ -19,12 +20,25 @@ from dtmon.kafka import KafkaClients, KafkaConfig, as_kafka_config
 from dtmon.schema import RESULTS_SCHEMA_ID, RESULTS_VERSION
 from dtmon.settings import Settings
 from dtmon.wire import CONTENT_TYPE_JSON, HEADER_CONTENT_TYPE, HEADER_QUERY_ID, HEADER_SCHEMA
-from processor.histograms import aggregate_batch, build_message
 from processor.kafka_source import SOURCE_NAME, KafkaDataSource, kafka_options
+from processor.message import build_message
+from processor.plan import aggregate_batch
 from processor.quality import QualityMonitor
 from processor.state import RunTracker
 
 log = logging.getLogger("dtmon.processor")
+
+
+def spark_master(settings: Settings, environ: dict[str, str] | None = None) -> str | None:
+    """The master the session sets: ``settings.spark_master`` if set; else None when a launcher
+    chose one (under spark-submit, whose PythonRunner sets ``PYSPARK_GATEWAY_PORT``, or a
+    ``--master`` in ``PYSPARK_SUBMIT_ARGS``), so its master stays; else ``local[*]``."""
+    env = os.environ if environ is None else environ
+    if settings.spark_master:
+        return settings.spark_master
+    if "PYSPARK_GATEWAY_PORT" in env or "--master" in env.get("PYSPARK_SUBMIT_ARGS", "").split():
+        return None
+    return "local[*]"
 
 
 def spark_session(settings: Settings, app_name: str = "dtmon-processor") -> SparkSession:
@@ -35,10 +49,12 @@ def spark_session(settings: Settings, app_name: str = "dtmon-processor") -> Spar
     """
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    master = spark_master(settings)
+    builder = SparkSession.builder.appName(app_name)
+    if master is not None:
+        builder = builder.master(master)
     builder = (
-        SparkSession.builder.appName(app_name)
-        .master(settings.spark_master)
-        .config("spark.sql.shuffle.partitions", str(settings.shuffle_partitions))
+        builder.config("spark.sql.shuffle.partitions", str(settings.shuffle_partitions))
         # one Spark job per micro-batch: adaptive execution would run the shuffle as a job of
         # its own and has nothing to coalesce in a few partitions
         .config("spark.sql.adaptive.enabled", "false")
@@ -49,7 +65,7 @@ def spark_session(settings: Settings, app_name: str = "dtmon-processor") -> Spar
         # each partition's messages cross to the decoding mapInArrow in few, large Arrow batches
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", "200000")
     )
-    if settings.spark_master.startswith("local"):  # nothing outside this machine talks to a local driver
+    if master is not None and master.startswith("local"):  # nothing outside this machine talks to a local driver
         builder = builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")

@@ -1,60 +1,45 @@
 """``processor``: the Spark Structured Streaming stage of dtmon.
 
-Also runnable with spark-submit: ``spark-submit processor/__main__.py --help``.
+Also runnable with spark-submit: ``spark-submit --master URL processor/__main__.py``; the
+master spark-submit was given is kept unless ``--spark-master`` / ``DTMON_SPARK_MASTER`` is set.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
-from dtmon.settings import load_settings
+from dtmon.cliopts import alias_option, setting_option, settings_from, version_option
 
-app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
+app = typer.Typer(add_completion=False, help=__doc__)
 
 
 @app.command()
 def main(
-    bootstrap_servers: Optional[str] = typer.Option(None, help="Kafka bootstrap servers [env DTMON_BOOTSTRAP_SERVERS]"),
-    raw_topic: Optional[str] = typer.Option(None, help="raw DAQ topic [env DTMON_RAW_TOPIC]"),
-    results_topic: Optional[str] = typer.Option(None, help="results topic [env DTMON_RESULTS_TOPIC]"),
-    trigger_interval: Optional[float] = typer.Option(None, help="micro-batch trigger interval in s [env DTMON_TRIGGER_INTERVAL_S]"),
-    checkpoint_location: Optional[str] = typer.Option(None, help="checkpoint directory [env DTMON_CHECKPOINT_LOCATION]"),
-    starting_offsets: Optional[str] = typer.Option(None, help="earliest | latest, for a new checkpoint [env DTMON_STARTING_OFFSETS]"),
-    master: Optional[str] = typer.Option(None, help="Spark master, e.g. local[*] or spark://host:7077 [env DTMON_SPARK_MASTER]"),
-    max_offsets_per_trigger: Optional[int] = typer.Option(None, help="cap on raw messages per micro-batch"),
-    shuffle_partitions: Optional[int] = typer.Option(None, help="spark.sql.shuffle.partitions"),
-    scint_fpga: Optional[int] = typer.Option(None, help="FPGA of the scintillator t0 channel (PDF: 1) [env DTMON_SCINT_FPGA]"),
-    scint_channel: Optional[int] = typer.Option(
-        None, help="TDC_CHANNEL of the scintillator (PDF: 128; the genuine rows show 138); unset: found in the data "
-        "[env DTMON_SCINT_CHANNEL]"
-    ),
-    checks_file: Optional[str] = typer.Option(
-        None, help="TOML thresholds merged over the shipped dtmon/checks.toml [env DTMON_CHECKS_FILE]"
-    ),
-    reference_file: Optional[str] = typer.Option(
-        None, help="reference run JSON for the shape and rate checks (dtmon reference save) [env DTMON_REFERENCE_FILE]"
-    ),
+    bootstrap_servers: Annotated[Optional[str], setting_option("bootstrap_servers")] = None,
+    kafka_config_file: Annotated[Optional[str], setting_option("kafka_config_file")] = None,
+    raw_topic: Annotated[Optional[str], setting_option("raw_topic")] = None,
+    results_topic: Annotated[Optional[str], setting_option("results_topic")] = None,
+    trigger_interval_s: Annotated[Optional[float], setting_option("trigger_interval_s")] = None,
+    checkpoint_location: Annotated[Optional[str], setting_option("checkpoint_location")] = None,
+    starting_offsets: Annotated[Optional[str], setting_option("starting_offsets")] = None,
+    spark_master: Annotated[Optional[str], setting_option("spark_master")] = None,
+    max_offsets_per_trigger: Annotated[Optional[int], setting_option("max_offsets_per_trigger")] = None,
+    shuffle_partitions: Annotated[Optional[int], setting_option("shuffle_partitions")] = None,
+    scint_fpga: Annotated[Optional[int], setting_option("scint_fpga")] = None,
+    scint_channel: Annotated[Optional[int], setting_option("scint_channel")] = None,
+    checks_file: Annotated[Optional[str], setting_option("checks_file")] = None,
+    reference_file: Annotated[Optional[str], setting_option("reference_file")] = None,
+    trigger_interval_s_alias: Annotated[Optional[float], alias_option("--trigger-interval")] = None,
+    spark_master_alias: Annotated[Optional[str], alias_option("--master")] = None,
+    kafka_config_file_alias: Annotated[Optional[str], alias_option("--kafka-config")] = None,
+    version: Annotated[Optional[bool], version_option()] = None,
 ) -> None:
     """Read the raw topic, histogram every micro-batch in Spark, publish one results message per batch."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = load_settings(
-        bootstrap_servers=bootstrap_servers,
-        raw_topic=raw_topic,
-        results_topic=results_topic,
-        trigger_interval_s=trigger_interval,
-        checkpoint_location=checkpoint_location,
-        starting_offsets=starting_offsets,
-        spark_master=master,
-        max_offsets_per_trigger=max_offsets_per_trigger,
-        shuffle_partitions=shuffle_partitions,
-        scint_fpga=scint_fpga,
-        scint_channel=scint_channel,
-        checks_file=checks_file,
-        reference_file=reference_file,
-    )
+    settings = settings_from(locals())
     from processor.app import run_processor
 
     raise typer.Exit(run_processor(settings))

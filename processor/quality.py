@@ -1,6 +1,6 @@
 """Driver-side data quality: the check window, the checks' state and the t0 channel, per micro-batch.
 
-``QualityMonitor.update`` takes one micro-batch's aggregates (``processor.histograms.BatchAggregates``)
+``QualityMonitor.update`` takes one micro-batch's aggregates (``processor.reduce.BatchAggregates``)
 after Spark has reduced it and returns what the results message carries: the quality report
 of the window (``dtmon.schema.QualityReport``), the scintillator channel and how it was chosen,
 the batch's stream events and the dead/noisy channels in the version-2 ``ChannelHealth`` form.

@@ -38,7 +38,7 @@ class WindowBatch:
 
     @classmethod
     def from_aggregates(cls, agg) -> "WindowBatch":
-        """From a ``processor.histograms.BatchAggregates`` (same array shapes).
+        """From a ``processor.reduce.BatchAggregates`` (same array shapes).
 
         ``occupancy`` is the batch's ``occupancy_orbits``: each (orbit, channel) counts once, so
         a sample replayed several times inside one micro-batch (a looping producer that the

@@ -22,15 +22,17 @@ import signal
 import sys
 import threading
 from enum import Enum
+from pathlib import Path
+
+from typing import Annotated, Optional
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.live import Live
 from rich.logging import RichHandler
 from rich.table import Table
 
-from dtmon.settings import load_settings
+from dtmon.cliopts import alias_option, setting_option, settings_from, version_option
 from producer.kafka import KafkaSetupError
 from producer.run import ProducerStats, run_producer
 from producer.runs import MAX_RUN
@@ -83,45 +85,43 @@ def _install_stop_handlers(stop: threading.Event) -> None:
 
 @app.command()
 def main(
-    source: str = typer.Option(None, help="DAQ files: a file, a directory or s3://bucket/prefix (default: settings.source)"),
-    endpoint_url: str = typer.Option(None, help="S3 endpoint URL for non-AWS S3 (CloudVeneto, moto)"),
-    rate: float = typer.Option(None, min=0, help="target rate in rows/s, 0 = as fast as possible (default: 1000)"),
-    loop: bool = typer.Option(False, "--loop/--no-loop", help="replay the files forever"),
-    bootstrap_servers: str = typer.Option(None, help="Kafka bootstrap servers (default: 127.0.0.1:9092)"),
-    topic: str = typer.Option(None, help="raw topic (default: minidt-hits)"),
-    rows_per_message: int = typer.Option(None, min=1, help="most DAQ rows per Kafka message (default: 10000)"),
-    compression: Compression = typer.Option(None, help="Arrow body compression (default: zstd)"),
-    wire: Wire = typer.Option(Wire.arrow, help="arrow: many rows per message; csv-line: one CSV line per message"),
-    partitions: int = typer.Option(None, min=1, help="partitions of the raw topic if it must be created (default: 1)"),
-    max_rows: int = typer.Option(None, min=0, help="stop after this many rows"),
-    duration: float = typer.Option(None, min=0, help="stop after this many seconds"),
-    run: int = typer.Option(
-        None,
-        min=0,
-        max=MAX_RUN,
-        help="run number of the whole source (each --loop replay: the next number); "
-        "default: each file is a run numbered from its name (data_000003.txt -> 3) or its Run000810/run_810 directory",
-    ),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="live progress display on stderr"),
-    log_level: str = typer.Option("INFO", help="logging level"),
+    source: Annotated[Optional[str], setting_option("source")] = None,
+    s3_endpoint_url: Annotated[Optional[str], setting_option("s3_endpoint_url")] = None,
+    rate: Annotated[Optional[float], setting_option("rate", min=0)] = None,
+    loop: Annotated[bool, typer.Option("--loop/--no-loop", help="replay the files forever")] = False,
+    bootstrap_servers: Annotated[Optional[str], setting_option("bootstrap_servers")] = None,
+    kafka_config_file: Annotated[Optional[str], setting_option("kafka_config_file")] = None,
+    raw_topic: Annotated[Optional[str], setting_option("raw_topic")] = None,
+    rows_per_message: Annotated[Optional[int], setting_option("rows_per_message", min=1)] = None,
+    compression: Annotated[Optional[Compression], setting_option("compression")] = None,
+    wire: Annotated[Wire, typer.Option(help="arrow: many rows per message; csv-line: one CSV line per message")] = Wire.arrow,
+    raw_partitions: Annotated[Optional[int], setting_option("raw_partitions", min=1)] = None,
+    max_rows: Annotated[Optional[int], typer.Option(min=0, help="stop after this many rows")] = None,
+    duration: Annotated[Optional[float], typer.Option(min=0, help="stop after this many seconds")] = None,
+    run: Annotated[
+        Optional[int],
+        typer.Option(
+            min=0,
+            max=MAX_RUN,
+            help="run number of the whole source (each --loop replay: the next number); default: each file is a "
+            "run numbered from its name (data_000003.txt -> 3) or its Run000810/run_810 directory",
+        ),
+    ] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="live progress display on stderr")] = True,
+    log_level: Annotated[str, typer.Option(help="logging level")] = "INFO",
+    stats_json: Annotated[
+        Optional[Path], typer.Option(help="write the final statistics to this file as JSON (for tools)")
+    ] = None,
+    s3_endpoint_url_alias: Annotated[Optional[str], alias_option("--endpoint-url")] = None,
+    raw_topic_alias: Annotated[Optional[str], alias_option("--topic")] = None,
+    raw_partitions_alias: Annotated[Optional[int], alias_option("--partitions")] = None,
+    kafka_config_file_alias: Annotated[Optional[str], alias_option("--kafka-config")] = None,
+    version: Annotated[Optional[bool], version_option()] = None,
 ) -> None:
     """Stream DAQ rows (HEAD,FPGA,TDC_CHANNEL,ORBIT_CNT,BX_COUNTER,TDC_MEAS) to the raw Kafka topic."""
     console = Console(stderr=True)
     logging.basicConfig(level=log_level.upper(), format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
-    try:
-        settings = load_settings(
-            source=source,
-            s3_endpoint_url=endpoint_url,
-            rate=rate,
-            bootstrap_servers=bootstrap_servers,
-            raw_topic=topic,
-            rows_per_message=rows_per_message,
-            compression=compression.value if compression else None,
-            raw_partitions=partitions,
-        )
-    except ValidationError as exc:
-        console.print(f"[red]invalid settings:[/red] {exc}")
-        raise typer.Exit(2) from None
+    settings = settings_from(locals(), console)
 
     stop = threading.Event()
     _install_stop_handlers(stop)
@@ -146,6 +146,8 @@ def main(
         console.print("[red]aborted[/red] (second Ctrl-C): queued messages may be lost")
         raise typer.Exit(130) from None
 
+    if stats_json is not None:
+        stats_json.write_text(stats.as_json() + "\n")
     print(f"producer: {stats.summary()}", file=sys.stdout, flush=True)
     for example in stats.malformed_examples:
         print(f"producer: malformed line {example}", file=sys.stdout)

@@ -21,7 +21,7 @@ import math
 from typing import Callable
 
 MESSAGES_PER_SECOND = 20.0
-"""Target message frequency at low rates, in messages/s (>= 10 as issue 3 asks)."""
+"""Target message frequency at low rates, in messages/s (at least 10)."""
 
 
 def chunk_rows(rate: float, rows_per_message: int, messages_per_s: float = MESSAGES_PER_SECOND) -> int:

@@ -28,11 +28,12 @@ and line number. Messages carry rows of one file only, in file order.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator
 
 from dtmon.settings import Settings
@@ -107,6 +108,11 @@ class ProducerStats:
         """Rate including the start-up, in rows/s: ``rows / (startup_s + elapsed_s)``."""
         total = self.startup_s + self.elapsed_s
         return self.rows / total if total > 0 else 0.0
+
+    def as_json(self) -> str:
+        """The stats as one JSON object (every attribute, plus ``achieved_rate`` and ``overall_rate``
+        in rows/s), for tools: ``producer --stats-json PATH``."""
+        return json.dumps({**asdict(self), "achieved_rate": self.achieved_rate, "overall_rate": self.overall_rate})
 
     def summary(self) -> str:
         """One line for humans: rows, rate vs target, messages, bytes, errors."""

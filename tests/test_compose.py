@@ -134,8 +134,8 @@ def test_processor_submits_to_the_master_and_is_reachable_by_executors():
 
     # The real CLI parses the compose command (unknown or misspelt options would raise here).
     ctx = typer.main.get_command(app).make_context("processor", args[1:])
-    assert ctx.params["master"] == master_url()
-    settings = load_settings(spark_master=ctx.params["master"], checkpoint_location=ctx.params["checkpoint_location"])
+    assert ctx.params["spark_master"] == master_url()
+    settings = load_settings(spark_master=ctx.params["spark_master"], checkpoint_location=ctx.params["checkpoint_location"])
     assert settings.spark_master == master_url()
     assert {"spark-master", "spark-worker"} <= set(processor["depends_on"])
 
@@ -188,5 +188,5 @@ def test_docker_compose_accepts_the_file_with_the_spark_services():
     services = yaml.safe_load(resolved.stdout)["services"]
     assert services["spark-master"]["image"] == SERVICES["spark-master"]["image"]
     assert services["spark-worker"]["build"]["context"] == str(REPO)
-    assert services["processor"]["command"][1:3] == ["--master", master_url()]
+    assert services["processor"]["command"][1:3] == ["--spark-master", master_url()]
     assert services["processor"]["environment"]["DTMON_BOOTSTRAP_SERVERS"] == "kafka:9092"

@@ -21,7 +21,9 @@ import pytest
 from dtmon.kafka import KafkaClients
 from dtmon.schema import ResultsMessage
 from dtmon.services import free_port
-from tests.dtmon.test_cli import DTMON, REPO, alive, descendants, kill_tree, port_open
+from dtmon.supervisor import descendants
+from dtmon.supervisor import running as alive
+from tests.dtmon.test_cli import DTMON, REPO, kill_tree, port_open
 
 pytestmark = pytest.mark.integration
 

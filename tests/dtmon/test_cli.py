@@ -1,5 +1,5 @@
-"""The ``dtmon`` command: schema file, compose file, settings hand-over, child supervision,
-and the embedded broker and S3 server started and stopped for real (subprocess + SIGINT)."""
+"""The ``dtmon`` command: schema command, compose file, settings hand-over, and the embedded
+broker and S3 server started and stopped for real (subprocess + SIGINT)."""
 
 from __future__ import annotations
 
@@ -16,56 +16,19 @@ from pathlib import Path
 
 import pytest
 
-from dtmon.cli import (
-    ChildDied,
-    Stack,
-    UsageError,
-    child_env,
-    stage_commands,
-    tail,
-)
-from dtmon.daqfiles import SYNTHETIC_MANIFEST, SourceError
+from dtmon.cli import child_env, stage_commands
 from dtmon.schema import RESULTS_VERSION
-from dtmon.services import free_port, plan_uploads, s3_client, seed, wait_for_port
+from dtmon.services import free_port, s3_client
 from dtmon.settings import Settings, load_settings
+from dtmon.supervisor import descendants
+from tests.dtmon.test_services import daq_dir
+from dtmon.supervisor import running as alive
 
 REPO = Path(__file__).resolve().parents[2]
 DTMON = [sys.executable, "-m", "dtmon.cli"]
 
 
 # ------------------------------------------------------------------ process helpers (also used by test_stack)
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, ppid) of a process from /proc, or None if it does not exist."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = text[text.rindex(")") + 2 :].split()
-    return fields[0], int(fields[1])
-
-
-def descendants(root: int) -> set[int]:
-    """Pids of every process below ``root`` in the process tree (children, grandchildren, ...)."""
-    parent = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            stat = _proc_stat(int(entry.name))
-            if stat is not None:
-                parent[int(entry.name)] = stat[1]
-    found: set[int] = set()
-    frontier = {root}
-    while frontier:
-        frontier = {pid for pid, ppid in parent.items() if ppid in frontier} - found
-        found |= frontier
-    return found
-
-
-def alive(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie."""
-    stat = _proc_stat(pid)
-    return stat is not None and stat[0] != "Z"
 
 
 def port_open(port: int) -> bool:
@@ -136,17 +99,6 @@ def test_schema_command_prints_the_committed_schema_file(tmp_path):
     assert out.read_text() == printed
 
 
-def test_schema_file_is_a_json_schema_of_the_results_message():
-    import json
-
-    import jsonschema
-
-    schema = json.loads((REPO / "schemas" / f"results-v{RESULTS_VERSION}.schema.json").read_text())
-    jsonschema.Draft202012Validator.check_schema(schema)
-    assert schema["$id"] == f"dtmon.results/{schema['properties']['version']['default']}"
-    assert {"schema", "batch_id", "hits", "chambers"} <= set(schema["required"]) | set(schema["properties"])
-
-
 # ------------------------------------------------------------------ docker-compose.yml
 
 
@@ -206,7 +158,7 @@ def test_child_env_reproduces_the_settings_in_a_child(monkeypatch):
 def test_flags_override_environment_which_overrides_defaults(monkeypatch):
     monkeypatch.setenv("DTMON_RATE", "250")
     monkeypatch.setenv("DTMON_TRIGGER_INTERVAL_S", "3")
-    settings = load_settings(rate=None, trigger_interval_s=1.0)  # what `dtmon up --trigger-interval 1` passes
+    settings = load_settings(rate=None, trigger_interval_s=1.0)  # what `dtmon up --trigger-interval-s 1` passes
     assert (settings.rate, settings.trigger_interval_s) == (250.0, 1.0)
     monkeypatch.delenv("DTMON_RATE")
     assert load_settings(rate=None).rate == Settings.model_fields["rate"].default
@@ -219,10 +171,10 @@ def test_stage_commands_follow_the_stage_contracts(tmp_path):
     assert list(commands) == ["producer", "processor", "dashboard"]
     producer, processor, dashboard = commands.values()
     assert Path(producer[0]).name == "producer"
-    assert producer[1:] == ["--source", "s3://minidt-stream/", "--endpoint-url", "http://127.0.0.1:5999",
+    assert producer[1:] == ["--source", "s3://minidt-stream/", "--s3-endpoint-url", "http://127.0.0.1:5999",
                             "--loop", "--rate", "0"]  # fmt: skip
     assert Path(processor[0]).name == "processor"
-    assert processor[1:] == ["--trigger-interval", "1.5", "--checkpoint-location", str(tmp_path / "checkpoint"),
+    assert processor[1:] == ["--trigger-interval-s", "1.5", "--checkpoint-location", str(tmp_path / "checkpoint"),
                              "--starting-offsets", "earliest"]  # fmt: skip
     assert dashboard[1:4] == ["-m", "bokeh", "serve"] and (Path(dashboard[4]) / "main.py").is_file()
     assert dashboard[5:] == ["--port", "5123", "--address", "127.0.0.1", "--allow-websocket-origin",
@@ -230,109 +182,6 @@ def test_stage_commands_follow_the_stage_contracts(tmp_path):
 
 
 # ------------------------------------------------------------------ seeding plan and upload
-
-
-def _daq_dir(tmp_path: Path, genuine_csv: Path, name: str = "daq") -> Path:
-    folder = tmp_path / name
-    folder.mkdir()
-    shutil.copy(genuine_csv, folder / "data_000010.txt")
-    (folder / "data_000009.txt").write_bytes(b"".join(genuine_csv.read_bytes().splitlines(keepends=True)[:11]))
-    (folder / "notes.txt").write_text("not a DAQ file: there are data_*.txt files beside it\n")
-    (folder / "notes.md").write_text("not a DAQ file\n")
-    (folder / "raw.dat").write_bytes(b"\x00" * 16)
-    (folder / ".hidden.txt").write_text("2,0,1,2,3,4\n")
-    return folder
-
-
-def test_plan_uploads_takes_daq_files_in_name_order_and_marks_synthetic(tmp_path, genuine_csv):
-    genuine = _daq_dir(tmp_path, genuine_csv)
-    plan = plan_uploads([genuine, genuine_csv], prefix="/run1/")
-    assert [(u.key, u.path, u.synthetic) for u in plan] == [
-        ("run1/data_000009.txt", genuine / "data_000009.txt", False),
-        ("run1/data_000010.txt", genuine / "data_000010.txt", False),
-        (f"run1/{genuine_csv.name}", genuine_csv, False),
-    ]
-
-    synthetic = _daq_dir(tmp_path, genuine_csv, "synthetic")
-    (synthetic / SYNTHETIC_MANIFEST).write_text('{"synthetic": true}')
-    plan = plan_uploads([synthetic / "data_000010.txt"])
-    assert [(u.key, u.synthetic) for u in plan] == [("data_000010.txt", True), (SYNTHETIC_MANIFEST, True)]
-
-    with pytest.raises(SourceError, match="genuine and synthetic"):
-        plan_uploads([genuine, synthetic])
-    with pytest.raises(SourceError, match="data_000010.txt"):
-        plan_uploads([genuine, genuine / "data_000010.txt"])
-    with pytest.raises(SourceError, match="no DAQ files"):
-        plan_uploads([_empty(tmp_path)])
-    with pytest.raises(SourceError, match="no such file"):
-        plan_uploads([tmp_path / "missing"])
-
-
-def _empty(tmp_path: Path) -> Path:
-    folder = tmp_path / "empty"
-    folder.mkdir()
-    (folder / "README").write_text("nothing here\n")
-    return folder
-
-
-def test_seed_uploads_synthetic_files_with_metadata_and_manifest(tmp_path, genuine_csv, s3_endpoint):
-    synthetic = tmp_path / "synthetic"
-    synthetic.mkdir()
-    shutil.copy(genuine_csv, synthetic / "data_000000.txt")
-    (synthetic / SYNTHETIC_MANIFEST).write_text('{"synthetic": true, "seed": 7}')
-    bucket = f"b-{uuid.uuid4().hex[:8]}"
-
-    seed(s3_endpoint, bucket, plan_uploads([synthetic], prefix="gen"))
-
-    client = s3_client(s3_endpoint)
-    keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"])
-    assert keys == ["gen/data_000000.txt", f"gen/{SYNTHETIC_MANIFEST}"]
-    head = client.head_object(Bucket=bucket, Key="gen/data_000000.txt")
-    assert head["Metadata"] == {"dtmon-synthetic": "1"}
-    body = client.get_object(Bucket=bucket, Key="gen/data_000000.txt")["Body"].read()
-    assert body == genuine_csv.read_bytes()
-
-
-# ------------------------------------------------------------------ child supervision (real processes)
-
-
-def test_stack_reports_the_child_that_died_and_stops_the_rest(tmp_path):
-    env = dict(os.environ)
-    stack = Stack()
-    sleeper = stack.spawn("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "s.log", env)
-    stubborn = stack.spawn(
-        "stubborn",
-        [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-         "print('ready', flush=True); time.sleep(60)"],
-        tmp_path / "t.log",
-        env,
-    )  # fmt: skip
-    # a child whose own child moves to a process group of its own, as Spark's Python worker daemon does
-    spawner = stack.spawn(
-        "spawner",
-        [sys.executable, "-c", "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', "
-         "'import os, time; os.setpgid(0, 0); print(os.getpid(), flush=True); time.sleep(60)']); time.sleep(60)"],
-        tmp_path / "g.log",
-        env,
-    )  # fmt: skip
-    dier = stack.spawn("dier", [sys.executable, "-c", "print('boom: bad input'); raise SystemExit(3)"],
-                       tmp_path / "d.log", env)  # fmt: skip
-    try:
-        wait_until(lambda: tail(spawner.log).strip().isdigit(), 20, "the grandchild")
-        grandchild = int(tail(spawner.log))
-        assert os.getpgid(grandchild) == grandchild != spawner.process.pid
-        wait_until(lambda: dier.process.poll() is not None, 20, "the failing child to exit")
-        wait_until(lambda: "ready" in tail(stubborn.log), 20, "the stubborn child to ignore SIGTERM")
-        with pytest.raises(ChildDied) as info:
-            stack.check()
-        assert info.value.child is dier and dier.process.returncode == 3
-        assert tail(dier.log) == "boom: bad input"
-    finally:
-        stack.stop(timeout=2)
-    assert sleeper.process.returncode == -signal.SIGTERM
-    assert stubborn.process.returncode == -signal.SIGKILL
-    assert not any(alive(c.process.pid) for c in stack.children)
-    assert not alive(grandchild)
 
 
 # ------------------------------------------------------------------ dtmon broker / dtmon s3 / dtmon up (subprocess)
@@ -384,7 +233,7 @@ def test_interrupt_while_a_service_starts_leaves_nothing_running():
 
 
 def test_s3_serves_the_seeded_daq_files_until_interrupted(tmp_path, genuine_csv):
-    daq = _daq_dir(tmp_path, genuine_csv)
+    daq = daq_dir(tmp_path, genuine_csv)
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     ready = tmp_path / "seeded"

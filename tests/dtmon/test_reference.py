@@ -14,7 +14,8 @@ from dtmon.cli import app
 from dtmon.reference import Reference, ReferenceError, load_reference, reference_from_messages, save_reference
 from dtmon.settings import load_settings
 from dtmon.synth import SynthParams, generate
-from processor.histograms import Binning, build_message, reduce_rows
+from processor.message import build_message
+from processor.reduce import Binning, reduce_rows
 from processor.quality import QualityMonitor
 from tests.dashboard.factory import make_batch
 from tests.processor.conftest import create_topic, with_source_columns

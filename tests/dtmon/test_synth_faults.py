@@ -14,7 +14,7 @@ from dtmon.settings import load_settings
 from dtmon.synth import KIND_MUON, KIND_NOISE, KIND_SCINT, SynthParams, generate, generate_with_truth
 from dtmon.synth_faults import SynthFaults, faults_from_options
 from dtmon.synth_faults import KIND_MUON as F_MUON, KIND_NOISE as F_NOISE, KIND_SCINT as F_SCINT
-from processor.histograms import Binning, reduce_rows
+from processor.reduce import Binning, reduce_rows
 from processor.quality import QualityMonitor
 from tests.processor.conftest import with_source_columns
 

@@ -12,14 +12,11 @@ from dtmon.hits import HIT_SCHEMA
 from dtmon.schema import RESULTS_VERSION, ResultsMessage
 from dtmon.settings import load_settings
 from dtmon.synth import SynthParams, generate
-from processor.histograms import (
-    aggregate_batch,
-    build_message,
-    detector_span,
-    drift_time_edges,
-)
 from dtmon.wire import RunEvent
 from processor.decode import OUTPUT_SCHEMA
+from processor.message import build_message
+from processor.plan import aggregate_batch
+from processor.reduce import detector_span, drift_time_edges
 from processor.state import RunStatus
 from tests.processor.conftest import (
     edges_of,

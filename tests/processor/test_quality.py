@@ -10,7 +10,8 @@ from dtmon.checks_config import load_checks_config
 from dtmon.settings import load_settings
 from dtmon.synth import SynthParams, generate
 from dtmon.wire import RunEvent
-from processor.histograms import Binning, build_message, reduce_rows
+from processor.message import build_message
+from processor.reduce import Binning, reduce_rows
 from processor.quality import QualityMonitor
 from processor.scint import FIRST_CANDIDATE, choose_scintillator
 from tests.processor.conftest import with_source_columns

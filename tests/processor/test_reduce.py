@@ -8,21 +8,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from dtmon.hits import SCINT_CHAMBER_OFFSET_NS
 from dtmon.settings import load_settings
 from dtmon.synth import generate
-from processor.histograms import (
-    SPLIT_SCHEMA,
-    Binning,
-    from_partial_rows,
-    merge_aggregates,
-    reduce_partition,
-    reduce_rows,
-    reduce_split,
-    split_rows,
-    to_partial_row,
-)
 from dtmon.wire import RunEvent
+from processor.codec import SPLIT_SCHEMA, from_partial_rows, reduce_split, split_rows, to_partial_row
 from processor.decode import OUTPUT_SCHEMA
+from processor.plan import reduce_partition
+from processor.reduce import Binning, drift_time_edges, merge_aggregates, reduce_rows
 from tests.processor.conftest import edges_of, expected_extras, expected_outputs, with_source_columns
 
 
@@ -81,6 +74,31 @@ def test_a_split_orbit_loses_its_tag():
     assert together.occupancy_scint[0, 3] == 1 and together.drift_time.sum() == 1
     assert apart.occupancy_scint.sum() == 0 and apart.drift_time.sum() == 0
     assert apart.occupancy[0, 3] == together.occupancy[0, 3] == 1
+
+
+def test_drift_time_edges_are_half_open_low_kept_high_dropped():
+    """Bins are [edge_i, edge_i+1): a drift time equal to the lower edge lands in bin 0, one just
+    below the upper edge in the last bin, one equal to the upper edge (``drift_time_max_ns``)
+    or just below the lower edge is dropped, never counted in another bin or chamber."""
+    offset = SCINT_CHAMBER_OFFSET_NS[0]
+    low, high = offset - 100.0, offset + 100.0  # t_hit - t_scint = -100 / +100 ns at the edges
+    binning = Binning((1, 128), tuple(drift_time_edges(low, high, 5.0)), 5.0, 2**20)
+    assert len(binning.drift_edges) == 41 and binning.drift_edges[-1] == pytest.approx(high, abs=1e-9)
+    scint = {"HEAD": 2, "FPGA": 1, "TDC_CHANNEL": 128, "ORBIT_CNT": 0, "BX_COUNTER": 100, "TDC_MEAS": 0.0}
+    hits = [  # (BX_COUNTER, TDC_MEAS) of chamber-0 hits; 25 ns per BX, 25/30 ns per TDC count
+        (104, 0.0),  # drift = high: dropped
+        (103, 29.0),  # drift = high - 0.83 ns: last bin
+        (96, 0.0),  # drift = low: bin 0
+        (95, 29.0),  # drift = low - 0.83 ns: dropped
+    ]
+    rows = with_source_columns(pa.Table.from_pylist(
+        [scint] + [{**scint, "FPGA": 0, "TDC_CHANNEL": c, "BX_COUNTER": bx, "TDC_MEAS": tdc} for c, (bx, tdc) in enumerate(hits)],
+        OUTPUT_SCHEMA.remove(9).remove(8).remove(7).remove(6)))
+    agg = reduce_rows(rows, binning)
+    assert agg.occupancy_scint[0, :4].tolist() == [1, 1, 1, 1]  # all four hits are tagged
+    expected = np.zeros((4, 40), np.int64)
+    expected[0, 0] = expected[0, 39] = 1
+    np.testing.assert_array_equal(agg.drift_time, expected)
 
 
 def test_partial_row_round_trip_and_run_markers(synthetic_rows):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dtmon.services import s3_client
-from dtmon.daqfiles import SYNTHETIC_MANIFEST, SourceError, natural_key, select_daq_names
+from dtmon.daqfiles import SYNTHETIC_MANIFEST, SourceError
 from producer.sources import LocalSource, S3Source, open_source
 
 
@@ -56,11 +56,6 @@ def test_local_errors_are_clear(tmp_path):
         LocalSource(tmp_path).list_files()
     with pytest.raises(SourceError, match="no source"):
         open_source("")
-
-
-def test_selection_rule_and_natural_key_are_pure():
-    assert select_daq_names(["x.csv", "data_2.txt", "data_10.txt", SYNTHETIC_MANIFEST]) == ["data_2.txt", "data_10.txt"]
-    assert sorted(["f10", "f9", "f100"], key=natural_key) == ["f9", "f10", "f100"]
 
 
 @pytest.fixture

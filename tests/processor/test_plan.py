@@ -9,7 +9,9 @@ import pytest
 
 from dtmon.hits import HIT_SCHEMA
 from dtmon.schema import ResultsMessage
-from processor.histograms import BatchAggregates, aggregate_batch, build_message
+from processor.message import build_message
+from processor.plan import aggregate_batch
+from processor.reduce import BatchAggregates
 from tests.processor.conftest import expected_outputs, message_frame, with_source_columns
 
 

@@ -1,22 +1,11 @@
-"""Per-micro-batch outputs: the MAPD-B streaming task (course PDF section 5.2, tasks 1-4),
-the extras E1/E2 (section 5.2.4: scintillator-tagged occupancy, drift time), detector time
-and run markers.
+"""Per-micro-batch outputs with numpy (pure, no Spark): the MAPD-B streaming task (course PDF
+section 5.2, tasks 1-4), the extras E1/E2 (section 5.2.4: scintillator-tagged occupancy,
+drift time), detector time and run markers.
 
-``aggregate_batch`` is one Spark job of two stages over the source's message rows (one
-row per Kafka message, ~10 000 DAQ rows each), so the JVM never handles a row per hit.
-Stage 1 (``mapInArrow(decode_partition)``) decodes each partition's messages straight into
-Arrow DAQ rows (``processor.decode.decode_messages``), counts rows, malformed rows,
-Kafka times, runs and run markers (``reduce_totals``) and splits the hits into orbit
-buckets (``split_rows``: ORBIT_CNT mod the bucket count), each bucket one row holding its
-hits as an Arrow IPC payload. The one shuffle groups rows by bucket, so each partition
-holds whole orbits (a muon's chamber hits and its scintillator hit share the orbit).
-Stage 2 (``mapInArrow(reduce_partition)``) reduces each partition's hits with numpy
-(``reduce_hits``) and its share of the counts to a single small row of partial sums
-(``PARTIAL_SCHEMA``). The driver collects those rows as Arrow and adds them up
-(``merge_aggregates``). ``reduce_rows`` (the same outputs from a whole batch of rows, the
-reference in tests), ``reduce_totals``, ``split_rows``, ``reduce_hits`` and
-``merge_aggregates`` are pure and tested without Spark. ``build_message`` (pure) turns the
-result into the results message.
+``reduce_totals`` counts rows, malformed rows, Kafka times, runs and run markers;
+``reduce_hits`` builds every histogram from hit rows holding whole orbits; ``reduce_rows``
+is both on one batch of rows (the reference in tests); ``merge_aggregates`` adds up the
+partial results of several partitions. How they run in Spark: ``processor.plan``.
 
 Orbits are matched within the micro-batch: the DAQ interleaves the two FPGAs' words in
 blocks, so an orbit split across two micro-batches loses its scintillator tag for the
@@ -26,13 +15,12 @@ part that lands in the other batch (its hits then count only in the untagged out
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import DataFrame
 
 from dtmon.hits import (
     BX_NS,
@@ -47,22 +35,9 @@ from dtmon.hits import (
     hit_time_ns,
     local_channel,
 )
-from dtmon.schema import (
-    MULTIPLICITY_EDGES,
-    OCCUPANCY_EDGES,
-    ChamberHistograms,
-    ChannelHealth,
-    Histogram,
-    QualityReport,
-    ResultsMessage,
-    Scintillator,
-    StreamEvent,
-)
 from dtmon.settings import Settings
 from dtmon.wire import RunEvent
-from processor.decode import decode_messages
 from processor.scint import DEFAULT_SCINT_CHANNEL, N_CANDIDATES, STATS, candidate_stats
-from processor.state import RunStatus
 
 ORBIT_S = BX_PER_ORBIT * BX_NS * 1e-9
 """One orbit in s: 3564 BX x 25 ns = 89.1 us."""
@@ -183,7 +158,8 @@ class Binning:
         return cls((s.scint_fpga, channel), tuple(edges), s.drift_time_bin_ns, s.max_orbit_gap)
 
 
-def _ints(column: pa.ChunkedArray | pa.Array, fill: int) -> np.ndarray:
+def int_column(column: pa.ChunkedArray | pa.Array, fill: int) -> np.ndarray:
+    """``column`` as an int64 array (N,), nulls replaced by ``fill``."""
     return pc.fill_null(column, fill).to_numpy().astype(np.int64, copy=False)
 
 
@@ -223,7 +199,7 @@ def reduce_rows(rows: pa.Table, binning: Binning) -> BatchAggregates:
 
 def hit_mask(rows: pa.Table | pa.RecordBatch) -> pa.Array:
     """Boolean (N,): the rows that are TDC hits (HEAD 2; null HEAD is a malformed row, not a hit)."""
-    return pa.array(_ints(rows["HEAD"], -1) == HEAD_HIT)
+    return pa.array(int_column(rows["HEAD"], -1) == HEAD_HIT)
 
 
 def reduce_totals(rows: pa.Table | pa.RecordBatch, binning: Binning) -> BatchAggregates:
@@ -242,10 +218,10 @@ def reduce_totals(rows: pa.Table | pa.RecordBatch, binning: Binning) -> BatchAgg
     out = BatchAggregates(drift_edges=list(binning.drift_edges), scintillator=binning.scintillator)
     if rows.num_rows == 0:
         return out
-    event = _ints(rows["run_event"], RunEvent.DATA)
+    event = int_column(rows["run_event"], RunEvent.DATA)
     data = event == RunEvent.DATA
     head_null = rows["HEAD"].is_null().to_numpy(zero_copy_only=False)
-    produced = _ints(rows["produced_ms"], 0)
+    produced = int_column(rows["produced_ms"], 0)
     out.rows_read = int(data.sum())
     out.malformed_rows = int((head_null & data).sum())
     out.produced_first_ms, out.produced_last_ms = int(produced.min()), int(produced.max())
@@ -253,7 +229,7 @@ def reduce_totals(rows: pa.Table | pa.RecordBatch, binning: Binning) -> BatchAgg
 
     run_valid = rows["run"].is_valid().to_numpy(zero_copy_only=False)
     if run_valid.any():
-        run = _ints(rows["run"], -1)
+        run = int_column(rows["run"], -1)
         newest = produced[run_valid].max()
         out.newest_ms = int(newest)
         out.run = int(run[run_valid & (produced == newest)].max())
@@ -290,9 +266,9 @@ def reduce_hits(hits: pa.Table, binning: Binning) -> BatchAggregates:
     out.hits = hits.num_rows
     if out.hits == 0:
         return out
-    fpga, channel = _ints(hits["FPGA"], -1), _ints(hits["TDC_CHANNEL"], -1)
-    orbit = _ints(hits["ORBIT_CNT"], 0)
-    t_ns = hit_time_ns(orbit, _ints(hits["BX_COUNTER"], 0), pc.fill_null(hits["TDC_MEAS"], 0.0).to_numpy())
+    fpga, channel = int_column(hits["FPGA"], -1), int_column(hits["TDC_CHANNEL"], -1)
+    orbit = int_column(hits["ORBIT_CNT"], 0)
+    t_ns = hit_time_ns(orbit, int_column(hits["BX_COUNTER"], 0), pc.fill_null(hits["TDC_MEAS"], 0.0).to_numpy())
     out.orbit_min, out.orbit_max = int(orbit.min()), int(orbit.max())
     orbits, orbit_index = np.unique(orbit, return_inverse=True)
     orbit_index = orbit_index.reshape(-1)
@@ -379,259 +355,3 @@ def merge_aggregates(parts: list[BatchAggregates], binning: Binning) -> BatchAgg
         out.orbit_buckets = np.stack([keys, lo, hi], axis=1)
         out.detector_orbits, out.orbit_jumps = detector_span(out.orbit_buckets[:, 1:], binning.max_orbit_gap)
     return out
-
-
-PARTIAL_SCHEMA = pa.schema(
-    [
-        ("rows_read", pa.int64()),
-        ("malformed_rows", pa.int64()),
-        ("hits", pa.int64()),
-        ("hits_outside_chambers", pa.int64()),
-        ("orbit_min", pa.int64()),
-        ("orbit_max", pa.int64()),
-        ("orbits_with_hits", pa.int64()),
-        ("orbits_with_scintillator", pa.int64()),
-        ("produced_first_ms", pa.int64()),
-        ("produced_last_ms", pa.int64()),
-        ("synthetic", pa.bool_()),
-        ("newest_ms", pa.int64()),
-        ("run", pa.int32()),
-        ("occupancy", pa.list_(pa.int64())),
-        ("multiplicity", pa.list_(pa.int64())),
-        ("occupancy_scint", pa.list_(pa.int64())),
-        ("drift_time", pa.list_(pa.int64())),
-        ("orbit_buckets", pa.list_(pa.int64())),
-        ("scint_candidates", pa.list_(pa.int64())),
-        ("occupancy_orbits", pa.list_(pa.int64())),
-        ("event_run", pa.list_(pa.int32())),
-        ("event_kind", pa.list_(pa.int32())),
-        ("event_ms", pa.list_(pa.int64())),
-    ]
-)
-"""One row per partition: a ``BatchAggregates`` with its arrays flattened (row-major;
-``orbit_buckets`` as bucket, lo, hi triples) and its run markers as three parallel lists."""
-
-_SPARK_TYPES = {pa.int64(): "bigint", pa.int32(): "int", pa.bool_(): "boolean"}
-PARTIAL_SPARK_SCHEMA = ", ".join(
-    f"{f.name} array<{_SPARK_TYPES[f.type.value_type]}>" if pa.types.is_list(f.type) else f"{f.name} {_SPARK_TYPES[f.type]}"
-    for f in PARTIAL_SCHEMA
-)
-"""``PARTIAL_SCHEMA`` as a Spark DDL string (the ``mapInArrow`` output type)."""
-
-_SCALARS = [f.name for f in PARTIAL_SCHEMA if not pa.types.is_list(f.type)]
-_ARRAYS = ("occupancy", "multiplicity", "occupancy_scint", "drift_time", "orbit_buckets", "scint_candidates",
-           "occupancy_orbits")
-
-
-def to_partial_row(agg: BatchAggregates) -> pa.RecordBatch:
-    """One ``PARTIAL_SCHEMA`` row holding ``agg`` (inverse: ``from_partial_rows``)."""
-    values = {name: [getattr(agg, name)] for name in _SCALARS}
-    values.update({name: [np.asarray(getattr(agg, name), np.int64).reshape(-1)] for name in _ARRAYS})
-    values["event_run"] = [[e[0] for e in agg.run_events]]
-    values["event_kind"] = [[e[1] for e in agg.run_events]]
-    values["event_ms"] = [[e[2] for e in agg.run_events]]
-    return pa.RecordBatch.from_pydict(values, schema=PARTIAL_SCHEMA)
-
-
-def from_partial_rows(table: pa.Table, binning: Binning) -> list[BatchAggregates]:
-    """The ``BatchAggregates`` of each ``PARTIAL_SCHEMA`` row (drift-time shape from ``binning``)."""
-    n_drift = len(binning.drift_edges) - 1
-    shapes = {"occupancy": (N_CHAMBERS, CELLS_PER_CHAMBER), "multiplicity": (N_CHAMBERS, CELLS_PER_CHAMBER),
-              "occupancy_scint": (N_CHAMBERS, CELLS_PER_CHAMBER), "drift_time": (N_CHAMBERS, n_drift),
-              "orbit_buckets": (-1, 3), "scint_candidates": (N_CANDIDATES, len(STATS)),
-              "occupancy_orbits": (N_CHAMBERS, CELLS_PER_CHAMBER)}
-    parts = []
-    for row in table.to_pylist():
-        agg = BatchAggregates(drift_edges=list(binning.drift_edges), scintillator=binning.scintillator)
-        for name in _SCALARS:
-            setattr(agg, name, row[name])
-        for name, shape in shapes.items():
-            setattr(agg, name, np.asarray(row[name], np.int64).reshape(shape))
-        agg.run_events = list(zip(row["event_run"], row["event_kind"], row["event_ms"]))
-        agg.detector_orbits, agg.orbit_jumps = detector_span(agg.orbit_buckets[:, 1:], binning.max_orbit_gap)
-        parts.append(agg)
-    return parts
-
-
-SPLIT_SCHEMA = pa.schema([("bucket", pa.int32()), ("hits", pa.binary()), ("totals", pa.binary())])
-"""Rows between the two stages: orbit ``bucket`` and either ``hits``, the bucket's hit rows
-(``HIT_COLUMNS``) as an Arrow IPC stream, or ``totals``, one ``PARTIAL_SCHEMA`` row of
-counts (``reduce_totals``) as an Arrow IPC stream (bucket -1)."""
-SPLIT_SPARK_SCHEMA = "bucket int, hits binary, totals binary"
-"""``SPLIT_SCHEMA`` as a Spark DDL string (stage 1's ``mapInArrow`` output type)."""
-
-
-def _to_ipc(data: pa.Table | pa.RecordBatch) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, data.schema) as writer:
-        writer.write(data)
-    return sink.getvalue().to_pybytes()
-
-
-def _from_ipc(payload: bytes) -> pa.Table:
-    return pa.ipc.open_stream(payload).read_all()
-
-
-def split_rows(rows: pa.Table | pa.RecordBatch, binning: Binning, buckets: int) -> pa.RecordBatch:
-    """Stage 1 of ``aggregate_batch`` on decoded DAQ rows (pure): their counts and their hits by orbit bucket.
-
-    Args:
-        rows: N rows with the columns of ``processor.decode.OUTPUT_SCHEMA``.
-        binning: passed to ``reduce_totals``.
-        buckets: number of orbit buckets (>= 1); a hit goes to bucket ORBIT_CNT mod ``buckets``.
-    Returns:
-        ``SPLIT_SCHEMA`` rows: one totals row (bucket -1), then one row per non-empty bucket
-        with its hits (``HIT_COLUMNS``, in row order).
-    """
-    bucket_ids, hit_payloads, totals = [-1], [None], [_to_ipc(to_partial_row(reduce_totals(rows, binning)))]
-    hits = rows.filter(hit_mask(rows)).select(list(HIT_COLUMNS))
-    if hits.num_rows:
-        bucket = _ints(hits["ORBIT_CNT"], 0) % buckets
-        for k in np.unique(bucket):
-            bucket_ids.append(int(k))
-            hit_payloads.append(_to_ipc(hits.filter(pa.array(bucket == k))))
-            totals.append(None)
-    return pa.RecordBatch.from_arrays(
-        [pa.array(bucket_ids, pa.int32()), pa.array(hit_payloads, pa.binary()), pa.array(totals, pa.binary())],
-        schema=SPLIT_SCHEMA,
-    )
-
-
-def reduce_split(split: pa.Table, binning: Binning) -> BatchAggregates | None:
-    """Stage 2 of ``aggregate_batch`` (pure): ``SPLIT_SCHEMA`` rows that hold whole orbit buckets -> one aggregate.
-
-    The hits of all rows are reduced together (``reduce_hits``) and merged with the counts
-    of the totals rows (``merge_aggregates``). Returns None for no rows.
-    """
-    if split.num_rows == 0:
-        return None
-    hits = [_from_ipc(h) for h in split["hits"].to_pylist() if h is not None]
-    parts = [p for t in split["totals"].to_pylist() if t is not None for p in from_partial_rows(_from_ipc(t), binning)]
-    if hits:
-        parts.append(reduce_hits(pa.concat_tables(hits), binning))
-    return merge_aggregates(parts, binning)
-
-
-def decode_partition(binning: Binning, buckets: int):
-    """Stage 1's ``mapInArrow`` function: record batches of source rows (``MESSAGE_SCHEMA``)
-    -> ``SPLIT_SCHEMA`` record batches (``decode_messages`` then ``split_rows``)."""
-
-    def decode(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            if batch.num_rows:
-                yield split_rows(decode_messages(batch), binning, buckets)
-
-    return decode
-
-
-def reduce_partition(binning: Binning):
-    """Stage 2's ``mapInArrow`` function: all ``SPLIT_SCHEMA`` record batches of one
-    partition (whole orbit buckets) -> one ``PARTIAL_SCHEMA`` row (none for an empty partition)."""
-
-    def reduce(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        agg = reduce_split(pa.Table.from_batches(list(batches), schema=SPLIT_SCHEMA), binning)
-        if agg is not None:
-            yield to_partial_row(agg)
-
-    return reduce
-
-
-BUCKETS_PER_PARTITION = 4
-"""Orbit buckets per shuffle partition: Spark hashes bucket ids to partitions, and a few
-buckets per partition keep the partitions' shares of hits close to even."""
-
-
-def aggregate_batch(messages: DataFrame, settings: Settings | None = None) -> BatchAggregates:
-    """Reduce one micro-batch of raw-topic messages to the task 1-4 outputs and the extras, in Spark.
-
-    One Spark job of two stages (see the module docstring):
-    ``mapInArrow(decode_partition)`` decodes every message to DAQ rows, counts them and
-    splits the hits into ``settings.shuffle_partitions`` x ``BUCKETS_PER_PARTITION`` orbit
-    buckets; ``repartition(settings.shuffle_partitions, "bucket")`` puts whole orbits in
-    each partition; ``mapInArrow(reduce_partition)`` reduces each partition to one row;
-    the driver merges the rows (``merge_aggregates``). Same result as ``reduce_rows`` on
-    the whole batch's decoded rows.
-
-    Args:
-        messages: source rows, columns of ``processor.kafka_source.SPARK_SCHEMA`` (one row
-            per Kafka message).
-        settings: scintillator channel, drift-time range and bins, max orbit gap, shuffle
-            partitions (default: ``Settings()``).
-    Returns:
-        ``BatchAggregates`` of the whole micro-batch.
-    Raises:
-        ValueError: an empty drift-time range in the settings.
-    """
-    s = settings or Settings()
-    binning = Binning.from_settings(s)
-    buckets = s.shuffle_partitions * BUCKETS_PER_PARTITION
-    split = messages.mapInArrow(decode_partition(binning, buckets), SPLIT_SPARK_SCHEMA)
-    partials = split.repartition(s.shuffle_partitions, "bucket").mapInArrow(reduce_partition(binning), PARTIAL_SPARK_SCHEMA)
-    return merge_aggregates(from_partial_rows(partials.toArrow(), binning), binning)
-
-
-def build_message(
-    batch_id: int,
-    agg: BatchAggregates,
-    *,
-    trigger_interval_s: float,
-    batch_started: float,
-    published: float,
-    health: ChannelHealth | None = None,
-    run: RunStatus | None = None,
-    quality: QualityReport | None = None,
-    scintillator: Scintillator | None = None,
-    events: list[StreamEvent] | None = None,
-) -> ResultsMessage:
-    """The results message (version ``dtmon.schema.RESULTS_VERSION``) of one micro-batch (pure).
-
-    Args:
-        batch_id: Spark micro-batch id.
-        agg: the batch's aggregates.
-        trigger_interval_s: the query's trigger interval in s.
-        batch_started, published: wall-clock times in epoch s.
-        health: dead/noisy channels (``processor.quality.QualityMonitor.update``).
-        run: the run fields from ``processor.state.RunTracker``.
-        quality, scintillator, events: from ``processor.quality.QualityMonitor.update``
-            (default: no quality, ``agg.scintillator`` without source, no events).
-    """
-    run = run or RunStatus()
-    chambers = [
-        ChamberHistograms(
-            chamber=c,
-            hits=int(agg.occupancy[c].sum()),
-            occupancy=Histogram(bin_edges=OCCUPANCY_EDGES, bin_counts=agg.occupancy[c].tolist()),
-            multiplicity=Histogram(bin_edges=MULTIPLICITY_EDGES, bin_counts=agg.multiplicity[c].tolist()),
-            occupancy_scint=Histogram(bin_edges=OCCUPANCY_EDGES, bin_counts=agg.occupancy_scint[c].tolist()),
-            drift_time=Histogram(bin_edges=agg.drift_edges, bin_counts=agg.drift_time[c].tolist()),
-        )
-        for c in range(N_CHAMBERS)
-    ]
-    ms = lambda v: None if v is None else v / 1000.0  # noqa: E731
-    return ResultsMessage(
-        batch_id=batch_id,
-        synthetic=agg.synthetic,
-        trigger_interval_s=trigger_interval_s,
-        batch_started=batch_started,
-        published=published,
-        produced_first=ms(agg.produced_first_ms),
-        produced_last=ms(agg.produced_last_ms),
-        rows_read=agg.rows_read,
-        malformed_rows=agg.malformed_rows,
-        hits=agg.hits,
-        hits_outside_chambers=agg.hits_outside_chambers,
-        orbit_min=agg.orbit_min,
-        orbit_max=agg.orbit_max,
-        orbits_with_hits=agg.orbits_with_hits,
-        chambers=chambers,
-        detector_time_s=agg.detector_time_s,
-        orbit_jumps=agg.orbit_jumps,
-        scintillator=scintillator or Scintillator(fpga=agg.scintillator[0], channel=agg.scintillator[1]),
-        orbits_with_scintillator=agg.orbits_with_scintillator,
-        channel_health=health,
-        run=run.run,
-        run_state=run.state,
-        run_started=run.started,
-        quality=quality,
-        events=events or [],
-    )

@@ -1,0 +1,90 @@
+"""The Spark plan of one micro-batch: one job of two stages over the source's message rows.
+
+The source yields one row per Kafka message (~10 000 DAQ rows each), so the JVM never
+handles a row per hit. Stage 1 (``mapInArrow(decode_partition)``) decodes each
+partition's messages straight into Arrow DAQ rows (``processor.decode``), counts rows,
+malformed rows, Kafka times, runs and run markers and splits the hits into orbit buckets
+(``processor.codec.split_rows``: ORBIT_CNT mod the bucket count). The one shuffle groups
+rows by bucket, so each partition holds whole orbits (a muon's chamber hits and its
+scintillator hit share the orbit). Stage 2 (``mapInArrow(reduce_partition)``) reduces each
+partition with numpy (``processor.codec.reduce_split``, ``processor.reduce``) to a single
+small row of partial sums. The driver collects those rows as Arrow and adds them up
+(``processor.reduce.merge_aggregates``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pyarrow as pa
+from pyspark.sql import DataFrame
+
+from dtmon.settings import Settings
+from processor.codec import (
+    PARTIAL_SPARK_SCHEMA,
+    SPLIT_SCHEMA,
+    SPLIT_SPARK_SCHEMA,
+    from_partial_rows,
+    reduce_split,
+    split_rows,
+    to_partial_row,
+)
+from processor.decode import decode_messages
+from processor.reduce import BatchAggregates, Binning, merge_aggregates
+
+def decode_partition(binning: Binning, buckets: int):
+    """Stage 1's ``mapInArrow`` function: record batches of source rows (``MESSAGE_SCHEMA``)
+    -> ``SPLIT_SCHEMA`` record batches (``decode_messages`` then ``split_rows``)."""
+
+    def decode(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            if batch.num_rows:
+                yield split_rows(decode_messages(batch), binning, buckets)
+
+    return decode
+
+
+def reduce_partition(binning: Binning):
+    """Stage 2's ``mapInArrow`` function: all ``SPLIT_SCHEMA`` record batches of one
+    partition (whole orbit buckets) -> one ``PARTIAL_SCHEMA`` row (none for an empty partition)."""
+
+    def reduce(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        agg = reduce_split(pa.Table.from_batches(list(batches), schema=SPLIT_SCHEMA), binning)
+        if agg is not None:
+            yield to_partial_row(agg)
+
+    return reduce
+
+
+BUCKETS_PER_PARTITION = 4
+"""Orbit buckets per shuffle partition: Spark hashes bucket ids to partitions, and a few
+buckets per partition keep the partitions' shares of hits close to even."""
+
+
+def aggregate_batch(messages: DataFrame, settings: Settings | None = None) -> BatchAggregates:
+    """Reduce one micro-batch of raw-topic messages to the task 1-4 outputs and the extras, in Spark.
+
+    One Spark job of two stages (see the module docstring):
+    ``mapInArrow(decode_partition)`` decodes every message to DAQ rows, counts them and
+    splits the hits into ``settings.shuffle_partitions`` x ``BUCKETS_PER_PARTITION`` orbit
+    buckets; ``repartition(settings.shuffle_partitions, "bucket")`` puts whole orbits in
+    each partition; ``mapInArrow(reduce_partition)`` reduces each partition to one row;
+    the driver merges the rows (``merge_aggregates``). Same result as ``reduce_rows`` on
+    the whole batch's decoded rows.
+
+    Args:
+        messages: source rows, columns of ``processor.kafka_source.SPARK_SCHEMA`` (one row
+            per Kafka message).
+        settings: scintillator channel, drift-time range and bins, max orbit gap, shuffle
+            partitions (default: ``Settings()``).
+    Returns:
+        ``BatchAggregates`` of the whole micro-batch.
+    Raises:
+        ValueError: an empty drift-time range in the settings.
+    """
+    s = settings or Settings()
+    binning = Binning.from_settings(s)
+    buckets = s.shuffle_partitions * BUCKETS_PER_PARTITION
+    split = messages.mapInArrow(decode_partition(binning, buckets), SPLIT_SPARK_SCHEMA)
+    partials = split.repartition(s.shuffle_partitions, "bucket").mapInArrow(reduce_partition(binning), PARTIAL_SPARK_SCHEMA)
+    return merge_aggregates(from_partial_rows(partials.toArrow(), binning), binning)

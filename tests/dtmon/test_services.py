@@ -1,0 +1,73 @@
+"""S3 seeding (dtmon.services): what is uploaded, and the upload to a real moto server."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+
+from dtmon.daqfiles import SYNTHETIC_MANIFEST, SourceError
+from dtmon.services import plan_uploads, s3_client, seed
+
+
+def daq_dir(tmp_path: Path, genuine_csv: Path, name: str = "daq") -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    shutil.copy(genuine_csv, folder / "data_000010.txt")
+    (folder / "data_000009.txt").write_bytes(b"".join(genuine_csv.read_bytes().splitlines(keepends=True)[:11]))
+    (folder / "notes.txt").write_text("not a DAQ file: there are data_*.txt files beside it\n")
+    (folder / "notes.md").write_text("not a DAQ file\n")
+    (folder / "raw.dat").write_bytes(b"\x00" * 16)
+    (folder / ".hidden.txt").write_text("2,0,1,2,3,4\n")
+    return folder
+
+
+def test_plan_uploads_takes_daq_files_in_name_order_and_marks_synthetic(tmp_path, genuine_csv):
+    genuine = daq_dir(tmp_path, genuine_csv)
+    plan = plan_uploads([genuine, genuine_csv], prefix="/run1/")
+    assert [(u.key, u.path, u.synthetic) for u in plan] == [
+        ("run1/data_000009.txt", genuine / "data_000009.txt", False),
+        ("run1/data_000010.txt", genuine / "data_000010.txt", False),
+        (f"run1/{genuine_csv.name}", genuine_csv, False),
+    ]
+
+    synthetic = daq_dir(tmp_path, genuine_csv, "synthetic")
+    (synthetic / SYNTHETIC_MANIFEST).write_text('{"synthetic": true}')
+    plan = plan_uploads([synthetic / "data_000010.txt"])
+    assert [(u.key, u.synthetic) for u in plan] == [("data_000010.txt", True), (SYNTHETIC_MANIFEST, True)]
+
+    with pytest.raises(SourceError, match="genuine and synthetic"):
+        plan_uploads([genuine, synthetic])
+    with pytest.raises(SourceError, match="data_000010.txt"):
+        plan_uploads([genuine, genuine / "data_000010.txt"])
+    with pytest.raises(SourceError, match="no DAQ files"):
+        plan_uploads([_empty(tmp_path)])
+    with pytest.raises(SourceError, match="no such file"):
+        plan_uploads([tmp_path / "missing"])
+
+
+def _empty(tmp_path: Path) -> Path:
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    (folder / "README").write_text("nothing here\n")
+    return folder
+
+
+def test_seed_uploads_synthetic_files_with_metadata_and_manifest(tmp_path, genuine_csv, s3_endpoint):
+    synthetic = tmp_path / "synthetic"
+    synthetic.mkdir()
+    shutil.copy(genuine_csv, synthetic / "data_000000.txt")
+    (synthetic / SYNTHETIC_MANIFEST).write_text('{"synthetic": true, "seed": 7}')
+    bucket = f"b-{uuid.uuid4().hex[:8]}"
+
+    seed(s3_endpoint, bucket, plan_uploads([synthetic], prefix="gen"))
+
+    client = s3_client(s3_endpoint)
+    keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"])
+    assert keys == ["gen/data_000000.txt", f"gen/{SYNTHETIC_MANIFEST}"]
+    head = client.head_object(Bucket=bucket, Key="gen/data_000000.txt")
+    assert head["Metadata"] == {"dtmon-synthetic": "1"}
+    body = client.get_object(Bucket=bucket, Key="gen/data_000000.txt")["Body"].read()
+    assert body == genuine_csv.read_bytes()
