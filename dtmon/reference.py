@@ -14,7 +14,6 @@ per chamber the hits, rate (Hz of detector time), occupancy (64 bins) and drift 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable
 from pathlib import Path

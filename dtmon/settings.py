@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from dtmon.hits import SCINT_CHANNEL, SCINT_FPGA
+from dtmon.hits import SCINT_FPGA
 from dtmon.kafka import KafkaConfig, load_kafka_config
 
 

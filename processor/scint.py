@@ -15,7 +15,6 @@ from __future__ import annotations
 import numpy as np
 
 from dtmon.checks_config import ScintillatorConfig
-from dtmon.hits import SCINT_CHANNEL as DEFAULT_SCINT_CHANNEL  # the course PDF's t0 channel, used until one is found
 from dtmon.hits import SCINT_FPGA
 
 FIRST_CANDIDATE = 128

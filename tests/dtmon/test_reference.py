@@ -11,7 +11,7 @@ from confluent_kafka import Producer
 from typer.testing import CliRunner
 
 from dtmon.cli import app
-from dtmon.reference import Reference, ReferenceError, load_reference, reference_from_messages, save_reference
+from dtmon.reference import ReferenceError, load_reference, reference_from_messages, save_reference
 from dtmon.settings import load_settings
 from dtmon.synth import SynthParams, generate
 from processor.message import build_message
