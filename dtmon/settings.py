@@ -8,6 +8,7 @@ Command-line flags override the environment (see each stage's ``--help``).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -65,6 +66,11 @@ class Settings(BaseSettings):
     checkpoint_location: str = Field("var/checkpoint", description="Spark streaming checkpoint directory")
     starting_offsets: str = Field("latest", description="where a new query starts in the raw topic: earliest or latest")
     max_offsets_per_trigger: int | None = Field(None, ge=1, description="cap on Kafka messages read per micro-batch")
+    kafka_source: Literal["python", "spark"] = Field(
+        "python",
+        description="how Spark reads the raw topic: python (dtmon's Python data source, needs only pip install) or "
+        "spark (Spark's built-in Kafka source; the spark-sql-kafka connector is fetched from Maven Central)",
+    )
     spark_master: str = Field("local[*]", description="Spark master URL, e.g. local[*] or spark://host:7077")
     shuffle_partitions: int = Field(2, ge=1, description="spark.sql.shuffle.partitions for the per-batch aggregations")
     scint_fpga: int = Field(1, ge=0, le=7, description="FPGA of the scintillator (t0) channel (course PDF: 1)")

@@ -17,6 +17,7 @@ from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
 from dtmon.schema import RESULTS_SCHEMA_ID, RESULTS_VERSION
 from dtmon.settings import Settings
+from processor import spark_kafka
 from processor.histograms import aggregate_batch, build_message
 from processor.kafka_source import SOURCE_NAME, KafkaDataSource
 from processor.state import ChannelHealthTracker, RunTracker
@@ -46,6 +47,9 @@ def spark_session(settings: Settings, app_name: str = "dtmon-processor") -> Spar
         # each partition's messages cross to the decoding mapInArrow in few, large Arrow batches
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", "200000")
     )
+    if settings.kafka_source == "spark":  # Spark's own Kafka source: the connector jars via spark.jars.packages
+        for key, value in spark_kafka.session_config().items():
+            builder = builder.config(key, value)
     if settings.spark_master.startswith("local"):  # nothing outside this machine talks to a local driver
         builder = builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
     spark = builder.getOrCreate()
@@ -172,7 +176,7 @@ class ProgressLogger(StreamingQueryListener):
 
 
 def start_query(spark: SparkSession, settings: Settings, publisher: ResultsPublisher) -> StreamingQuery:
-    """Start the streaming query reading ``settings.raw_topic`` and publishing results."""
+    """Start the streaming query reading ``settings.raw_topic`` (source: ``settings.kafka_source``) and publishing results."""
     reader = (
         spark.readStream.format(SOURCE_NAME)
         .option("kafka.bootstrap.servers", settings.bootstrap_servers)
@@ -182,7 +186,7 @@ def start_query(spark: SparkSession, settings: Settings, publisher: ResultsPubli
     )
     if settings.max_offsets_per_trigger:
         reader = reader.option("maxOffsetsPerTrigger", str(settings.max_offsets_per_trigger))
-    rows = reader.load()
+    rows = reader.load() if settings.kafka_source == "python" else spark_kafka.read_stream(spark, settings)
     health = ChannelHealthTracker(settings.health_window_batches, settings.noisy_factor)
     runs = RunTracker()
 

@@ -25,6 +25,9 @@ def main(
     starting_offsets: Optional[str] = typer.Option(None, help="earliest | latest, for a new checkpoint [env DTMON_STARTING_OFFSETS]"),
     master: Optional[str] = typer.Option(None, help="Spark master, e.g. local[*] or spark://host:7077 [env DTMON_SPARK_MASTER]"),
     max_offsets_per_trigger: Optional[int] = typer.Option(None, help="cap on raw messages per micro-batch"),
+    kafka_source: Optional[str] = typer.Option(
+        None, help="python (dtmon's data source) | spark (Spark's Kafka connector) [env DTMON_KAFKA_SOURCE]"
+    ),
     shuffle_partitions: Optional[int] = typer.Option(None, help="spark.sql.shuffle.partitions"),
     scint_fpga: Optional[int] = typer.Option(None, help="FPGA of the scintillator t0 channel (PDF: 1) [env DTMON_SCINT_FPGA]"),
     scint_channel: Optional[int] = typer.Option(
@@ -42,6 +45,7 @@ def main(
         starting_offsets=starting_offsets,
         spark_master=master,
         max_offsets_per_trigger=max_offsets_per_trigger,
+        kafka_source=kafka_source,
         shuffle_partitions=shuffle_partitions,
         scint_fpga=scint_fpga,
         scint_channel=scint_channel,
