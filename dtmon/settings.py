@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     kafka_source: Literal["python", "spark"] = Field(
         "python",
         description="how Spark reads the raw topic: python (dtmon's Python data source, needs only pip install) or "
-        "spark (Spark's built-in Kafka source; the spark-sql-kafka connector is fetched from Maven Central)",
+        "spark (Spark's built-in Kafka source; the spark-sql-kafka connector is fetched with Maven)",
     )
     spark_master: str = Field("local[*]", description="Spark master URL, e.g. local[*] or spark://host:7077")
     shuffle_partitions: int = Field(2, ge=1, description="spark.sql.shuffle.partitions for the per-batch aggregations")
