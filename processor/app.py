@@ -261,8 +261,9 @@ def run_processor(settings: Settings) -> int:
     publisher = ResultsPublisher(settings.bootstrap_servers, settings.results_topic)
     query = start_query(spark, settings, publisher)
     log.info(
-        "processor running: %s -> %s, trigger %.1f s, checkpoint %s",
+        "processor running: %s -> %s, trigger %.1f s, checkpoint %s, Kafka source %s",
         settings.raw_topic, settings.results_topic, settings.trigger_interval_s, settings.checkpoint_location,
+        settings.kafka_source,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
