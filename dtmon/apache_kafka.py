@@ -212,11 +212,13 @@ def start_apache_kafka(
     heap: str = "512m",
     overrides: dict[str, str] | None = None,
     timeout: float = 120.0,
+    data_root: Path | None = None,
 ) -> ApacheKafka:
     """Format a temporary KRaft storage directory and start a one-node Apache Kafka on ``host:port``.
 
     Fetches the jars first if the cache lacks them (``fetch_jars``). The controller listens
-    on ``controller_port`` (a free port when None). ``log`` receives the JVM's output.
+    on ``controller_port`` (a free port when None). ``log`` receives the JVM's output. The
+    storage directory is a new temporary directory (inside ``data_root`` if given).
 
     Raises:
         FileNotFoundError: no ``java`` or no ``mvn``.
@@ -227,7 +229,7 @@ def start_apache_kafka(
 
     libs = fetch_jars(version)
     controller_port = controller_port or free_port()
-    data_dir = Path(tempfile.mkdtemp(prefix="dtmon-apache-kafka-"))
+    data_dir = Path(tempfile.mkdtemp(prefix="dtmon-apache-kafka-", dir=data_root))
     props = server_properties(host, port, controller_port, data_dir / "data", overrides)
     config = data_dir / "server.properties"
     config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
