@@ -32,7 +32,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from dtmon.services import Service, _wait_or_stop, stop_process
+from dtmon.services import Service, stop_process, wait_for_port
 
 KAFKA_VERSION = "4.1.1"
 """Apache Kafka server version the launcher fetches by default (KRaft only, Java 17+)."""
@@ -250,7 +250,7 @@ def start_apache_kafka(
                                start_new_session=True, cwd=data_dir)  # fmt: skip
     service = ApacheKafka("broker", process, f"{host}:{port}", data_dir=data_dir)
     try:
-        _wait_or_stop(process, host, port, timeout)
+        wait_for_port(host, port, timeout, process)
         _wait_registered(service.address, process, t0 + timeout)
     except BaseException:
         service.stop()
