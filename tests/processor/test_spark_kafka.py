@@ -57,23 +57,6 @@ def test_message_rows_maps_the_builtin_columns_like_the_python_source(spark):
     assert got[-1].value is None
 
 
-def results_of(spark, kafka_bootstrap, raw: str, source: str, tmp_path, rows: int) -> list[ResultsMessage]:
-    """Results messages of a query with ``kafka_source=source`` over the whole raw topic (until ``rows`` DAQ rows and the run end)."""
-    results = f"{raw}-{source}"
-    create_topic(kafka_bootstrap, results)
-    settings = load_settings(
-        bootstrap_servers=kafka_bootstrap, raw_topic=raw, results_topic=results, trigger_interval_s=1.0,
-        checkpoint_location=str(tmp_path / f"checkpoint-{source}"), starting_offsets="earliest", scint_channel=138,
-        kafka_source=source,
-    )  # fmt: skip
-    query = start_query(spark, settings, ResultsPublisher(kafka_bootstrap, results))
-    try:
-        return read_until(kafka_bootstrap, results, lambda ms: sum(m.rows_read for m in ms) >= rows
-                          and any(m.run_state == "ended" for m in ms))  # fmt: skip
-    finally:
-        query.stop()
-
-
 @pytest.mark.integration
 def test_builtin_source_reads_up_to_the_list_offsets_answer(spark, kafka_bootstrap, broker_kind, genuine_table, topic_name):
     """Spark's source plans up to ListOffsets(latest). Apache Kafka answers the log end; Tansu 0.6
