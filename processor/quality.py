@@ -24,7 +24,8 @@ from dtmon.schema import ChannelHealth, ChannelRef, QualityReport, QualityWindow
 from dtmon.settings import Settings
 from dtmon.wire import RunEvent
 from processor import checks
-from processor.scint import DEFAULT_SCINT_CHANNEL, N_CANDIDATES, STATS, choose_scintillator
+from dtmon.hits import SCINT_CHANNEL as DEFAULT_SCINT_CHANNEL
+from processor.scint import N_CANDIDATES, STATS, choose_scintillator
 from processor.window import CheckWindow, WindowBatch, WindowTotals
 
 log = logging.getLogger("dtmon.processor")

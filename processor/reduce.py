@@ -37,7 +37,8 @@ from dtmon.hits import (
 )
 from dtmon.settings import Settings
 from dtmon.wire import RunEvent
-from processor.scint import DEFAULT_SCINT_CHANNEL, N_CANDIDATES, STATS, candidate_stats
+from dtmon.hits import SCINT_CHANNEL as DEFAULT_SCINT_CHANNEL
+from processor.scint import N_CANDIDATES, STATS, candidate_stats
 
 ORBIT_S = BX_PER_ORBIT * BX_NS * 1e-9
 """One orbit in s: 3564 BX x 25 ns = 89.1 us."""
