@@ -188,9 +188,10 @@ def _java() -> str:
 def _wait_registered(address: str, process: subprocess.Popen, deadline: float) -> None:
     """Block until the broker at ``address`` lists itself in a metadata response (it is unfenced)."""
     from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": address, "log_level": 0})
+    from dtmon.kafka import KafkaClients
+
+    admin = KafkaClients(address).admin(log_level=0)
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"Apache Kafka exited with code {process.returncode} during startup")

@@ -190,10 +190,11 @@ def read_results(kafka, topic: str, *, last_batches: int | None = None, run: int
         starts, ends = [], set()
         for p in metadata.partitions:
             # the end is the end-of-partition event: some brokers (Tansu) answer a high watermark
-            # below the log end, so ``high - N`` only ever starts early (trimmed below)
+            # below the log end, so the start only ever falls early (trimmed below); the margin
+            # covers messages that are not results (skipped) among the last N
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s, cached=False)
             if high > low:
-                start = max(low, high - last_batches) if last_batches else low
+                start = max(low, high - 2 * last_batches - 100) if last_batches else low
                 starts.append(TopicPartition(topic, p, start))
                 ends.add(p)
         if not starts:

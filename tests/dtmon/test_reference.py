@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from confluent_kafka import Producer
+from dtmon.kafka import KafkaClients
 from typer.testing import CliRunner
 
 from dtmon.cli import app
@@ -89,7 +89,7 @@ def test_processor_compares_shapes_and_rates_with_a_reference(tmp_path):
 @pytest.mark.integration
 def test_reference_save_reads_the_results_topic(kafka_bootstrap, topic_name, tmp_path, monkeypatch):
     create_topic(kafka_bootstrap, topic_name)
-    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer = KafkaClients(kafka_bootstrap).producer()
     sent = messages(4, run=7) + messages(3, run=8, first=4)
     for m in sent:
         producer.produce(topic_name, key=str(m.batch_id).encode(), value=m.to_json())

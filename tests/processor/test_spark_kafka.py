@@ -62,13 +62,15 @@ def test_builtin_source_reads_up_to_the_list_offsets_answer(spark, kafka_bootstr
     """Spark's source plans up to ListOffsets(latest). Apache Kafka answers the log end; Tansu 0.6
     answers the last record batch's base offset + 1, so on Tansu the built-in source misses the
     tail of the log (dtmon's Python source confirms the end with PARTITION_EOF and reads it all)."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import TopicPartition
+
+    from dtmon.kafka import KafkaClients
 
     raw = f"{topic_name}-raw"
     create_topic(kafka_bootstrap, raw)
     first_ms = int(time.time() * 1000) - 30_000
     sent = produce_run(kafka_bootstrap, raw, 9, genuine_table, first_ms, end=True) - first_ms + 1  # messages on the topic
-    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "test-list-offsets"})
+    consumer = KafkaClients(kafka_bootstrap).consumer("test-list-offsets")
     try:
         _, listed = consumer.get_watermark_offsets(TopicPartition(raw, 0), timeout=10, cached=False)
     finally:
