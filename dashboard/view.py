@@ -368,7 +368,7 @@ class SessionView:
     """
 
     def __init__(self, bootstrap_servers: str, topic: str, history: int = 300,
-                 reference_file: Path | None = Path("var/reference.json")) -> None:
+                 reference_file: Path | None = None) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
         self.reference_file = None if reference_file is None else Path(reference_file)

@@ -32,7 +32,7 @@ JUDGED_TIMEOUT_S = 300  # Spark start (minutes under load) + a window with 1000 
 T0_SHIFT_NS = 40.0  # above the 25 ns "bad" threshold of dtmon/checks.toml
 FAULTS = ["--dead-chamber", "3", "--t0-shift", f"1:{T0_SHIFT_NS:g}"]
 EXPECTED = {0: "good", 1: "bad", 2: "good", 3: "bad"}
-STEADY_JS = f"() => !Bokeh.documents[0].get_model_by_name('stale').visible && ({SERIES_ROWS_JS})() >= 10"
+STEADY_JS = f"() => ({SERIES_ROWS_JS})() >= 10 && !Bokeh.documents[0].get_model_by_name('stale').visible"
 
 
 def _judged(m: ResultsMessage) -> bool:
