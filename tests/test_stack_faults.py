@@ -19,6 +19,7 @@ import time
 import pytest
 
 from dtmon.kafka import KafkaClients
+from dtmon.reference import load_reference, read_results
 from dtmon.schema import ResultsMessage
 from dtmon.services import free_port
 from dtmon.supervisor import descendants
@@ -32,6 +33,7 @@ JUDGED_TIMEOUT_S = 300  # Spark start (minutes under load) + a window with 1000 
 T0_SHIFT_NS = 40.0  # above the 25 ns "bad" threshold of dtmon/checks.toml
 FAULTS = ["--dead-chamber", "3", "--t0-shift", f"1:{T0_SHIFT_NS:g}"]
 EXPECTED = {0: "good", 1: "bad", 2: "good", 3: "bad"}
+SAVED_JS = "() => Bokeh.documents[0].get_model_by_name('view-caption').text.includes('reference saved')"
 STEADY_JS = f"() => ({SERIES_ROWS_JS})() >= 10 && !Bokeh.documents[0].get_model_by_name('stale').visible"
 
 
@@ -133,8 +135,28 @@ def test_synthetic_faults_turn_the_affected_chambers_bad_on_the_live_stack(tmp_p
                 page.wait_for_timeout(1500)  # let the plots paint
                 (REPO / "artifacts").mkdir(exist_ok=True)
                 page.screenshot(path=str(REPO / "artifacts" / "fault-caught.png"))
+
+                # "Use as reference" writes the file the processor re-reads (dtmon up: var/reference.json)
+                page.get_by_role("button", name="Use as reference").click()
+                page.wait_for_function(SAVED_JS, timeout=30_000)
             finally:
                 browser.close()
+
+        reference = load_reference(tmp_path / "var" / "reference.json")
+        assert reference.synthetic and reference.batches >= 1 and reference.chambers[3].hits == 0
+        compared = None
+        while compared is None:  # the processor's next windows are compared with it
+            _check_running(proc, out, workdir)
+            assert time.monotonic() < deadline + 120, f"reference never used:\n{_logs(workdir)}"
+            newest = read_results(f"127.0.0.1:{broker_port}", "minidt-results", last_batches=1)
+            q = newest[-1].quality if newest else None
+            shapes = {} if q is None else {c.chamber: {r.check: r for r in c.checks}["occupancy_shape"] for c in q.chambers}
+            if q is not None and q.reference == reference.name and all(shapes[c].quality != "null" for c in (0, 2)):
+                compared = newest[-1]
+            else:
+                time.sleep(1.0)
+        for c in (0, 2):  # the same healthy chamber as in the reference: its shape agrees
+            assert shapes[c].quality == "good" and "vs reference" in shapes[c].reason, shapes[c]
 
         pids |= descendants(proc.pid)
         proc.send_signal(signal.SIGINT)
