@@ -73,10 +73,10 @@ from dashboard.state import (
     freshness,
     health_rows,
     normalised_reference,
-    reference_histograms,
-    reference_messages,
     quality_tiles,
     rate_columns,
+    reference_histograms,
+    reference_messages,
     run_html,
     scintillator_text,
     trend_quality_columns,
@@ -335,6 +335,7 @@ def _pm(value: float, error: float | None) -> str:
     return f"{value:.1f}" + (f" ± {error:.1f}" if error is not None else "")
 
 
+NOT_LOADED = "reference not loaded"
 _reference_cache: dict[Path, tuple[float, dict[str, HistogramSet]]] = {}
 
 
@@ -697,10 +698,13 @@ class SessionView:
     def _reference(self) -> dict[str, HistogramSet]:
         """The reference to overlay: ``reference_file`` (empty while it does not exist)."""
         try:
-            return cached_reference(self.reference_file)
+            ref = cached_reference(self.reference_file)
         except ValueError as exc:  # dtmon.reference.ReferenceError
-            self.reference_note = f"<b style='color:#b30000'>reference not loaded: {html.escape(str(exc))}</b>"
+            self.reference_note = f"<b style='color:#b30000'>{NOT_LOADED}: {html.escape(str(exc))}</b>"
             return {}
+        if NOT_LOADED in self.reference_note:  # a good file replaced the bad one
+            self.reference_note = ""
+        return ref
 
     def _draw_overview(self) -> None:
         self.series.data = {k: list(v) for k, v in self.snap.series.items()}  # snapshots are shared

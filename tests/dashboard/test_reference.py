@@ -84,6 +84,11 @@ def test_overlay_follows_the_file_on_disk(tmp_path):
     view.tabs.active = 1
     view.refresh(_store([make_batch(0, seed=1, v2=True)]).snapshot(), now=0.0)
     assert "reference not loaded" in view.caption.text
+    save_reference(first, path)
+    os.utime(path, (3e9, 3e9))
+    view.refresh(_store([make_batch(0, seed=1, v2=True), make_batch(1, seed=2, v2=True)]).snapshot(), now=0.0)
+    assert "reference not loaded" not in view.caption.text
+    assert not math.isnan(view.sources["occupancy"].data["ref_ch0"][0])
 
 
 def test_replay_covers_the_trend_hours():
