@@ -89,7 +89,7 @@ TAB_ATTACHED = """() => {
 def results_message(batch_id: int, started: float, rng: np.random.Generator) -> ResultsMessage:
     """A version-3 results message of realistic size (processor default bins) with random counts."""
     occupancy = rng.poisson(20.0, size=(4, 64))
-    multiplicity = rng.poisson(2.0, size=(4, 64))
+    multiplicity = rng.poisson(2.0, size=(4, 64)) * (np.arange(1, 65) <= 4)  # k <= 4: sum of k x orbits <= hits
     centres = (np.array(DRIFT_EDGES[:-1]) + np.array(DRIFT_EDGES[1:])) / 2
     drift = rng.poisson(np.where((centres > 0) & (centres < 390), 6.0, 0.3), size=(4, len(centres)))
     chambers = [ChamberHistograms(

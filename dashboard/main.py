@@ -19,7 +19,8 @@ if runtime is None:
     doc.add_root(Div(text="dtmon dashboard: no results consumer (serve the directory: bokeh serve dashboard)"))
 else:
     view = SessionView(runtime.settings.bootstrap_servers, runtime.settings.results_topic,
-                       runtime.settings.dashboard_history, Path(runtime.settings.dashboard_reference_dir))
+                       runtime.settings.dashboard_history,
+                       Path(runtime.settings.reference_file) if runtime.settings.reference_file else None)
     for root in view.roots:
         doc.add_root(root)
 

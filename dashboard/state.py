@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from dtmon.hits import CELLS_PER_CHAMBER, N_CHAMBERS, cell_of, daq_channel_of, layer_of
+from dtmon.reference import Reference
 from dtmon.validation import parse_results
 from dtmon.schema import (
     MULTIPLICITY_EDGES,
@@ -827,7 +828,8 @@ def scintillator_text(message: ResultsMessage | None) -> str:
     s = message.scintillator
     why = ""
     if s.source is not None:
-        why = f" ({s.source}" + (f": {s.reason}" if s.reason else "") + ")"
+        reason = s.reason or ""
+        why = f" ({reason})" if reason.startswith(s.source) else f" ({s.source}" + (f": {reason}" if reason else "") + ")"
     return f"t0 = FPGA {s.fpga} ch {s.channel}{why}"
 
 
@@ -864,58 +866,18 @@ def run_html(message: ResultsMessage | None, now: float, stale: bool = False) ->
     return f"Run <b>{html.escape(str(message.run))}</b> · {state}{elapsed}"
 
 
-REFERENCE_SCHEMA = "dtmon.reference"
-REFERENCE_VERSION = 1
-REFERENCE_KINDS = ("occupancy", "drift_time")
-"""Histogram kinds a reference carries and the dashboard overlays."""
+def reference_histograms(reference: Reference) -> dict[str, HistogramSet]:
+    """The occupancy (4, 64) and drift-time (4, D) histograms of a reference run
+    (``dtmon.reference.Reference``), by kind, on the bins the results use."""
+    return {"occupancy": HistogramSet(list(OCCUPANCY_EDGES), reference.occupancy()),
+            "drift_time": HistogramSet(list(reference.drift_edges), reference.drift_time())}
 
 
-def reference_document(totals: Totals, message: ResultsMessage | None, created: float) -> dict:
-    """A reference document of the cumulative histograms ``totals``: ``{"schema": "dtmon.reference",
-    "version": 1, "created": epoch s, "run", "batches", "last_batch_id", "detector_time_s",
-    "chambers": [{"chamber", "hits", "occupancy": {bin_edges, bin_counts}, "drift_time": ...}]}``
-    (the kinds ``totals`` has; drift_time is absent before version-2 results)."""
-    chambers = []
-    for c in range(N_CHAMBERS):
-        entry: dict = {"chamber": c, "hits": int(totals.hits[c])}
-        for kind in REFERENCE_KINDS:
-            h = totals.hists.get(kind)
-            if h is not None:
-                entry[kind] = {"bin_edges": list(h.edges), "bin_counts": h.counts[c].tolist()}
-        chambers.append(entry)
-    return {"schema": REFERENCE_SCHEMA, "version": REFERENCE_VERSION, "created": created,
-            "run": None if message is None else message.run, "batches": totals.batches,
-            "last_batch_id": totals.last_batch_id, "detector_time_s": totals.detector_time_s, "chambers": chambers}
-
-
-def reference_from_document(doc: Mapping) -> dict[str, HistogramSet]:
-    """The histograms of a reference document (``reference_document``), by kind.
-
-    Raises:
-        ValueError: not a ``dtmon.reference`` version-1 document, or a key is missing or
-            inconsistent (the message names it).
-    """
-    if doc.get("schema") != REFERENCE_SCHEMA or doc.get("version") != REFERENCE_VERSION:
-        raise ValueError(f"not a {REFERENCE_SCHEMA} version {REFERENCE_VERSION} document "
-                         f"(schema={doc.get('schema')!r}, version={doc.get('version')!r})")
-    chambers = doc.get("chambers")
-    if not isinstance(chambers, list) or len(chambers) != N_CHAMBERS:
-        raise ValueError(f"chambers: expected a list of {N_CHAMBERS}")
-    out: dict[str, HistogramSet] = {}
-    for kind in REFERENCE_KINDS:
-        present = [ch.get(kind) for ch in chambers]
-        if all(h is None for h in present):
-            continue
-        if any(h is None for h in present):
-            raise ValueError(f"chambers[].{kind}: missing for some chambers")
-        edges = [float(e) for e in present[0]["bin_edges"]]
-        counts = np.zeros((N_CHAMBERS, len(edges) - 1))
-        for c, h in enumerate(present):
-            if [float(e) for e in h["bin_edges"]] != edges or len(h["bin_counts"]) != len(edges) - 1:
-                raise ValueError(f"chambers[{c}].{kind}: bin_edges differ from chamber 0 or do not match bin_counts")
-            counts[int(chambers[c].get("chamber", c))] = np.asarray(h["bin_counts"], dtype=float)
-        out[kind] = HistogramSet(edges, counts)
-    return out
+def reference_messages(snap: Snapshot, baseline: tuple[int, Totals, int | None] | None = None) -> list[ResultsMessage]:
+    """The kept results messages of the current accumulation epoch (one run, same bins), after the
+    session's Reset ``baseline`` when it belongs to this epoch: what "use as reference" sums."""
+    after = baseline[2] if baseline is not None and baseline[0] == snap.epoch and baseline[2] is not None else -1
+    return [r.message for r in snap.records if r.epoch == snap.epoch and r.message.batch_id > after]
 
 
 def normalised_reference(ref: HistogramSet | None, shown: HistogramSet | None) -> np.ndarray | None:

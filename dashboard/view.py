@@ -53,7 +53,6 @@ from bokeh.palettes import Category10, Viridis256
 from bokeh.plotting import figure
 from bokeh.transform import dodge
 
-from dashboard.reference import load_reference, reference_histograms, save_reference
 from dashboard.state import (
     CELL_WIDTH_MM,
     LAYER_HEIGHT_MM,
@@ -76,11 +75,14 @@ from dashboard.state import (
     normalised_reference,
     quality_tiles,
     rate_columns,
+    reference_histograms,
+    reference_messages,
     run_html,
     scintillator_text,
     trend_quality_columns,
 )
 from dtmon.hits import CELLS_PER_CHAMBER, CELLS_PER_LAYER, N_CHAMBERS, N_LAYERS
+from dtmon.reference import load_reference, reference_from_messages, save_reference
 from dtmon.schema import SCINT_CHAMBER_OFFSET_NS
 
 TITLE = "dtmon — MiniDT live monitor"
@@ -333,20 +335,44 @@ def _pm(value: float, error: float | None) -> str:
     return f"{value:.1f}" + (f" ± {error:.1f}" if error is not None else "")
 
 
+NOT_LOADED = "reference not loaded"
+_reference_cache: dict[Path, tuple[float, dict[str, HistogramSet]]] = {}
+
+
+def cached_reference(path: Path | None) -> dict[str, HistogramSet]:
+    """The histograms of the reference file ``path`` (``dtmon.reference.load_reference``), read
+    again only when its modification time changes; empty when ``path`` is None or missing.
+
+    Raises:
+        dtmon.reference.ReferenceError: the file exists but is not a valid reference.
+    """
+    if path is None:
+        return {}
+    try:
+        mtime = path.stat().st_mtime
+    except OSError:
+        return {}
+    cached = _reference_cache.get(path)
+    if cached is None or cached[0] != mtime:
+        cached = (mtime, reference_histograms(load_reference(path)))
+        _reference_cache[path] = cached
+    return cached[1]
+
+
 class SessionView:
     """Figures, widgets and data sources of one browser session; ``refresh`` copies a snapshot into them.
 
     Widget callbacks run on the session's own event loop and redraw from the last snapshot
-    seen; Reset resets this session's cumulative view only; "Use as reference" writes the
-    session's cumulative histograms to ``reference_dir`` and overlays them.
+    seen; Reset resets this session's cumulative view only; "Use as reference" sums the kept
+    results messages of the session's cumulative view (``dtmon.reference.reference_from_messages``)
+    into ``reference_file``, the file the processor compares with and the page overlays.
     """
 
     def __init__(self, bootstrap_servers: str, topic: str, history: int = 300,
-                 reference_dir: Path = Path("var/references")) -> None:
+                 reference_file: Path | None = None) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
-        self.reference_dir = Path(reference_dir)
-        self.saved_reference: Path | None = None
+        self.reference_file = None if reference_file is None else Path(reference_file)
         self.reference_note = ""
         self.choice = ViewChoice(window=min(30, history))
         self.log = False
@@ -390,7 +416,7 @@ class SessionView:
         self.reset = Button(name="reset", label="Reset cumulative (this tab)", button_type="warning", width=190)
         self.use_reference = Button(name="use-reference", label="Use as reference", width=130,
                                     html_attributes={"title": "save the cumulative occupancy and drift-time "
-                                                              "histograms as a reference file and overlay them"})
+                                                              "histograms as the reference run the processor compares with"})
         self.mode.on_change("active", lambda attr, old, new: self._choose(mode=MODES[new]))
         self.window.on_change("value", lambda attr, old, new: self._choose(window=int(new or 1)))
         self.log_toggle.on_change("active", lambda attr, old, new: self._set_log(bool(new)))
@@ -591,15 +617,19 @@ class SessionView:
                 fig.y_range.end = end
 
     def _save_reference(self) -> None:
-        """Write this session's cumulative view as a reference file and overlay it."""
+        """Save the kept messages of this session's cumulative view as the reference file (overlaid)."""
         if self.snap is None:
             return
-        cumulative = ViewChoice(mode="cumulative", baseline=self.choice.baseline).select(self.snap)
-        try:
-            self.saved_reference = save_reference(self.reference_dir, cumulative, self.snap.last)
-            note = f"reference saved: <b>{html.escape(str(self.saved_reference))}</b> ({cumulative.batches} batches)"
-        except OSError as exc:
-            note = f"<b style='color:#b30000'>reference not saved: {html.escape(str(exc))}</b>"
+        if self.reference_file is None:
+            note = "<b style='color:#b30000'>reference not saved: no reference_file setting</b>"
+        else:
+            try:
+                reference = reference_from_messages(reference_messages(self.snap, self.choice.baseline))
+                save_reference(reference, self.reference_file)
+                note = (f"reference saved: <b>{html.escape(reference.name)}</b> ({reference.batches} batches) → "
+                        f"{html.escape(str(self.reference_file))}")
+            except (ValueError, OSError) as exc:  # dtmon.reference.ReferenceError: no messages with hits
+                note = f"<b style='color:#b30000'>reference not saved: {html.escape(str(exc))}</b>"
         self.reference_note = note
         self._redraw()
 
@@ -632,13 +662,13 @@ class SessionView:
         if snap is None:
             return
         self.shown = self.choice.select(snap)
-        self.caption.text = self.choice.caption(snap, self.shown) + self._note_suffix()
         self.flags.text = flags_html(snap.flags, snap.last is not None and (
             snap.last.quality is not None or snap.last.channel_health is not None))
         self.scintillator.text = (f"E1/E2 scintillator: <b>{html.escape(scintillator_text(snap.last))}</b> · "
                                   f"orbits with a t0 hit in view: <b>{self.shown.orbits_with_scintillator}</b>")
         self.dirty = set(range(len(self.tab_drawers)))
         self._draw_tab(self.tabs.active)
+        self.caption.text = self.choice.caption(snap, self.shown) + self._note_suffix()  # after a reference load
 
     def _note_suffix(self) -> str:
         return f" · {self.reference_note}" if self.reference_note else ""
@@ -666,15 +696,15 @@ class SessionView:
         return channel_status(*flagged_channels(self.snap.last))
 
     def _reference(self) -> dict[str, HistogramSet]:
-        """The reference to overlay: the one the results name, else the one this session saved."""
+        """The reference to overlay: ``reference_file`` (empty while it does not exist)."""
         try:
-            ref = reference_histograms(self.snap.last, self.reference_dir)
-            if not ref and self.saved_reference is not None:
-                ref = load_reference(self.saved_reference)
-            return ref
-        except (OSError, ValueError) as exc:
-            self.reference_note = f"<b style='color:#b30000'>reference not loaded: {html.escape(str(exc))}</b>"
+            ref = cached_reference(self.reference_file)
+        except ValueError as exc:  # dtmon.reference.ReferenceError
+            self.reference_note = f"<b style='color:#b30000'>{NOT_LOADED}: {html.escape(str(exc))}</b>"
             return {}
+        if NOT_LOADED in self.reference_note:  # a good file replaced the bad one
+            self.reference_note = ""
+        return ref
 
     def _draw_overview(self) -> None:
         self.series.data = {k: list(v) for k, v in self.snap.series.items()}  # snapshots are shared

@@ -385,6 +385,8 @@ def up(
     started = time.time()
     t0 = time.monotonic()
     settings = settings_from(locals(), console)
+    if settings.reference_file:  # one file for the processor's checks and the dashboard's overlay
+        settings = settings.model_copy(update={"reference_file": str(Path(settings.reference_file).resolve())})
     external_kafka = "bootstrap_servers" in settings.model_fields_set  # a flag, DTMON_BOOTSTRAP_SERVERS or the Kafka config
     workdir = workdir.resolve()
     logs = workdir / "logs"

@@ -114,17 +114,15 @@ class Settings(BaseSettings):
         None, description="TOML file of data-quality thresholds merged over the shipped dtmon/checks.toml"
     )
     reference_file: str | None = Field(
-        None, description="reference run (JSON, dtmon reference save) the processor compares shapes and rates with"
+        "var/reference.json", description="reference run (JSON: dtmon reference save, or the dashboard's 'use as "
+        "reference') the processor compares shapes and rates with (re-read when it changes) and the dashboard "
+        "overlays; a missing file: no reference"
     )
 
     dashboard_history: int = Field(300, ge=10, description="micro-batches kept for the time-series plots")
     dashboard_refresh_ms: int = Field(500, ge=50, description="how often each browser session looks for new results")
     dashboard_trend_hours: float = Field(
         8.0, gt=0, le=48, description="shift trends the dashboard refills from the results topic on start, hours"
-    )
-    dashboard_reference_dir: str = Field(
-        "var/references", description="where the dashboard's 'use as reference' writes reference files and looks up "
-        "the reference the results name"
     )
 
     @model_validator(mode="before")

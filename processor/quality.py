@@ -18,13 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from dtmon.checks_config import ChecksConfig, load_checks_config
-from dtmon.hits import N_CHAMBERS
+from dtmon.hits import N_CHAMBERS, SCINT_CHANNEL
 from dtmon.reference import Reference, load_reference
 from dtmon.schema import ChannelHealth, ChannelRef, QualityReport, QualityWindow, Scintillator, StreamEvent
 from dtmon.settings import Settings
 from dtmon.wire import RunEvent
 from processor import checks
-from dtmon.hits import SCINT_CHANNEL as DEFAULT_SCINT_CHANNEL
 from processor.scint import N_CANDIDATES, STATS, choose_scintillator
 from processor.window import CheckWindow, WindowBatch, WindowTotals
 
@@ -43,8 +42,8 @@ class ScintillatorChoice:
             self.channel, self.source = channel, "configured"
             self.reason = f"FPGA {fpga} channel {channel} set by the scint_channel setting"
         else:
-            self.channel, self.source = DEFAULT_SCINT_CHANNEL, "default"
-            self.reason = f"course PDF default FPGA {fpga} channel {DEFAULT_SCINT_CHANNEL} until a t0 channel is found"
+            self.channel, self.source = SCINT_CHANNEL, "default"
+            self.reason = f"course PDF default FPGA {fpga} channel {SCINT_CHANNEL} until a t0 channel is found"
 
     def observe(self, candidates: np.ndarray) -> bool:
         """Add one batch's ``candidate_stats``; True when this changed the channel."""
@@ -53,7 +52,7 @@ class ScintillatorChoice:
         self._stats += np.asarray(candidates, np.int64).reshape(self._stats.shape)
         channel, reason = choose_scintillator(self._stats, self.config)
         if channel is None:
-            self.reason = f"course PDF default FPGA {self.fpga} channel {DEFAULT_SCINT_CHANNEL}: {reason}"
+            self.reason = f"course PDF default FPGA {self.fpga} channel {SCINT_CHANNEL}: {reason}"
             return False
         changed = channel != self.channel
         self.channel, self.source, self.reason = channel, "detected", f"detected {reason}"

@@ -37,7 +37,6 @@ from dtmon.hits import (
 )
 from dtmon.settings import Settings
 from dtmon.wire import RunEvent
-from dtmon.hits import SCINT_CHANNEL as DEFAULT_SCINT_CHANNEL
 from processor.scint import N_CANDIDATES, STATS, candidate_stats
 
 ORBIT_S = BX_PER_ORBIT * BX_NS * 1e-9
@@ -155,7 +154,7 @@ class Binning:
     def from_settings(cls, s: Settings) -> "Binning":
         """Raises ValueError for an empty drift-time range."""
         edges = drift_time_edges(s.drift_time_min_ns, s.drift_time_max_ns, s.drift_time_bin_ns)
-        channel = DEFAULT_SCINT_CHANNEL if s.scint_channel is None else s.scint_channel
+        channel = SCINT_CHANNEL if s.scint_channel is None else s.scint_channel
         return cls((s.scint_fpga, channel), tuple(edges), s.drift_time_bin_ns, s.max_orbit_gap)
 
 

@@ -21,6 +21,14 @@ from dtmon.services import Service, free_port, start_broker, start_s3
 from dtmon.settings import default_genuine_source
 
 
+@pytest.fixture(autouse=True)
+def _no_reference_file(monkeypatch):
+    """No reference run unless a test names one: the default var/reference.json of a working copy
+    (written by the dashboard's "Use as reference") must not change what unit tests judge.
+    Stack tests start their children without DTMON_* variables, so they keep the default."""
+    monkeypatch.setenv("DTMON_REFERENCE_FILE", "")
+
+
 @pytest.fixture(scope="session")
 def genuine_csv() -> Path:
     """The 999 genuine rows of data_000000.txt in ../shared (never copied into the repo)."""

@@ -43,6 +43,26 @@ SERIES_ROWS_JS = """() => {
 }"""
 
 
+# Sum of the four chambers' drawn counts (columns y0..y3) of a histogram source, -1 before it exists.
+HIST_SUM_JS = """(name) => {
+  const source = Bokeh.documents[0].get_model_by_name(name);
+  if (!source) return -1;
+  const data = source.data instanceof Map ? Object.fromEntries(source.data) : source.data;
+  let total = 0;
+  for (const c of [0, 1, 2, 3]) for (const v of (data['y' + c] || [])) if (v === v) total += v;
+  return total;
+}"""
+SCINT_TEXT_JS = "() => Bokeh.documents[0].get_model_by_name('scintillator').text"
+
+
+def show_tab(page, title: str) -> None:
+    """Click the tab ``title`` and wait until its plots joined the page."""
+    from tests.dashboard.test_browser import TAB_BUILT
+
+    page.locator(".bk-tab", has_text=title).first.click()
+    page.wait_for_function(TAB_BUILT, timeout=60_000)
+
+
 def _logs(workdir: Path) -> str:
     parts = []
     for log in sorted((workdir / "logs").glob("*.log")):
@@ -127,6 +147,22 @@ def test_dtmon_up_streams_genuine_rows_to_the_dashboard_and_stops_cleanly(tmp_pa
                 page.wait_for_timeout(1000)  # let the next refresh draw
                 (REPO / "artifacts").mkdir(exist_ok=True)
                 page.screenshot(path=str(REPO / "artifacts" / "stack.png"), full_page=True)
+
+                # the genuine rows carry the t0 on FPGA 1 ch 138: found in the data, said on the page,
+                # and E1 (scintillator-tagged occupancy) and E2 (drift time) are filled
+                page.wait_for_function(f"({SCINT_TEXT_JS})().includes('ch 138 (detected')", timeout=PLOT_TIMEOUT_S * 1000)
+                scint_text = page.evaluate(SCINT_TEXT_JS)
+                assert "lie within" in scint_text, scint_text  # the why: coincidences with chamber hits
+                show_tab(page, "Occupancy")
+                page.wait_for_function(f"({HIST_SUM_JS})('occupancy_scint-source') > 0", timeout=PLOT_TIMEOUT_S * 1000)
+                show_tab(page, "Time box")
+                page.wait_for_function(f"({HIST_SUM_JS})('drift_time-source') > 0", timeout=PLOT_TIMEOUT_S * 1000)
+                e1, e2 = (page.evaluate(HIST_SUM_JS, n) for n in ("occupancy_scint-source", "drift_time-source"))
+                print(f"genuine default: {scint_text!r}; E1 {e1:.0f} tagged hits, E2 {e2:.0f} drift times")
+                show_tab(page, "Overview")
+                page.set_viewport_size({"width": 1280, "height": 720})
+                page.wait_for_timeout(1500)
+                page.screenshot(path=str(REPO / "artifacts" / "genuine-summary.png"))
             finally:
                 browser.close()
 

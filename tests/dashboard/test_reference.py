@@ -1,45 +1,94 @@
-"""Reference files of the dashboard: saved, found by the name the results carry, overlaid."""
+"""The dashboard's reference run: "use as reference" writes the dtmon.reference file the processor
+reads (reference_file setting), and the page overlays that file, normalised to the hits shown."""
 
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
+from bokeh.events import ButtonClick
 
 from dashboard.consumer import replay_messages
-from dashboard.reference import reference_histograms, save_reference
-from dashboard.state import ResultsStore, ViewChoice
-from dashboard.view import SessionView
+from dashboard.state import ResultsStore, reference_messages
+from dashboard.view import SessionView, cached_reference
+from dtmon.reference import load_reference, reference_from_messages, save_reference
 from dtmon.settings import load_settings
-from tests.dashboard.factory import T0, make_batch
+from tests.dashboard.factory import make_batch
 
 
-def test_results_naming_a_reference_get_it_overlaid(tmp_path):
-    store = ResultsStore(history=5)
-    good = [make_batch(i, seed=i, v2=True) for i in range(3)]
-    for b in good:
+def _store(batches) -> ResultsStore:
+    store = ResultsStore(history=10)
+    for b in batches:
         store.ingest(b.message)
-    path = save_reference(tmp_path, ViewChoice(mode="cumulative").select(store.snapshot()), store.snapshot().last,
-                          now=T0)
-    assert path.name == "reference-run7-20260921T141320.json"
-    named = make_batch(3, seed=9, quality=("good",) * 4, reference=path.stem)
-    assert reference_histograms(named.message, tmp_path)["occupancy"].counts.sum() == sum(
-        b.occupancy.sum() for b in good)
-    assert reference_histograms(make_batch(4, seed=9, quality=("good",) * 4).message, tmp_path) == {}
-    (tmp_path / "broken.json").write_text('{"schema": "dtmon.reference", "version": 1, "chambers": []}')
-    with pytest.raises(ValueError, match="chambers"):
-        reference_histograms(make_batch(4, seed=9, quality=("good",) * 4, reference="broken").message, tmp_path)
+    return store
 
-    store.ingest(named.message)
-    view = SessionView("127.0.0.1:9", "res", history=5, reference_dir=tmp_path)
-    view.tabs.active = 2  # time box
-    view.mode.active = 0
+
+def test_use_as_reference_saves_the_processors_reference_file_and_overlays_it(tmp_path):
+    batches = [make_batch(i, seed=50 + i, v2=True) for i in range(3)]
+    store = _store(batches)
+    path = tmp_path / "var" / "reference.json"
+    view = SessionView("127.0.0.1:9", "res", history=10, reference_file=path)
+    view.tabs.active = 1  # occupancy
     view.refresh(store.snapshot(), now=0.0)
+    assert all(math.isnan(v) for v in view.sources["occupancy"].data["ref_ch0"])  # no file yet: no overlay
+
+    view.use_reference._trigger_event(ButtonClick(view.use_reference))
+    reference = load_reference(path)  # the processor's loader reads what the dashboard wrote
+    assert (reference.run, reference.batches, reference.first_batch, reference.last_batch) == (7, 3, 0, 2)
+    assert reference.occupancy()[2].tolist() == sum(b.occupancy[2] for b in batches).tolist()
+    assert reference.drift_time()[1].tolist() == sum(b.drift[1] for b in batches).tolist()
+    assert "reference saved" in view.caption.text and "run 7, batches 0-2" in view.caption.text
+
+    view.mode.active = 0  # last batch: the reference is scaled to its hits
+    ref = np.asarray(view.sources["occupancy"].data["ref_ch2"])
+    cumulative = sum(b.occupancy[2] for b in batches)
+    assert ref == pytest.approx(cumulative * batches[-1].occupancy[2].sum() / cumulative.sum())
+    view.tabs.active = 2  # time box
     ref = np.asarray(view.sources["drift_time"].data["ref_ch1"])
-    cumulative = sum(b.drift[1] for b in good)
-    assert ref == pytest.approx(cumulative * named.drift[1].sum() / cumulative.sum())
-    assert not any(math.isnan(v) for v in ref)
+    drift = sum(b.drift[1] for b in batches)
+    assert ref == pytest.approx(drift * batches[-1].drift[1].sum() / drift.sum())
+
+
+def test_reference_after_reset_sums_only_the_batches_since_reset():
+    store = _store([make_batch(i, seed=i, v2=True) for i in range(5)])
+    view = SessionView("127.0.0.1:9", "res", history=10, reference_file=None)
+    view.refresh(store.snapshot(), now=0.0)
+    assert [m.batch_id for m in reference_messages(store.snapshot(), view.choice.baseline)] == [0, 1, 2, 3, 4]
+    view.reset._trigger_event(ButtonClick(view.reset))
+    for i in (5, 6):
+        store.ingest(make_batch(i, seed=i, v2=True).message)
+    assert [m.batch_id for m in reference_messages(store.snapshot(), view.choice.baseline)] == [5, 6]
+    view.refresh(store.snapshot(), now=0.0)
+    view.use_reference._trigger_event(ButtonClick(view.use_reference))
+    assert "reference not saved: no reference_file setting" in view.caption.text
+
+
+def test_overlay_follows_the_file_on_disk(tmp_path):
+    path = tmp_path / "reference.json"
+    assert cached_reference(path) == {}
+    first = reference_from_messages([make_batch(0, seed=1, v2=True).message])
+    save_reference(first, path)
+    assert cached_reference(path)["occupancy"].counts.tolist() == first.occupancy().tolist()
+    second = reference_from_messages([make_batch(1, seed=2, v2=True).message])
+    save_reference(second, path)
+    os.utime(path, (1e9, 1e9))  # a new modification time, as a later save has
+    assert cached_reference(path)["occupancy"].counts.tolist() == second.occupancy().tolist()
+    path.write_text('{"schema": "dtmon.reference", "version": 1, "chambers": []}')
+    os.utime(path, (2e9, 2e9))
+    with pytest.raises(ValueError, match="reference.json"):
+        cached_reference(path)
+
+    view = SessionView("127.0.0.1:9", "res", history=10, reference_file=path)
+    view.tabs.active = 1
+    view.refresh(_store([make_batch(0, seed=1, v2=True)]).snapshot(), now=0.0)
+    assert "reference not loaded" in view.caption.text
+    save_reference(first, path)
+    os.utime(path, (3e9, 3e9))
+    view.refresh(_store([make_batch(0, seed=1, v2=True), make_batch(1, seed=2, v2=True)]).snapshot(), now=0.0)
+    assert "reference not loaded" not in view.caption.text
+    assert not math.isnan(view.sources["occupancy"].data["ref_ch0"][0])
 
 
 def test_replay_covers_the_trend_hours():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 
@@ -21,7 +20,7 @@ from dashboard.state import (
     run_html,
     scintillator_text,
 )
-from dtmon.schema import MULTIPLICITY_EDGES, OCCUPANCY_EDGES, Histogram
+from dtmon.schema import MULTIPLICITY_EDGES, OCCUPANCY_EDGES, Histogram, Scintillator
 from tests.dashboard.factory import DRIFT_EDGES, T0, make_batch
 
 
@@ -246,6 +245,12 @@ def test_run_state_and_elapsed_time():
     text = run_html(ended, T0 + 1e6)
     assert "ended" in text and "0:01:41" in text  # published (T0 + 2.25) - run_started
     assert scintillator_text(running) == "t0 = FPGA 1 ch 138"
+    found = Scintillator(fpga=1, channel=138, source="detected", reason="detected FPGA 1 channel 138: 98% in the window")
+    assert scintillator_text(running.model_copy(update={"scintillator": found})) == (
+        "t0 = FPGA 1 ch 138 (detected FPGA 1 channel 138: 98% in the window)")
+    chosen = Scintillator(fpga=1, channel=128, source="configured", reason="scint_channel setting")
+    assert scintillator_text(running.model_copy(update={"scintillator": chosen})) == (
+        "t0 = FPGA 1 ch 128 (configured: scint_channel setting)")
 
 
 def test_version_counts_every_change():
@@ -392,25 +397,18 @@ def test_stream_events_from_v3_messages_and_orbit_jumps_of_v2():
     assert cols["y"] == [1, 0]
 
 
-def test_reference_document_round_trip_and_normalisation():
-    from dashboard.state import normalised_reference, reference_document, reference_from_document
+def test_reference_histograms_and_normalisation():
+    from dashboard.state import normalised_reference, reference_histograms
+    from dtmon.reference import reference_from_messages
 
     store = ResultsStore(history=5)
     batches = [make_batch(i, seed=i, v2=True) for i in range(2)]
     for b in batches:
         store.ingest(b.message)
-    total = shown(store, "cumulative")
-    doc = reference_document(total, store.snapshot().last, created=T0)
-    hists = reference_from_document(json.loads(json.dumps(doc)))
+    hists = reference_histograms(reference_from_messages(r.message for r in store.snapshot().records))
     assert np.array_equal(hists["occupancy"].counts, sum(b.occupancy for b in batches))
     assert np.array_equal(hists["drift_time"].counts, sum(b.drift for b in batches))
     last = shown(store, "current").histograms("occupancy")
     scaled = normalised_reference(hists["occupancy"], last)
     assert scaled.sum(axis=1) == pytest.approx(batches[-1].occupancy.sum(axis=1))
     assert normalised_reference(hists["drift_time"], last) is None  # other bins
-    with pytest.raises(ValueError, match="dtmon.reference"):
-        reference_from_document({"schema": "other", "version": 1})
-    broken = json.loads(json.dumps(doc))
-    broken["chambers"][2]["occupancy"]["bin_edges"] = [0.0, 64.0]
-    with pytest.raises(ValueError, match=r"chambers\[2\]\.occupancy"):
-        reference_from_document(broken)

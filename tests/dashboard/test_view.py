@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -167,28 +166,6 @@ def test_stale_banner_run_state_and_red_tile_follow_the_snapshot():
     store.set_broker(False, "1/1 brokers are down")
     view.refresh(store.snapshot(), now=T0 + 7.0)
     assert view.stale.text.startswith("BROKER UNREACHABLE") and "1/1 brokers are down" in view.stale.text
-
-
-def test_use_as_reference_writes_a_reference_file_and_overlays_it(tmp_path):
-    store = ResultsStore(history=5)
-    batches = [make_batch(i, seed=50 + i, v2=True) for i in range(3)]
-    for b in batches:
-        store.ingest(b.message)
-    view = SessionView("127.0.0.1:9", "res", history=5, reference_dir=tmp_path / "refs")
-    view.tabs.active = 1
-    view.refresh(store.snapshot(), now=0.0)
-    assert all(math.isnan(v) for v in view.sources["occupancy"].data["ref_ch0"])
-    view.use_reference._trigger_event(ButtonClick(view.use_reference))
-    [path] = list((tmp_path / "refs").glob("reference-run7-*.json"))
-    doc = json.loads(path.read_text())
-    assert (doc["schema"], doc["version"], doc["batches"]) == ("dtmon.reference", 1, 3)
-    assert doc["chambers"][2]["occupancy"]["bin_counts"] == sum(b.occupancy[2] for b in batches).tolist()
-    assert doc["chambers"][1]["drift_time"]["bin_counts"] == sum(b.drift[1] for b in batches).tolist()
-    assert "reference saved" in view.caption.text
-    view.mode.active = 0  # last batch: the cumulative reference is scaled to its hits
-    ref = np.asarray(view.sources["occupancy"].data["ref_ch2"])
-    cumulative = sum(b.occupancy[2] for b in batches)
-    assert ref == pytest.approx(cumulative * batches[-1].occupancy[2].sum() / cumulative.sum())
 
 
 def test_start_offset_replays_history_before_the_end():
