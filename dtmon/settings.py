@@ -10,8 +10,7 @@ reach Kafka beyond the servers (security, librdkafka keys) is ``dtmon.kafka.Kafk
 from __future__ import annotations
 
 from pathlib import Path
-
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -89,6 +88,11 @@ class Settings(BaseSettings):
     checkpoint_location: str = Field("var/checkpoint", description="Spark streaming checkpoint directory")
     starting_offsets: str = Field("latest", description="where a new query starts in the raw topic: earliest or latest")
     max_offsets_per_trigger: int | None = Field(None, ge=1, description="cap on Kafka messages read per micro-batch")
+    kafka_source: Literal["python", "spark"] = Field(
+        "python",
+        description="how Spark reads the raw topic: python (dtmon's Python data source, needs only pip install) or "
+        "spark (Spark's built-in Kafka source; the spark-sql-kafka connector is fetched with Maven)",
+    )
     spark_master: str | None = Field(
         None, description="Spark master URL, e.g. local[*] or spark://host:7077; unset: spark-submit's --master, else local[*]"
     )

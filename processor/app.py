@@ -22,6 +22,7 @@ from dtmon.settings import Settings
 from dtmon.wire import CONTENT_TYPE_JSON, HEADER_CONTENT_TYPE, HEADER_QUERY_ID, HEADER_SCHEMA
 from processor.message import build_message
 from processor.plan import aggregate_batch
+from processor import spark_kafka
 from processor.kafka_source import SOURCE_NAME, KafkaDataSource, kafka_options
 from processor.state import ChannelHealthTracker, RunTracker
 
@@ -64,6 +65,9 @@ def spark_session(settings: Settings, app_name: str = "dtmon-processor") -> Spar
         # each partition's messages cross to the decoding mapInArrow in few, large Arrow batches
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", "200000")
     )
+    if settings.kafka_source == "spark":  # Spark's own Kafka source: the connector jars via spark.jars.packages
+        for key, value in spark_kafka.session_config().items():
+            builder = builder.config(key, value)
     if master is not None and master.startswith("local"):  # nothing outside this machine talks to a local driver
         builder = builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
     spark = builder.getOrCreate()
@@ -161,7 +165,7 @@ class ProgressLogger(StreamingQueryListener):
 
 
 def start_query(spark: SparkSession, settings: Settings, publisher: ResultsPublisher) -> StreamingQuery:
-    """Start the streaming query reading ``settings.raw_topic`` and publishing results."""
+    """Start the streaming query reading ``settings.raw_topic`` (source: ``settings.kafka_source``) and publishing results."""
     reader = (
         spark.readStream.format(SOURCE_NAME)
         .options(**kafka_options(settings.kafka))
@@ -171,7 +175,7 @@ def start_query(spark: SparkSession, settings: Settings, publisher: ResultsPubli
     )
     if settings.max_offsets_per_trigger:
         reader = reader.option("maxOffsetsPerTrigger", str(settings.max_offsets_per_trigger))
-    rows = reader.load()
+    rows = reader.load() if settings.kafka_source == "python" else spark_kafka.read_stream(spark, settings)
     health = ChannelHealthTracker(settings.health_window_batches, settings.noisy_factor)
     runs = RunTracker()
 
@@ -246,8 +250,9 @@ def run_processor(settings: Settings) -> int:
     publisher = ResultsPublisher(settings.kafka, settings.results_topic)
     query = start_query(spark, settings, publisher)
     log.info(
-        "processor running: %s -> %s, trigger %.1f s, checkpoint %s",
+        "processor running: %s -> %s, trigger %.1f s, checkpoint %s, Kafka source %s",
         settings.raw_topic, settings.results_topic, settings.trigger_interval_s, settings.checkpoint_location,
+        settings.kafka_source,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

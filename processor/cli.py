@@ -27,6 +27,7 @@ def main(
     starting_offsets: Annotated[Optional[str], setting_option("starting_offsets")] = None,
     spark_master: Annotated[Optional[str], setting_option("spark_master")] = None,
     max_offsets_per_trigger: Annotated[Optional[int], setting_option("max_offsets_per_trigger")] = None,
+    kafka_source: Annotated[Optional[str], setting_option("kafka_source")] = None,
     shuffle_partitions: Annotated[Optional[int], setting_option("shuffle_partitions")] = None,
     scint_fpga: Annotated[Optional[int], setting_option("scint_fpga")] = None,
     scint_channel: Annotated[Optional[int], setting_option("scint_channel")] = None,

@@ -150,6 +150,8 @@ def summed(messages: list[ResultsMessage]) -> dict:
     }
 
 
+# one broker is enough for a test of Spark's deployment: Apache Kafka, as in docker-compose.yml
+@pytest.mark.parametrize("broker_kind", ["apache"], indirect=True)
 def test_cluster_results_identical_to_local(spark_cluster, kafka_bootstrap, topic_name, tmp_path):
     from dtmon.synth import generate
 

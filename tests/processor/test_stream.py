@@ -1,4 +1,4 @@
-"""The streaming query on a real Tansu broker and real Spark: results add up exactly,
+"""The streaming query on real brokers (Tansu and Apache Kafka) and real Spark: results add up exactly,
 and a query restarted from its checkpoint resumes without loss or duplicates."""
 
 from __future__ import annotations
