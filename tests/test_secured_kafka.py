@@ -111,11 +111,11 @@ def test_dtmon_up_over_sasl_ssl_with_one_kafka_config_file(secured_kafka, tmp_pa
     workdir, out = tmp_path / "up", tmp_path / "up.out"
     cmd = [*DTMON, "up", "--bootstrap-servers", broker.address, "--kafka-config", str(config_file),
            "--rate", "1000", "--trigger-interval", "1", "--broker-port", str(broker_port), "--s3-port", str(s3_port),
-           "--dashboard-port", str(dashboard_port), "--workdir", str(workdir), "--results-topic", "secured-results",
-           "--raw-topic", "secured-raw"]  # fmt: skip
+           "--dashboard-port", str(dashboard_port), "--workdir", str(workdir)]  # fmt: skip
     store = ResultsStore(history=100)
     consumer = ResultsConsumer(store, config, "secured-results", history=100, retry_s=0.5)
-    proc = subprocess.Popen(cmd, stdout=open(out, "wb"), stderr=subprocess.STDOUT, env=_clean_env(), cwd=tmp_path)
+    env = {**_clean_env(), "DTMON_RAW_TOPIC": "secured-raw", "DTMON_RESULTS_TOPIC": "secured-results"}
+    proc = subprocess.Popen(cmd, stdout=open(out, "wb"), stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     pids: set[int] = set()
     try:
         consumer.start()
