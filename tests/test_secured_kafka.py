@@ -2,7 +2,7 @@
 (TLS with a throw-away CA, SCRAM-SHA-512 users), every stage configured by one Kafka config file.
 
 * ``dtmon up --bootstrap-servers … --kafka-config kafka.toml``: producer -> raw topic ->
-  processor (Python Kafka source) -> results topic -> dashboard, all over TLS + SASL; the
+  processor (dtmon's Python Kafka source, or Spark's own) -> results topic -> dashboard, all over TLS + SASL; the
   results are read back over the same connection, by the dashboard's own consumer class and
   through the running dashboard's Bokeh session; the password appears in no log and no repr.
 * A client without credentials, or with a wrong password, is refused with one clear line.
@@ -96,8 +96,10 @@ def test_a_client_without_credentials_is_refused_with_one_line(secured_kafka, tm
     assert "intruder" not in topics
 
 
-def test_dtmon_up_over_sasl_ssl_with_one_kafka_config_file(secured_kafka, tmp_path):
-    """Every stage of ``dtmon up`` on the SASL_SSL broker, configured by ``--kafka-config``; no password in any log."""
+@pytest.mark.parametrize("kafka_source", ["python", "spark"])
+def test_dtmon_up_over_sasl_ssl_with_one_kafka_config_file(secured_kafka, tmp_path, kafka_source):
+    """Every stage of ``dtmon up`` on the SASL_SSL broker, configured by ``--kafka-config``, with either Kafka
+    source of the processor (Spark's own one gets the config as Java client properties); no password in any log."""
     from bokeh.client import pull_session
 
     from dashboard.consumer import ResultsConsumer
@@ -113,8 +115,9 @@ def test_dtmon_up_over_sasl_ssl_with_one_kafka_config_file(secured_kafka, tmp_pa
            "--rate", "1000", "--trigger-interval", "1", "--broker-port", str(broker_port), "--s3-port", str(s3_port),
            "--dashboard-port", str(dashboard_port), "--workdir", str(workdir)]  # fmt: skip
     store = ResultsStore(history=100)
-    consumer = ResultsConsumer(store, config, "secured-results", history=100, retry_s=0.5)
-    env = {**_clean_env(), "DTMON_RAW_TOPIC": "secured-raw", "DTMON_RESULTS_TOPIC": "secured-results"}
+    consumer = ResultsConsumer(store, config, results_topic, history=100, retry_s=0.5)
+    raw, results_topic = f"secured-raw-{kafka_source}", f"secured-results-{kafka_source}"
+    env = {**_clean_env(), "DTMON_RAW_TOPIC": raw, "DTMON_RESULTS_TOPIC": results_topic, "DTMON_KAFKA_SOURCE": kafka_source}
     proc = subprocess.Popen(cmd, stdout=open(out, "wb"), stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     pids: set[int] = set()
     try:
@@ -126,10 +129,10 @@ def test_dtmon_up_over_sasl_ssl_with_one_kafka_config_file(secured_kafka, tmp_pa
             time.sleep(0.5)
         snap = store.snapshot()
         assert snap.broker_reachable is True and snap.invalid_messages == 0
-        tail = KafkaClients(config).read_tail("secured-results")
+        tail = KafkaClients(config).read_tail(results_topic)
         results = ResultsMessage.from_json(tail[0].value())
         assert results.hits > 0 and results.rows_read > 0
-        raw_tail = KafkaClients(config).read_tail("secured-raw")
+        raw_tail = KafkaClients(config).read_tail(raw)
         assert raw_tail, "nothing on the raw topic"
 
         # the running dashboard's own consumer got the batches too (its Bokeh session, no browser)
@@ -161,7 +164,7 @@ def test_dtmon_up_over_sasl_ssl_with_one_kafka_config_file(secured_kafka, tmp_pa
     texts["repr(KafkaConfig)"] = repr(config)
     texts["repr(Settings)"] = repr(Settings(kafka_config_file=str(config_file)).kafka)
     assert "processor.log" in texts and "producer.log" in texts and "dashboard.log" in texts
-    assert "batch" in texts["processor.log"]
+    assert "batch" in texts["processor.log"] and f"Kafka source {kafka_source}" in texts["processor.log"]
     for name, text in texts.items():
         assert PASSWORD not in text, f"password in {name}"
         assert BROKER_PASSWORD not in text, f"broker password in {name}"
