@@ -110,13 +110,13 @@ def test_dtmon_up_over_sasl_ssl_with_one_kafka_config_file(secured_kafka, tmp_pa
     broker, _, config_file = secured_kafka
     config = load_kafka_config(config_file)
     s3_port, dashboard_port, broker_port = free_port(), free_port(), free_port()
+    raw, results_topic = f"secured-raw-{kafka_source}", f"secured-results-{kafka_source}"
     workdir, out = tmp_path / "up", tmp_path / "up.out"
     cmd = [*DTMON, "up", "--bootstrap-servers", broker.address, "--kafka-config", str(config_file),
            "--rate", "1000", "--trigger-interval", "1", "--broker-port", str(broker_port), "--s3-port", str(s3_port),
            "--dashboard-port", str(dashboard_port), "--workdir", str(workdir)]  # fmt: skip
     store = ResultsStore(history=100)
     consumer = ResultsConsumer(store, config, results_topic, history=100, retry_s=0.5)
-    raw, results_topic = f"secured-raw-{kafka_source}", f"secured-results-{kafka_source}"
     env = {**_clean_env(), "DTMON_RAW_TOPIC": raw, "DTMON_RESULTS_TOPIC": results_topic, "DTMON_KAFKA_SOURCE": kafka_source}
     proc = subprocess.Popen(cmd, stdout=open(out, "wb"), stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     pids: set[int] = set()
