@@ -186,10 +186,12 @@ class BrokerSecurity:
     truststore: Path | None = None
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-512"] = "PLAIN"
     users: dict[str, str] | None = None
+    client_auth: bool = False
+    """TLS: clients must present a certificate signed by a CA of the truststore (``ssl.client.auth=required``)."""
 
     def __repr__(self) -> str:
         return (f"BrokerSecurity(protocol={self.protocol!r}, keystore={self.keystore}, truststore={self.truststore}, "
-                f"sasl_mechanism={self.sasl_mechanism!r}, users={sorted(self.users or {})})")
+                f"sasl_mechanism={self.sasl_mechanism!r}, users={sorted(self.users or {})}, client_auth={self.client_auth})")
 
     @property
     def tls(self) -> bool:
@@ -219,7 +221,7 @@ class BrokerSecurity:
             props.update({
                 "ssl.keystore.type": "PEM", "ssl.keystore.location": str(self.keystore),
                 "ssl.truststore.type": "PEM", "ssl.truststore.location": str(self.truststore),
-                "ssl.client.auth": "none",
+                "ssl.client.auth": "required" if self.client_auth else "none",
             })  # fmt: skip
         if self.sasl:
             if not self.users:
@@ -253,6 +255,8 @@ class BrokerSecurity:
         config: dict[str, str] = {"security.protocol": self.protocol}
         if self.tls:
             config["ssl.ca.location"] = str(self.truststore)
+            if self.client_auth:  # the broker's own certificate serves as the probe's client certificate
+                config.update({"ssl.certificate.location": str(self.keystore), "ssl.key.location": str(self.keystore)})
         if self.sasl:
             user = user or next(iter(self.users or {}))
             config.update({"sasl.mechanisms": self.sasl_mechanism, "sasl.username": user,

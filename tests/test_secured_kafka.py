@@ -168,3 +168,57 @@ def test_dtmon_up_over_sasl_ssl_with_one_kafka_config_file(secured_kafka, tmp_pa
     for name, text in texts.items():
         assert PASSWORD not in text, f"password in {name}"
         assert BROKER_PASSWORD not in text, f"broker password in {name}"
+
+
+@pytest.mark.parametrize("case", ["SSL with client certificates", "SASL_PLAINTEXT with PLAIN"])
+def test_clients_round_trip_and_refusal_on_other_secured_listeners(case, tmp_path):
+    """Mutual TLS (``ssl.client.auth=required``, the client certificate of ``KafkaConfig``) and SASL PLAIN
+    without TLS: 200 messages produced and read back through ``KafkaClients``; a client lacking the
+    certificate / with a wrong password is refused."""
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+    from dtmon.apache_kafka import BrokerSecurity, start_apache_kafka
+
+    tls = make_tls_files(tmp_path / "tls")
+    if case.startswith("SSL"):
+        security = BrokerSecurity("SSL", tls.keystore, tls.ca, client_auth=True)
+        good = {"security_protocol": "SSL", "ssl_ca_location": str(tls.ca),
+                "ssl_certificate_location": str(tls.client_cert), "ssl_key_location": str(tls.client_key)}  # fmt: skip
+        bad = {**good, "ssl_certificate_location": None, "ssl_key_location": None}
+    else:
+        security = BrokerSecurity("SASL_PLAINTEXT", sasl_mechanism="PLAIN", users={"broker": BROKER_PASSWORD, "alice": PASSWORD})
+        good = {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN", "sasl_username": "alice", "sasl_password": PASSWORD}
+        bad = {**good, "sasl_password": "wrong"}
+    broker = start_apache_kafka(port=free_port(), log=tmp_path / "apache-kafka.log", security=security)
+    try:
+        clients = KafkaClients(load_kafka_config(bootstrap_servers=broker.address, **good))
+        clients.ensure_topic("secured", 1, timeout=30)
+        producer = clients.producer(acks="all")
+        for i in range(200):
+            producer.produce("secured", value=f"hit {i}".encode())
+        assert producer.flush(30) == 0
+        consumer = clients.consumer("secured-read", enable_partition_eof=True)
+        consumer.assign([TopicPartition("secured", 0, OFFSET_BEGINNING)])
+        values = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error() is None:
+                values.append(msg.value())
+            elif values:  # end of partition after the messages
+                break
+        consumer.close()
+        assert values == [f"hit {i}".encode() for i in range(200)]
+
+        with pytest.raises(KafkaSetupError) as refused:
+            KafkaClients(load_kafka_config(bootstrap_servers=broker.address, **bad)).ensure_topic("intruder", timeout=5)
+        print(f"{case}: refused: {refused.value}")
+        assert "\n" not in str(refused.value)
+        if case.startswith("SASL"):
+            assert "SASL authentication error" in str(refused.value)
+    finally:
+        broker.stop()
+    log = (tmp_path / "apache-kafka.log").read_text(errors="replace")
+    assert PASSWORD not in log  # the broker's own JAAS config is logged [hidden]
