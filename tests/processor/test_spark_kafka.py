@@ -57,35 +57,20 @@ def test_message_rows_maps_the_builtin_columns_like_the_python_source(spark):
     assert got[-1].value is None
 
 
-def results_of(spark, kafka_bootstrap, raw: str, source: str, tmp_path, rows: int) -> list[ResultsMessage]:
-    """Results messages of a query with ``kafka_source=source`` over the whole raw topic (until ``rows`` DAQ rows and the run end)."""
-    results = f"{raw}-{source}"
-    create_topic(kafka_bootstrap, results)
-    settings = load_settings(
-        bootstrap_servers=kafka_bootstrap, raw_topic=raw, results_topic=results, trigger_interval_s=1.0,
-        checkpoint_location=str(tmp_path / f"checkpoint-{source}"), starting_offsets="earliest", scint_channel=138,
-        kafka_source=source,
-    )  # fmt: skip
-    query = start_query(spark, settings, ResultsPublisher(kafka_bootstrap, results))
-    try:
-        return read_until(kafka_bootstrap, results, lambda ms: sum(m.rows_read for m in ms) >= rows
-                          and any(m.run_state == "ended" for m in ms))  # fmt: skip
-    finally:
-        query.stop()
-
-
 @pytest.mark.integration
 def test_builtin_source_reads_up_to_the_list_offsets_answer(spark, kafka_bootstrap, broker_kind, genuine_table, topic_name):
     """Spark's source plans up to ListOffsets(latest). Apache Kafka answers the log end; Tansu 0.6
     answers the last record batch's base offset + 1, so on Tansu the built-in source misses the
     tail of the log (dtmon's Python source confirms the end with PARTITION_EOF and reads it all)."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import TopicPartition
+
+    from dtmon.kafka import KafkaClients
 
     raw = f"{topic_name}-raw"
     create_topic(kafka_bootstrap, raw)
     first_ms = int(time.time() * 1000) - 30_000
     sent = produce_run(kafka_bootstrap, raw, 9, genuine_table, first_ms, end=True) - first_ms + 1  # messages on the topic
-    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "test-list-offsets"})
+    consumer = KafkaClients(kafka_bootstrap).consumer("test-list-offsets")
     try:
         _, listed = consumer.get_watermark_offsets(TopicPartition(raw, 0), timeout=10, cached=False)
     finally:
