@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from dtmon.hits import SCINT_CHANNEL, SCINT_FPGA
+from dtmon.hits import SCINT_FPGA
 from dtmon.kafka import KafkaConfig, load_kafka_config
 
 
@@ -99,8 +99,9 @@ class Settings(BaseSettings):
     )
     shuffle_partitions: int = Field(2, ge=1, description="spark.sql.shuffle.partitions for the per-batch aggregations")
     scint_fpga: int = Field(SCINT_FPGA, ge=0, le=7, description="FPGA of the scintillator (t0) channel (course PDF: 1)")
-    scint_channel: int = Field(
-        SCINT_CHANNEL, ge=0, le=511, description="TDC_CHANNEL of the scintillator (course PDF: 128; the genuine rows show 138)"
+    scint_channel: int | None = Field(
+        None, ge=0, le=511, description="TDC_CHANNEL of the scintillator (course PDF: 128; the genuine rows show 138); "
+        "None: found in the data (processor.scint), SCINT_CHANNEL (128) until then"
     )
     drift_time_min_ns: float = Field(-200.0, description="lower edge of the drift-time histograms, ns")
     drift_time_max_ns: float = Field(600.0, description="upper edge of the drift-time histograms, ns (values outside are dropped)")
@@ -108,8 +109,12 @@ class Settings(BaseSettings):
     max_orbit_gap: int = Field(
         2**20, ge=1, description="ORBIT_CNT gaps longer than this (orbits; 2^20 = 93 s) are jumps, left out of detector time"
     )
-    health_window_batches: int = Field(30, ge=1, description="micro-batches over which dead/noisy channels are judged")
-    noisy_factor: float = Field(5.0, gt=1, description="a channel is noisy above this multiple of its chamber's median")
+    checks_file: str | None = Field(
+        None, description="TOML file of data-quality thresholds merged over the shipped dtmon/checks.toml"
+    )
+    reference_file: str | None = Field(
+        None, description="reference run (JSON, dtmon reference save) the processor compares shapes and rates with"
+    )
 
     dashboard_history: int = Field(300, ge=10, description="micro-batches kept for the time-series plots")
     dashboard_refresh_ms: int = Field(500, ge=50, description="how often each browser session looks for new results")

@@ -10,8 +10,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import NewTopic
+
+from dtmon.kafka import KafkaClients
 
 from processor.kafka_source import KafkaStreamReader
 
@@ -20,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 def watermarks(bootstrap: str, topic: str) -> tuple[int, int]:
     """(low, high) watermarks of partition 0 as the broker's ListOffsets answers them."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-watermarks"})
+    consumer = KafkaClients(bootstrap).consumer("test-watermarks")
     try:
         return consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10, cached=False)
     finally:
@@ -29,14 +31,14 @@ def watermarks(bootstrap: str, topic: str) -> tuple[int, int]:
 
 def produce(bootstrap: str, topic: str, n: int) -> None:
     """``n`` small messages, in as few record batches as the producer makes (one linger window)."""
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 200, "acks": "all"})
+    producer = KafkaClients(bootstrap).producer(linger_ms=200, acks="all")
     for i in range(n):
         producer.produce(topic, value=f"m{i}".encode())
     assert producer.flush(30) == 0
 
 
 def test_list_offsets_against_the_true_log_end(kafka_bootstrap, broker_kind, topic_name):
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    admin = KafkaClients(kafka_bootstrap).admin()
     admin.create_topics([NewTopic(topic_name, 1)])[topic_name].result(30)
     produce(kafka_bootstrap, topic_name, 50)
     _, listed = watermarks(kafka_bootstrap, topic_name)
@@ -56,7 +58,7 @@ def test_time_retention_drops_old_segments(kafka_bootstrap, broker_kind, topic_n
     """A topic with retention.ms=3000 and segment.ms=1000: Apache Kafka deletes the closed segment
     (the low watermark rises past its messages); Tansu 0.6 (memory engine) keeps everything."""
     config = {"retention.ms": "3000", "segment.ms": "1000", "cleanup.policy": "delete"}
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    admin = KafkaClients(kafka_bootstrap).admin()
     admin.create_topics([NewTopic(topic_name, 1, config=config)])[topic_name].result(30)
     produce(kafka_bootstrap, topic_name, 10)
     time.sleep(1.5)

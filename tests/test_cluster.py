@@ -63,7 +63,7 @@ def alive_workers(webui: int) -> int:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{webui}/json/", timeout=5) as response:
             return int(json.load(response).get("aliveworkers", 0))
-    except OSError:
+    except (OSError, ValueError):  # not up yet, or a starting web UI's partial answer
         return 0
 
 

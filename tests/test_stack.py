@@ -202,7 +202,7 @@ def test_dtmon_up_on_an_existing_apache_kafka_cluster(tmp_path, kafka_source):
     """`dtmon up --bootstrap-servers` against a running Apache Kafka (KRaft) broker, with either Kafka
     source (``DTMON_KAFKA_SOURCE``): no embedded broker starts, results arrive on that broker, Ctrl-C
     stops dtmon's children and leaves the cluster running."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
     from dtmon.apache_kafka import start_apache_kafka
 
@@ -216,7 +216,7 @@ def test_dtmon_up_on_an_existing_apache_kafka_cluster(tmp_path, kafka_source):
            "--workdir", str(workdir)]  # fmt: skip
     proc = None
     pids: set[int] = set()
-    consumer = Consumer({"bootstrap.servers": kafka.address, "group.id": "stack-test", "enable.auto.commit": False})
+    consumer = KafkaClients(kafka.address).consumer("stack-test")
     try:
         with open(out, "wb") as sink:
             proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
