@@ -10,6 +10,12 @@ one JVM, ``process.roles=broker,controller``) in a temporary directory, starts i
 controller listener), waits until the broker is registered in the cluster metadata, and its
 ``stop()`` ends the JVM and removes the directory.
 
+``BrokerSecurity`` secures the client listener: TLS with a PEM keystore and truststore
+(``ssl.keystore.type=PEM``, Kafka 2.7+), SASL (PLAIN, or SCRAM-SHA-512 with the users
+written into the storage directory at format time), or both (``SASL_SSL``). The listener
+is then named after its protocol and also carries the broker's own inter-broker traffic,
+so no plaintext client port is left open; only the controller listener stays plaintext.
+
 The settings keep startup fast and the footprint small on a 2-core machine: a 512 MiB heap,
 replication factor 1 for the internal topics, no initial group rebalance delay, and a 1 s
 retention check interval (so ``retention.ms`` on a topic is applied within seconds).
@@ -31,6 +37,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from dtmon.services import Service, stop_process, wait_for_port
 
@@ -163,6 +170,100 @@ def server_properties(
     return props
 
 
+@dataclass(frozen=True)
+class BrokerSecurity:
+    """Security of the broker's client listener.
+
+    ``protocol``: SSL, SASL_SSL or SASL_PLAINTEXT. ``keystore``: PEM file with the broker's
+    PKCS#8 private key (unencrypted) and certificate chain; ``truststore``: PEM file with the
+    CA certificates the broker trusts (its own connections to itself check the keystore
+    against it). ``users``: SASL username -> password; the first user is the broker's own
+    (inter-broker) login. Passwords stay out of ``repr``.
+    """
+
+    protocol: Literal["SSL", "SASL_SSL", "SASL_PLAINTEXT"]
+    keystore: Path | None = None
+    truststore: Path | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-512"] = "PLAIN"
+    users: dict[str, str] | None = None
+    client_auth: bool = False
+    """TLS: clients must present a certificate signed by a CA of the truststore (``ssl.client.auth=required``)."""
+
+    def __repr__(self) -> str:
+        return (f"BrokerSecurity(protocol={self.protocol!r}, keystore={self.keystore}, truststore={self.truststore}, "
+                f"sasl_mechanism={self.sasl_mechanism!r}, users={sorted(self.users or {})}, client_auth={self.client_auth})")
+
+    @property
+    def tls(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def sasl(self) -> bool:
+        return self.protocol.startswith("SASL")
+
+    def server_properties(self, host: str, port: int, controller_port: int) -> dict[str, str]:
+        """``server.properties`` entries of the secured client listener (named ``self.protocol``).
+
+        Raises:
+            ValueError: TLS without keystore/truststore, or SASL without users.
+        """
+        name = self.protocol
+        prefix = f"listener.name.{name.lower()}."
+        props = {
+            "listeners": f"{name}://{host}:{port},CONTROLLER://{host}:{controller_port}",
+            "advertised.listeners": f"{name}://{host}:{port}",
+            "inter.broker.listener.name": name,
+            "listener.security.protocol.map": f"CONTROLLER:PLAINTEXT,{name}:{name}",
+        }
+        if self.tls:
+            if self.keystore is None or self.truststore is None:
+                raise ValueError(f"{name} needs a PEM keystore and truststore")
+            props.update({
+                "ssl.keystore.type": "PEM", "ssl.keystore.location": str(self.keystore),
+                "ssl.truststore.type": "PEM", "ssl.truststore.location": str(self.truststore),
+                "ssl.client.auth": "required" if self.client_auth else "none",
+            })  # fmt: skip
+        if self.sasl:
+            if not self.users:
+                raise ValueError(f"{name} needs at least one SASL user (the broker's own)")
+            user, password = next(iter(self.users.items()))
+            mech = self.sasl_mechanism
+            props.update({"sasl.enabled.mechanisms": mech, "sasl.mechanism.inter.broker.protocol": mech})
+            if mech == "PLAIN":
+                accounts = " ".join(f'user_{u}="{p}"' for u, p in self.users.items())
+                props[prefix + "plain.sasl.jaas.config"] = (
+                    "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                    f'username="{user}" password="{password}" {accounts};'
+                )
+            else:
+                props[prefix + "scram-sha-512.sasl.jaas.config"] = (
+                    f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{user}" password="{password}";'
+                )
+        return props
+
+    def format_arguments(self) -> list[str]:
+        """Extra ``kafka-storage format`` arguments: the SCRAM users (none for PLAIN or TLS only)."""
+        if not self.sasl or self.sasl_mechanism == "PLAIN":
+            return []
+        args = []
+        for user, password in (self.users or {}).items():
+            args += ["--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]"]
+        return args
+
+    def client_config(self, user: str | None = None) -> dict[str, str]:
+        """librdkafka keys of a client logging in as ``user`` (default: the broker's own user)."""
+        config: dict[str, str] = {"security.protocol": self.protocol}
+        if self.tls:
+            config["ssl.ca.location"] = str(self.truststore)
+            if self.client_auth:  # the broker's own certificate serves as the probe's client certificate
+                config.update({"ssl.certificate.location": str(self.keystore), "ssl.key.location": str(self.keystore)})
+        if self.sasl:
+            user = user or next(iter(self.users or {}))
+            config.update({"sasl.mechanisms": self.sasl_mechanism, "sasl.username": user,
+                           "sasl.password": (self.users or {})[user]})  # fmt: skip
+        return config
+
+
 @dataclass
 class ApacheKafka(Service):
     """A running one-node Apache Kafka (KRaft) JVM; ``stop()`` also removes its data directory."""
@@ -170,6 +271,8 @@ class ApacheKafka(Service):
     data_dir: Path | None = None
     start_s: float = 0.0
     """Seconds from formatting the storage directory to the broker being registered in the cluster metadata."""
+    security: BrokerSecurity | None = None
+    """Security of the client listener (None: PLAINTEXT)."""
 
     def stop(self, timeout: float = 20.0) -> None:
         """Stop the JVM (SIGTERM: a controlled shutdown; SIGKILL after ``timeout`` s), then remove the data directory."""
@@ -185,13 +288,17 @@ def _java() -> str:
     return java
 
 
-def _wait_registered(address: str, process: subprocess.Popen, deadline: float) -> None:
-    """Block until the broker at ``address`` lists itself in a metadata response (it is unfenced)."""
+def _wait_registered(address: str, process: subprocess.Popen, deadline: float, client: dict[str, str] | None = None) -> None:
+    """Block until the broker at ``address`` lists itself in a metadata response (it is unfenced).
+
+    ``client``: more librdkafka keys of the probing client (the secured listener's login).
+    """
     from confluent_kafka import KafkaException
 
-    from dtmon.kafka import KafkaClients
+    from dtmon.kafka import KafkaClients, KafkaConfig
 
-    admin = KafkaClients(address).admin(log_level=0)
+    config = KafkaConfig(bootstrap_servers=address, extra={k: v for k, v in (client or {}).items()})
+    admin = KafkaClients(config).admin(log_level=0)
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"Apache Kafka exited with code {process.returncode} during startup")
@@ -214,12 +321,14 @@ def start_apache_kafka(
     overrides: dict[str, str] | None = None,
     timeout: float = 120.0,
     data_root: Path | None = None,
+    security: BrokerSecurity | None = None,
 ) -> ApacheKafka:
     """Format a temporary KRaft storage directory and start a one-node Apache Kafka on ``host:port``.
 
     Fetches the jars first if the cache lacks them (``fetch_jars``). The controller listens
     on ``controller_port`` (a free port when None). ``log`` receives the JVM's output. The
     storage directory is a new temporary directory (inside ``data_root`` if given).
+    ``security``: TLS and/or SASL on the client listener (default PLAINTEXT).
 
     Raises:
         FileNotFoundError: no ``java`` or no ``mvn``.
@@ -231,7 +340,8 @@ def start_apache_kafka(
     libs = fetch_jars(version)
     controller_port = controller_port or free_port()
     data_dir = Path(tempfile.mkdtemp(prefix="dtmon-apache-kafka-", dir=data_root))
-    props = server_properties(host, port, controller_port, data_dir / "data", overrides)
+    secured = security.server_properties(host, port, controller_port) if security else {}
+    props = server_properties(host, port, controller_port, data_dir / "data", {**secured, **(overrides or {})})
     config = data_dir / "server.properties"
     config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
     (data_dir / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
@@ -240,7 +350,8 @@ def start_apache_kafka(
             "-cp", f"{libs}/*"]  # fmt: skip
     t0 = time.monotonic()
     formatted = subprocess.run(
-        [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id(), "-c", str(config)],
+        [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id(), "-c", str(config),
+         *(security.format_arguments() if security else [])],
         capture_output=True, text=True,
     )  # fmt: skip
     if formatted.returncode != 0:
@@ -249,10 +360,10 @@ def start_apache_kafka(
     out = open(log, "ab") if log else subprocess.DEVNULL
     process = subprocess.Popen([*java, "kafka.Kafka", str(config)], stdout=out, stderr=subprocess.STDOUT,
                                start_new_session=True, cwd=data_dir)  # fmt: skip
-    service = ApacheKafka("broker", process, f"{host}:{port}", data_dir=data_dir)
+    service = ApacheKafka("broker", process, f"{host}:{port}", data_dir=data_dir, security=security)
     try:
         wait_for_port(host, port, timeout, process)
-        _wait_registered(service.address, process, t0 + timeout)
+        _wait_registered(service.address, process, t0 + timeout, security.client_config() if security else None)
     except BaseException:
         service.stop()
         raise

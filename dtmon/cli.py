@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import secrets
 import shutil
 import socket
 import sys
@@ -326,13 +327,25 @@ def stage_commands(settings: Settings, checkpoint: Path, dashboard_port: int) ->
         "--checkpoint-location", str(checkpoint),
         "--starting-offsets", "earliest",
     ]  # fmt: skip
-    dashboard = [
-        sys.executable, "-m", "bokeh", "serve", str(dashboard_dir()),
-        "--port", str(dashboard_port), "--address", "127.0.0.1",
-        "--allow-websocket-origin", f"127.0.0.1:{dashboard_port}",
-        "--allow-websocket-origin", f"localhost:{dashboard_port}",
-    ]  # fmt: skip
-    return {"producer": producer, "processor": processor, "dashboard": dashboard}
+    return {"producer": producer, "processor": processor, "dashboard": dashboard_command(settings, dashboard_port)}
+
+
+def dashboard_command(settings: Settings, port: int) -> list[str]:
+    """``bokeh serve`` of the dashboard on ``settings.dashboard_address``:``port``.
+
+    Pages from 127.0.0.1 and localhost at ``port`` and from ``settings.dashboard_allow_origins``
+    may open its websocket; with ``settings.dashboard_users_file`` set, ``dashboard/auth.py``
+    asks for a login (Bokeh's cookie secret comes from ``BOKEH_COOKIE_SECRET``, see ``up``).
+    """
+    origins = [f"127.0.0.1:{port}", f"localhost:{port}", *settings.dashboard_allow_origins]
+    cmd = [sys.executable, "-m", "bokeh", "serve", str(dashboard_dir()),
+           "--port", str(port), "--address", settings.dashboard_address]  # fmt: skip
+    for origin in dict.fromkeys(origins):
+        cmd += ["--allow-websocket-origin", origin]
+    if settings.dashboard_users_file:
+        cmd += ["--auth-module", str(dashboard_dir() / "auth.py")]
+    return cmd
+
 
 
 def status_table(stack: Stack) -> Table:
@@ -444,6 +457,8 @@ def up(
 
             # then the producer and the dashboard
             env = child_env(settings, dict(os.environ))
+            if settings.dashboard_users_file:  # signs the login cookie; a new one per start logs everyone out
+                env.setdefault("BOKEH_COOKIE_SECRET", secrets.token_urlsafe(32))
             for name, cmd in stage_commands(settings, checkpoint, dashboard_port).items():
                 if name != "processor":
                     stack.spawn(name, cmd, logs / f"{name}.log", env, addresses[name])

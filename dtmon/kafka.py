@@ -64,7 +64,20 @@ _CLIENT_KEYS = {"error_cb", "on_delivery", "stats_cb", "throttle_cb", "oauth_cb"
 
 
 def _secret_key(key: str) -> bool:
-    return any(word in key.lower() for word in ("password", "secret", "token"))
+    return any(word in key.lower() for word in ("password", "secret", "token", "jaas", "keystore.key"))
+
+
+_JAAS_LOGIN_MODULES = {
+    "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
+    "SCRAM-SHA-256": "org.apache.kafka.common.security.scram.ScramLoginModule",
+    "SCRAM-SHA-512": "org.apache.kafka.common.security.scram.ScramLoginModule",
+}
+"""SASL mechanism -> the Java login module that logs in with a username and password."""
+
+
+def _jaas_quote(value: str) -> str:
+    """``value`` as a quoted JAAS option value (backslash and double quote escaped)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class KafkaSetupError(RuntimeError):
@@ -97,6 +110,10 @@ class KafkaConfig(BaseSettings):
         None, description="check the broker's host name against its certificate (https) or not (none)"
     )
     extra: dict[str, str] = Field(default_factory=dict, description="more librdkafka settings by their own names")
+    java_extra: dict[str, str] = Field(
+        default_factory=dict,
+        description="more Java Kafka client settings by their own names, for Spark's own Kafka source (kafka.<key> options)",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -142,10 +159,55 @@ class KafkaConfig(BaseSettings):
         config.update(overrides or {})
         return config
 
+    def as_java_properties(self) -> dict[str, str]:
+        """The same connection as Java Kafka client properties (Spark's own Kafka source takes them as ``kafka.<key>``).
+
+        ``security.protocol`` as is; SASL PLAIN / SCRAM-SHA-256 / SCRAM-SHA-512 become
+        ``sasl.mechanism`` and a ``sasl.jaas.config`` login with the username and password;
+        ``ssl_ca_location`` becomes a PEM truststore (``ssl.truststore.type=PEM``, Kafka 2.7+
+        Java clients) and a client certificate + key a PEM keystore given inline
+        (``ssl.keystore.certificate.chain``, ``ssl.keystore.key``); an endpoint identification
+        of ``none`` is Java's empty value. ``java_extra`` is applied last; librdkafka's
+        ``extra`` keys are not carried over (their names differ).
+
+        Raises:
+            ValueError: a SASL mechanism without a username/password login (GSSAPI,
+                OAUTHBEARER) and no ``sasl.jaas.config`` in ``java_extra``.
+            OSError: the client certificate or key file cannot be read.
+        """
+        props = {"bootstrap.servers": self.bootstrap_servers, "security.protocol": self.security_protocol}
+        if self.sasl_mechanism is not None:
+            props["sasl.mechanism"] = self.sasl_mechanism
+            module = _JAAS_LOGIN_MODULES.get(self.sasl_mechanism)
+            if module is not None and self.sasl_username is not None:
+                password = self.sasl_password.get_secret_value() if self.sasl_password else ""
+                props["sasl.jaas.config"] = (
+                    f"{module} required username={_jaas_quote(self.sasl_username)} password={_jaas_quote(password)};"
+                )
+            elif "sasl.jaas.config" not in self.java_extra:
+                raise ValueError(f"SASL {self.sasl_mechanism} for Java clients needs sasl.jaas.config in java_extra")
+        if self.ssl_ca_location:
+            props.update({"ssl.truststore.type": "PEM", "ssl.truststore.location": self.ssl_ca_location})
+        if self.ssl_certificate_location and self.ssl_key_location:
+            props.update({
+                "ssl.keystore.type": "PEM",
+                "ssl.keystore.certificate.chain": Path(self.ssl_certificate_location).read_text(),
+                "ssl.keystore.key": Path(self.ssl_key_location).read_text(),
+            })  # fmt: skip
+            if self.ssl_key_password is not None:
+                props["ssl.key.password"] = self.ssl_key_password.get_secret_value()
+        if self.ssl_endpoint_identification_algorithm is not None:
+            props["ssl.endpoint.identification.algorithm"] = (
+                "" if self.ssl_endpoint_identification_algorithm == "none" else "https"
+            )
+        props.update(self.java_extra)
+        return props
+
     def __repr_args__(self):
-        # SecretStr already hides the secrets; ``extra`` may hold a password too
+        # SecretStr already hides the secrets; ``extra`` and ``java_extra`` may hold a password too
         for name, value in super().__repr_args__():
-            yield name, ({k: "**********" if _secret_key(k) else v for k, v in value.items()} if name == "extra" else value)
+            hide = name in ("extra", "java_extra")
+            yield name, ({k: "**********" if _secret_key(k) else v for k, v in value.items()} if hide else value)
 
 
 def as_kafka_config(kafka: KafkaConfig | str) -> KafkaConfig:
@@ -222,11 +284,15 @@ class KafkaClients:
         from confluent_kafka.admin import NewTopic
 
         where = self.config.bootstrap_servers
-        admin = self.admin()
+        errors: list = []
+        admin = self.admin(error_cb=errors.append)
         try:
             metadata = admin.list_topics(timeout=timeout)
         except KafkaException as exc:
-            raise KafkaSetupError(f"cannot reach Kafka at {where} within {timeout} s: {exc}") from exc
+            admin.poll(0)  # serve the queued error_cb calls
+            raise KafkaSetupError(
+                f"cannot reach Kafka at {where} ({self.config.security_protocol}) within {timeout} s: {refusal_reason(exc, errors)}"
+            ) from exc
         existing = metadata.topics.get(topic)
         if existing is not None and existing.error is None:
             if len(existing.partitions) < partitions:
@@ -327,6 +393,21 @@ class KafkaClients:
             return newest
         finally:
             consumer.close()
+
+
+def refusal_reason(exc: Exception, errors: list) -> str:
+    """Why a client got no answer: the authentication or TLS error among the client's ``error_cb`` errors
+    (``errors``, confluent-kafka ``KafkaError``), else the last of them that names a broker, else ``exc``.
+
+    librdkafka reports a refused login or certificate only to ``error_cb``; the failed call
+    itself says "Broker transport failure".
+    """
+    from confluent_kafka import KafkaError
+
+    security = [e for e in errors if e.code() in (KafkaError._AUTHENTICATION, KafkaError._SSL)]
+    specific = [e for e in errors if e.code() != KafkaError._ALL_BROKERS_DOWN]  # "1/1 brokers are down" says no more
+    chosen = (security or specific or errors or [None])[-1]
+    return chosen.str() if chosen is not None else str(exc)
 
 
 def ensure_topic(kafka: KafkaConfig | str, topic: str, partitions: int = 1, timeout: float = 10.0) -> int:

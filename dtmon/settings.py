@@ -10,12 +10,11 @@ reach Kafka beyond the servers (security, librdkafka keys) is ``dtmon.kafka.Kafk
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+import json
+from typing import Annotated, Any, Literal
 
-from typing import Any
-
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dtmon.hits import SCINT_FPGA
 from dtmon.kafka import KafkaConfig, load_kafka_config
@@ -124,6 +123,28 @@ class Settings(BaseSettings):
     dashboard_trend_hours: float = Field(
         8.0, gt=0, le=48, description="shift trends the dashboard refills from the results topic on start, hours"
     )
+    dashboard_address: str = Field(
+        "127.0.0.1", description="address the dashboard listens on (0.0.0.0: every interface, for other hosts)"
+    )
+    dashboard_allow_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="more host:port origins whose pages may open the dashboard's websocket, comma-separated "
+        "(127.0.0.1 and localhost at the dashboard port are always allowed)",
+    )
+    dashboard_users_file: str | None = Field(
+        None, description="users file (user:hash lines, python -m dashboard.auth hash): set, the dashboard asks for a login"
+    )
+
+    @field_validator("dashboard_allow_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        """``host:port,host:port`` (the environment variable), a JSON list, or a list."""
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                return json.loads(value)
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @model_validator(mode="before")
     @classmethod

@@ -29,6 +29,11 @@ from processor.state import RunTracker
 
 log = logging.getLogger("dtmon.processor")
 
+REDACTION_REGEX = r"(?i)secret|password|token|access[.]?key|jaas|keystore[.]key"
+"""``spark.redaction.regex``: Spark's default (``secret|password|token|access[.]?key``) plus the
+Kafka keys that carry a secret without saying so (``sasl.jaas.config``, ``ssl.keystore.key``);
+``spark.sql.redaction.options.regex`` is it plus Spark's default ``url``."""
+
 
 def spark_master(settings: Settings, environ: dict[str, str] | None = None) -> str | None:
     """The master the session sets: ``settings.spark_master`` if set; else None when a launcher
@@ -65,6 +70,10 @@ def spark_session(settings: Settings, app_name: str = "dtmon-processor") -> Spar
         .config("spark.executorEnv.PYSPARK_PYTHON", sys.executable)
         # each partition's messages cross to the decoding mapInArrow in few, large Arrow batches
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", "200000")
+        # Kafka secrets reach Spark as source options (kafka.sasl.password, kafka.sasl.jaas.config,
+        # kafka.ssl.keystore.key): hidden in logs, the environment page and explain output
+        .config("spark.redaction.regex", REDACTION_REGEX)
+        .config("spark.sql.redaction.options.regex", REDACTION_REGEX + "|url")
     )
     if settings.kafka_source == "spark":  # Spark's own Kafka source: the connector jars via spark.jars.packages
         for key, value in spark_kafka.session_config().items():

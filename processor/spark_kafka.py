@@ -12,7 +12,7 @@
   published.
 
 Both give one row per Kafka message with ``processor.kafka_source.MESSAGE_SCHEMA``, so the
-micro-batch computation (``processor.histograms.aggregate_batch``) is the same for both:
+micro-batch computation (``processor.plan.aggregate_batch``) is the same for both:
 ``message_rows`` maps the built-in source's columns (topic, partition, offset, timestamp,
 headers array, value) with Spark SQL expressions. Header semantics follow
 ``dtmon.wire.header_dict`` and ``processor.kafka_source.parse_run``: the last value of a
@@ -28,6 +28,7 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from dtmon.kafka import KafkaConfig
 from dtmon.settings import Settings
 from processor.kafka_source import MESSAGE_SCHEMA
 
@@ -49,6 +50,11 @@ def session_config() -> dict[str, str]:
     from dtmon.apache_kafka import cache_root
 
     return {"spark.jars.packages": connector_package(), "spark.jars.ivy": str(cache_root() / "ivy")}
+
+
+def kafka_options(config: KafkaConfig) -> dict[str, str]:
+    """``kafka.<key>`` options of Spark's Kafka source carrying ``config`` (``KafkaConfig.as_java_properties``)."""
+    return {f"kafka.{k}": v for k, v in config.as_java_properties().items()}
 
 
 def _header(name: str) -> Column:
@@ -83,14 +89,15 @@ def message_rows(kafka: DataFrame) -> DataFrame:
 def read_stream(spark: SparkSession, settings: Settings) -> DataFrame:
     """The raw topic as a stream of message rows, read with ``spark.readStream.format("kafka")``.
 
-    Same options as the Python source: bootstrap servers, topic, starting offsets (new
+    The connection (servers, TLS, SASL) is ``settings.kafka`` as Java client properties
+    (``kafka_options``). Same options as the Python source: topic, starting offsets (new
     queries only), ``maxOffsetsPerTrigger`` and ``minPartitions`` (the default parallelism).
     A query that finds its planned offsets deleted by retention fails (``failOnDataLoss``),
     as the Python source does: nothing is skipped silently.
     """
     reader = (
         spark.readStream.format("kafka")
-        .option("kafka.bootstrap.servers", settings.bootstrap_servers)
+        .options(**kafka_options(settings.kafka))
         .option("subscribe", settings.raw_topic)
         .option("startingOffsets", settings.starting_offsets)
         .option("includeHeaders", "true")

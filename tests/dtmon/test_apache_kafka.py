@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
+import pytest
+
 from dtmon.apache_kafka import KAFKA_VERSION, cache_root, cluster_id, kafka_home, server_properties
 
 
@@ -39,3 +41,25 @@ def test_server_properties_bind_loopback_one_node_kraft(tmp_path):
     assert props["log.dirs"] == str(tmp_path / "data")
     assert props["offsets.topic.replication.factor"] == "1" and props["group.initial.rebalance.delay.ms"] == "0"
     assert props["num.partitions"] == "3"  # overrides win
+
+
+def test_secured_listener_properties_sasl_ssl_scram(tmp_path):
+    from dtmon.apache_kafka import BrokerSecurity
+
+    security = BrokerSecurity("SASL_SSL", tmp_path / "ks.pem", tmp_path / "ca.pem", "SCRAM-SHA-512", {"broker": "b-pw", "alice": "a-pw"})
+    props = security.server_properties("127.0.0.1", 9093, 9094)
+    assert props["listeners"] == "SASL_SSL://127.0.0.1:9093,CONTROLLER://127.0.0.1:9094"
+    assert props["inter.broker.listener.name"] == "SASL_SSL"
+    assert props["listener.security.protocol.map"] == "CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL"  # no plaintext client port
+    assert props["ssl.keystore.type"] == "PEM" and props["ssl.truststore.location"] == str(tmp_path / "ca.pem")
+    assert 'username="broker" password="b-pw"' in props["listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config"]
+    assert security.format_arguments() == ["--add-scram", "SCRAM-SHA-512=[name=broker,password=b-pw]",
+                                           "--add-scram", "SCRAM-SHA-512=[name=alice,password=a-pw]"]  # fmt: skip
+    assert security.client_config("alice") == {"security.protocol": "SASL_SSL", "ssl.ca.location": str(tmp_path / "ca.pem"),
+                                               "sasl.mechanisms": "SCRAM-SHA-512", "sasl.username": "alice", "sasl.password": "a-pw"}  # fmt: skip
+    assert "a-pw" not in repr(security)
+    plain = BrokerSecurity("SASL_PLAINTEXT", users={"broker": "b-pw", "alice": "a-pw"})
+    jaas = plain.server_properties("127.0.0.1", 1, 2)["listener.name.sasl_plaintext.plain.sasl.jaas.config"]
+    assert 'user_alice="a-pw"' in jaas and plain.format_arguments() == []
+    with pytest.raises(ValueError, match="keystore"):
+        BrokerSecurity("SSL").server_properties("127.0.0.1", 1, 2)

@@ -181,6 +181,19 @@ def test_stage_commands_follow_the_stage_contracts(tmp_path):
                              "127.0.0.1:5123", "--allow-websocket-origin", "localhost:5123"]  # fmt: skip
 
 
+def test_dashboard_command_takes_address_origins_and_login_from_the_settings(tmp_path):
+    from dtmon.cli import dashboard_command
+
+    settings = load_settings(dashboard_address="0.0.0.0", dashboard_allow_origins="mon.example:5123, localhost:5123",
+                             dashboard_users_file=str(tmp_path / "users"))  # fmt: skip
+    cmd = dashboard_command(settings, 5123)
+    assert cmd[5:-2] == ["--port", "5123", "--address", "0.0.0.0",
+                         "--allow-websocket-origin", "127.0.0.1:5123", "--allow-websocket-origin", "localhost:5123",
+                         "--allow-websocket-origin", "mon.example:5123"]  # fmt: skip
+    assert cmd[-2] == "--auth-module" and Path(cmd[-1]).name == "auth.py" and Path(cmd[-1]).is_file()
+    assert "--auth-module" not in dashboard_command(load_settings(), 5123)
+
+
 # ------------------------------------------------------------------ seeding plan and upload
 
 

@@ -113,3 +113,45 @@ def test_read_tail_gives_the_newest_message_of_each_partition():
     assert {p: m.value() for p, m in newest.items()} == {0: b"a", 1: b"c"}
     assert sorted(clients.consumers[0].assigned) == [("r", 0, 9), ("r", 1, 3), ("r", 2, 0)]
     assert clients.read_tail("missing", timeout_s=0.1) is None
+
+
+def test_java_properties_carry_the_same_connection_for_spark_s_kafka_source(tmp_path):
+    from processor.spark_kafka import kafka_options
+
+    cert, key = tmp_path / "client.pem", tmp_path / "client.key"
+    cert.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    key.write_text("-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n")
+    config = KafkaConfig(
+        bootstrap_servers="b1:9093", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="dq", sasl_password='pw "quoted" \\ end', ssl_ca_location="/ca.pem",
+        ssl_certificate_location=str(cert), ssl_key_location=str(key), ssl_endpoint_identification_algorithm="none",
+        extra={"client.id": "librdkafka-only"}, java_extra={"client.dns.lookup": "use_all_dns_ips"},
+    )  # fmt: skip
+    props = config.as_java_properties()
+    assert props == {
+        "bootstrap.servers": "b1:9093", "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.jaas.config": 'org.apache.kafka.common.security.scram.ScramLoginModule required username="dq" '
+                            'password="pw \\"quoted\\" \\\\ end";',
+        "ssl.truststore.type": "PEM", "ssl.truststore.location": "/ca.pem",
+        "ssl.keystore.type": "PEM", "ssl.keystore.certificate.chain": cert.read_text(), "ssl.keystore.key": key.read_text(),
+        "ssl.endpoint.identification.algorithm": "", "client.dns.lookup": "use_all_dns_ips",
+    }  # fmt: skip
+    assert kafka_options(config)["kafka.sasl.jaas.config"] == props["sasl.jaas.config"]
+    plain = KafkaConfig(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", sasl_username="u", sasl_password="p")
+    assert plain.as_java_properties()["sasl.jaas.config"].startswith("org.apache.kafka.common.security.plain.PlainLoginModule required")
+    assert KafkaConfig().as_java_properties() == {"bootstrap.servers": "127.0.0.1:9092", "security.protocol": "PLAINTEXT"}
+    with pytest.raises(ValueError, match="GSSAPI"):
+        KafkaConfig(security_protocol="SASL_SSL", sasl_mechanism="GSSAPI").as_java_properties()
+    hidden = repr(KafkaConfig(java_extra={"sasl.jaas.config": "x password=p"}))
+    assert "x password=p" not in hidden
+
+
+def test_refusal_reason_prefers_the_login_or_tls_error():
+    from dtmon.kafka import refusal_reason
+
+    auth = KafkaError(KafkaError._AUTHENTICATION, "SASL authentication error: invalid credentials")
+    down = KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down")
+    transport = KafkaError(KafkaError._TRANSPORT, "Disconnected while requesting ApiVersion")
+    assert refusal_reason(Exception("metadata"), [transport, auth, down]) == "SASL authentication error: invalid credentials"
+    assert refusal_reason(Exception("metadata"), [transport, down]) == "Disconnected while requesting ApiVersion"
+    assert refusal_reason(Exception("metadata"), []) == "metadata"

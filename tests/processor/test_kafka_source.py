@@ -128,3 +128,18 @@ def test_max_offsets_per_trigger_caps_the_planned_end(monkeypatch):
     assert reader.reportLatestOffset() == {"t": {"0": 300, "1": 200}}
     reader.commit(end)
     assert reader.clients.consumers[0].committed == [[("t", 0, 75), ("t", 1, 125)]]
+
+
+def test_source_options_carry_the_whole_kafka_config_and_hide_its_secrets():
+    """``kafka_options`` -> Spark (keys lower-cased) -> ``config_from_options``: the same librdkafka dictionary."""
+    from dtmon.kafka import KafkaConfig
+    from processor.kafka_source import config_from_options, kafka_options
+
+    config = KafkaConfig(
+        bootstrap_servers="b1:9093", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="dq", sasl_password="pw-1", ssl_ca_location="/ca.pem", extra={"client.id": "x"},
+    )  # fmt: skip
+    options = {k.lower(): v for k, v in kafka_options(config).items()}
+    rebuilt = config_from_options({**options, "subscribe": "raw"})
+    assert rebuilt.as_librdkafka_dict() == config.as_librdkafka_dict()
+    assert "pw-1" not in repr(rebuilt)

@@ -117,3 +117,29 @@ def test_both_sources_give_identical_results(spark, kafka_bootstrap, genuine_tab
     assert a == b
     assert a["rows_read"] == genuine_table.num_rows and a["hits"] > 0 and a["run"] == 9 and a["run_state"] == "ended"
     assert a["orbits_with_scintillator"] == 2  # E1/E2 computed on both (scintillator channel 138)
+
+
+def test_kafka_secrets_are_redacted_in_the_plans_of_both_sources(spark, tmp_path):
+    """A SASL password and a client key given to either Kafka source never show in Spark's plan strings
+    (``spark.redaction.regex``, ``spark.sql.redaction.options.regex`` of ``processor.app.spark_session``)."""
+    from dtmon.kafka import KafkaConfig
+    from processor import spark_kafka
+    from processor.kafka_source import SOURCE_NAME, kafka_options
+
+    password, key_body = "pw-never-logged-123", "KEYBODYnever-logged-456"
+    cert, key = tmp_path / "client.pem", tmp_path / "client.key"
+    cert.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    key.write_text(f"-----BEGIN PRIVATE KEY-----\n{key_body}\n-----END PRIVATE KEY-----\n")
+    config = KafkaConfig(
+        bootstrap_servers="127.0.0.1:1", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="alice", sasl_password=password, ssl_certificate_location=str(cert), ssl_key_location=str(key),
+    )  # fmt: skip
+    frames = {
+        "spark": spark.readStream.format("kafka").options(**spark_kafka.kafka_options(config)),
+        "python": spark.readStream.format(SOURCE_NAME).options(**kafka_options(config)),
+    }
+    for name, reader in frames.items():
+        plan = reader.option("subscribe", "t").load()._jdf.queryExecution().toString()
+        assert "alice" in plan or name == "spark", plan  # the options are in the plan ...
+        assert "*********(redacted)" in plan, plan
+        assert password not in plan and key_body not in plan, f"secret in the {name} source's plan"  # ... the secrets not
