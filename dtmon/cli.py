@@ -367,13 +367,29 @@ def write_state(path: Path, stack: Stack, started: float) -> None:
     """Record the children (name, pid, address, log, restarts) in ``path`` as JSON, for tools and tests."""
     children = [{"name": c.name, "pid": c.process.pid, "address": c.address, "log": str(c.log),
                  "restarts": len(c.restarts)} for c in stack.children]  # fmt: skip
-    path.write_text(json.dumps({"started": started, "children": children}, indent=2) + "\n")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"started": started, "children": children}, indent=2) + "\n")
+    tmp.replace(path)  # readers never see half a file
 
 
 def start_embedded_s3(stack: Stack, port: int, logs: Path, timeout: float) -> Child:
     """Start the embedded moto S3 server on ``port`` as a restartable child of ``stack``."""
     ensure_port_free("127.0.0.1", port, "S3 server", "--s3-port")
     return stack.start_service(lambda: start_s3("127.0.0.1", port, logs / "s3.log", timeout), logs / "s3.log", restart=True)
+
+
+PERSIST_PACING = {"messages_per_s": 1.0, "producer_commit_interval_s": 2.0}
+"""Producer pacing under ``--persist`` unless set: Tansu 0.6's S3 engine answers fetches more slowly with
+every record batch it stores (docs/reliability.md), so the producer writes ~1.5 batches/s instead of ~24."""
+
+
+def persist_pacing(settings: Settings) -> Settings:
+    """``settings`` with ``PERSIST_PACING`` for the fields the operator did not set."""
+    update = {k: v for k, v in PERSIST_PACING.items() if k not in settings.model_fields_set}
+    if update:
+        console.print("--persist: the producer sends " + ", ".join(f"{k} = {v:g}" for k, v in update.items())
+                      + " (fewer record batches for the broker's S3 storage)")  # fmt: skip
+    return settings.model_copy(update=update)
 
 
 def ensure_stack_topics(settings: Settings, timeout: float = 30.0) -> None:
@@ -519,6 +535,7 @@ def up(
                                      "external Kafka (--bootstrap-servers)")  # fmt: skip
                 s3 = start_embedded_s3(stack, s3_port, logs, startup_timeout)
                 ensure_bucket(s3_client(s3.address), BROKER_BUCKET)
+                settings = persist_pacing(settings)
             if external_kafka:
                 console.print(f"Kafka: external, {settings.bootstrap_servers}")
             else:
