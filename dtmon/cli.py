@@ -488,7 +488,8 @@ def up(
     persist: Annotated[
         bool,
         typer.Option("--persist", help=f"keep the embedded broker's messages in s3://{BROKER_BUCKET}/ on the embedded "
-                     "S3 server (Tansu's S3 storage engine), so a broker restart loses nothing"),
+                     "S3 server (Tansu's S3 storage engine), so a broker restart loses nothing; reads slow down as "
+                     "it fills: short sessions only (docs/reliability.md)"),
     ] = False,
     startup_timeout: Annotated[float, typer.Option(help="s to wait for each service to answer")] = 120.0,
     trigger_interval_s_alias: Annotated[float | None, alias_option("--trigger-interval")] = None,
