@@ -565,7 +565,7 @@ def up(
                 settings = settings.model_copy(update={"source": f"s3://{bucket}/", "s3_endpoint_url": s3.address})
             write_state(state_file, stack, started)
             if not external_kafka:
-                broker.after_restart = lambda child: broker_restarted(stack, settings, checkpoint, persisted=s3 is not None)
+                broker.after_restart = lambda child: broker_restarted(stack, settings, checkpoint, persisted=persist)
             if s3 is not None:
                 s3.after_restart = lambda child: s3_restarted(stack, child, bucket, uploads, settings, checkpoint, persist)
             stack.on_restart = lambda child: write_state(state_file, stack, started)
