@@ -23,7 +23,7 @@ from confluent_kafka import (
 )
 
 from dashboard.state import ResultsStore
-from dtmon.kafka import KafkaClients, KafkaConfig, as_kafka_config
+from dtmon.kafka import KafkaClients, KafkaConfig, KafkaSetupError, as_kafka_config
 from dtmon.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,9 @@ class ResultsConsumer:
     Each message goes through ``store.ingest_json``: an invalid one (schema or meaning,
     ``dtmon.validation``) is counted, logged with topic/partition@offset and skipped (never fatal). Broker
     reachability goes to ``store.set_broker``: False on ``_ALL_BROKERS_DOWN``/``_TRANSPORT``
-    errors, True after any answer (message, end-of-partition event, metadata). A missing
-    topic is retried every ``retry_s`` s.
+    errors, True after any answer (message, end-of-partition event, metadata). With
+    ``create_topic`` the thread first creates a missing topic with one partition
+    (``KafkaClients.ensure_results_topic``); a topic still missing is retried every ``retry_s`` s.
     """
 
     def __init__(
@@ -64,6 +65,7 @@ class ResultsConsumer:
         poll_timeout_s: float = 0.5,
         retry_s: float = 2.0,
         health_interval_s: float = 5.0,
+        create_topic: bool = False,
     ) -> None:
         self.store = store
         self.topic = topic
@@ -71,6 +73,7 @@ class ResultsConsumer:
         self.poll_timeout_s = poll_timeout_s
         self.retry_s = retry_s
         self.health_interval_s = health_interval_s
+        self.create_topic = create_topic
         self.clients = kafka if isinstance(kafka, KafkaClients) else KafkaClients(as_kafka_config(kafka))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dtmon-results-consumer", daemon=True)
@@ -100,6 +103,11 @@ class ResultsConsumer:
             self.store.set_broker(False, f"consumer not created: {exc}")
             return
         try:
+            if self.create_topic:
+                try:
+                    self.clients.ensure_results_topic(self.topic, timeout=10.0)
+                except KafkaSetupError as exc:  # the broker is not there yet: the loop below retries
+                    log.warning("results topic not created: %s", exc)
             while not self._stop.is_set():
                 try:
                     if self._assign(consumer):
@@ -188,8 +196,9 @@ def replay_messages(settings: Settings) -> int:
 
 
 def start_runtime(settings: Settings) -> DashboardRuntime:
-    """Create the store and start the results consumer thread for ``settings``."""
+    """Create the store and start the results consumer thread for ``settings`` (it creates the
+    results topic with one partition if it is missing)."""
     store = ResultsStore(settings.dashboard_history)
-    consumer = ResultsConsumer(store, settings.kafka, settings.results_topic, replay_messages(settings))
+    consumer = ResultsConsumer(store, settings.kafka, settings.results_topic, replay_messages(settings), create_topic=True)
     consumer.start()
     return DashboardRuntime(settings, store, consumer)

@@ -437,12 +437,17 @@ class TrendHistory:
         self.buckets: list[TrendBucket] = []
 
     def add(self, message: ResultsMessage) -> None:
-        """Add one micro-batch (in time order; an older one joins the last bucket)."""
+        """Add one micro-batch to the bucket of its start time (one that arrives late joins its own
+        bucket, not the newest)."""
         b = trend_bucket(message)
-        if self.buckets and self._slot(b.start) <= self._slot(self.buckets[-1].start):
-            self.buckets[-1].merge(b)
+        slot = self._slot(b.start)
+        i = len(self.buckets)
+        while i > 0 and self._slot(self.buckets[i - 1].start) > slot:
+            i -= 1
+        if i > 0 and self._slot(self.buckets[i - 1].start) == slot:
+            self.buckets[i - 1].merge(b)
         else:
-            self.buckets.append(b)
+            self.buckets.insert(i, b)
         newest = self.buckets[-1].end
         while self.buckets and self.buckets[0].end < newest - self.horizon_s:
             self.buckets.pop(0)
@@ -592,10 +597,15 @@ class ResultsStore:
             return self._version
 
     def ingest(self, message: ResultsMessage) -> None:
-        """Keep ``message`` (dropping the oldest beyond ``history``) and add it to the cumulative sums.
+        """Keep ``message`` in batch-id order (dropping the oldest beyond ``history``) and add it to
+        the cumulative sums.
 
-        A message with the same batch id as the newest kept one (a micro-batch Spark
-        replayed after a restart) replaces it, in the time series and in the sums.
+        A message with the same batch id as a kept one (a micro-batch Spark replayed after a
+        restart) replaces it, in the time series and in the sums. A message with a lower batch
+        id than the newest kept one that was also published earlier arrived late (a results
+        topic with several partitions): it is placed in batch order (``_ingest_late``), so the
+        newest record, hence the run state and "last batch", is always the highest batch id. A
+        lower batch id published later is a new query (its checkpoint was cleared): it is newest.
         A new run number, or bin edges that differ from the running sums, start a new epoch.
 
         Raises:
@@ -604,6 +614,10 @@ class ResultsStore:
         """
         with self._lock:
             records = self._records
+            newest = records[-1].message if records else None
+            if newest is not None and message.batch_id < newest.batch_id and message.published <= newest.published:
+                self._ingest_late(message)
+                return
             replacing = bool(records) and records[-1].message.batch_id == message.batch_id
             kept = len(records) - 1 if replacing else len(records)
             previous = records[kept - 1].message if kept > 0 else None
@@ -628,6 +642,49 @@ class ResultsStore:
             self._last_update = self._clock()
             self._ingests += 1
             self._version += 1
+
+    def _ingest_late(self, message: ResultsMessage) -> None:
+        """``ingest`` of a message older than the newest kept one (lock held): inserted in batch-id
+        order (or only summed when it is older than every kept batch and ``history`` is full).
+
+        It joins the cumulative sums if it belongs to the current run; a batch of an earlier run
+        keeps that run's epoch (or none), so it never restarts the accumulation.
+        """
+        records = self._records
+        pos = len(records)
+        while pos > 0 and records[pos - 1].message.batch_id > message.batch_id:
+            pos -= 1
+        previous = records[pos - 1] if pos > 0 else None
+        if previous is not None and previous.message.batch_id == message.batch_id:  # a replayed batch
+            before = records[pos - 2].message if pos > 1 else None
+            totals = batch_totals(message, wall_time_s(message, before))
+            if previous.epoch == self._epoch:
+                self._cumulative = add_totals(subtract_totals(self._cumulative, previous.totals), totals)
+            records[pos - 1] = Record(message, totals, previous.epoch)
+        else:
+            totals = batch_totals(message, wall_time_s(message, previous.message if previous else None))
+            if message.run == self._run:
+                epoch = self._epoch
+                self._cumulative = add_totals(self._cumulative, totals)
+            else:
+                epoch = previous.epoch if previous is not None and previous.message.run == message.run else -1
+            if pos > 0 or len(records) < (records.maxlen or 0):
+                if len(records) == records.maxlen:
+                    records.popleft()
+                    pos -= 1
+                records.insert(pos, Record(message, totals, epoch))
+                if pos + 1 < len(records):  # the next batch's wall time now starts at this one
+                    nxt = records[pos + 1]
+                    redone = batch_totals(nxt.message, wall_time_s(nxt.message, message))
+                    if nxt.epoch == self._epoch:
+                        self._cumulative = add_totals(subtract_totals(self._cumulative, nxt.totals), redone)
+                    records[pos + 1] = Record(nxt.message, redone, nxt.epoch)
+            self._trend.add(message)
+            self._events.extend(message_events(message))
+            self._rejected += message.rejected_messages
+        self._last_update = self._clock()  # channel flags stay those of the newest batch
+        self._ingests += 1
+        self._version += 1
 
     def ingest_json(self, data: bytes, where: str) -> bool:
         """Parse, check (``dtmon.validation.parse_results``) and ``ingest`` one results message.

@@ -2,7 +2,10 @@
 
 ``dtmon up`` starts, as child processes in their own process groups, the Tansu broker,
 a moto S3 server seeded with the DAQ files, the producer, the processor and the
-dashboard; Ctrl-C (or SIGTERM) stops them all in reverse order. ``dtmon broker`` and
+dashboard; a child that dies is restarted (``dtmon.supervisor.RestartPolicy``: backoff,
+bounded, one line each), and only Ctrl-C (or SIGTERM) stops them all, in reverse order.
+With ``--persist`` the broker keeps its messages on the S3 server (Tansu's S3 storage
+engine), so a broker restart loses nothing. ``dtmon broker`` and
 ``dtmon s3`` run one embedded service in the foreground, so the embedded parts can be
 mixed with real ones. ``dtmon schema`` prints the results-message JSON Schema.
 
@@ -31,11 +34,23 @@ from rich.table import Table
 
 from dtmon.cliopts import alias_option, setting_option, settings_from, version_option
 from dtmon.daqfiles import SYNTHETIC_MANIFEST, SourceError
-from dtmon.kafka import KafkaClients
+from dtmon.kafka import KafkaClients, KafkaSetupError
 from dtmon.schema import RESULTS_VERSION
-from dtmon.services import Service, Upload, plan_uploads, seed, start_broker, start_s3
+from dtmon.services import (
+    Service,
+    Upload,
+    ensure_bucket,
+    plan_uploads,
+    s3_client,
+    s3_storage_env,
+    seed,
+    start_broker,
+    start_s3,
+    stop_process,
+)
 from dtmon.settings import Settings
 from dtmon.supervisor import (
+    Child,
     ChildDied,
     Stack,
     console,
@@ -43,7 +58,9 @@ from dtmon.supervisor import (
     interruptible,
     report_death,
     run_until_interrupted,
+    group_members,
     signals_ignored,
+    terminate,
 )
 
 app = typer.Typer(
@@ -61,6 +78,8 @@ def _main(version: Annotated[bool | None, version_option()] = None) -> None:
 
 
 DEFAULT_BUCKET = "minidt-stream"
+BROKER_BUCKET = "dtmon-broker"
+"""Bucket of the embedded S3 server holding the broker's storage under ``dtmon up --persist``."""
 SCHEMA_FILE = Path(f"schemas/results-v{RESULTS_VERSION}.schema.json")
 SYNTHETIC_ROWS = 200_000
 """Rows ``dtmon up`` generates when no genuine rows are at hand (~3 s; 200 s of replay at 1000 rows/s)."""
@@ -259,7 +278,7 @@ def dashboard_dir() -> Path:
 
 
 def wait_for_http(url: str, timeout: float, stack: Stack) -> None:
-    """Block until ``url`` answers HTTP 200, checking that no child died meanwhile.
+    """Block until ``url`` answers HTTP 200, supervising the stack meanwhile (``Stack.supervise``).
 
     One request at a time, each allowed the time left: a Bokeh page builds a whole session
     document, which takes seconds on a busy machine; abandoning slow requests and asking
@@ -267,11 +286,11 @@ def wait_for_http(url: str, timeout: float, stack: Stack) -> None:
 
     Raises:
         TimeoutError: no answer after ``timeout`` s.
-        ChildDied: a child exited while waiting.
+        ChildDied: a child that cannot be restarted exited, or one was given up on.
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        stack.check()
+        stack.supervise()
         try:
             with urllib.request.urlopen(url, timeout=max(1.0, deadline - time.monotonic())) as response:
                 if response.status == 200:
@@ -360,9 +379,101 @@ def status_table(stack: Stack) -> Table:
 
 
 def write_state(path: Path, stack: Stack, started: float) -> None:
-    """Record the children (name, pid, address, log) in ``path`` as JSON, for tools and tests."""
-    children = [{"name": c.name, "pid": c.process.pid, "address": c.address, "log": str(c.log)} for c in stack.children]
-    path.write_text(json.dumps({"started": started, "children": children}, indent=2) + "\n")
+    """Record the children (name, pid, address, log, restarts) in ``path`` as JSON, for tools and tests."""
+    children = [{"name": c.name, "pid": c.process.pid, "address": c.address, "log": str(c.log),
+                 "restarts": len(c.restarts)} for c in stack.children]  # fmt: skip
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"started": started, "children": children}, indent=2) + "\n")
+    tmp.replace(path)  # readers never see half a file
+
+
+def start_embedded_s3(stack: Stack, port: int, logs: Path, timeout: float) -> Child:
+    """Start the embedded moto S3 server on ``port`` as a restartable child of ``stack``."""
+    ensure_port_free("127.0.0.1", port, "S3 server", "--s3-port")
+    return stack.start_service(lambda: start_s3("127.0.0.1", port, logs / "s3.log", timeout), logs / "s3.log", restart=True)
+
+
+PERSIST_PACING = {"messages_per_s": 1.0, "producer_commit_interval_s": 2.0}
+"""Producer pacing under ``--persist`` unless set: Tansu 0.6's S3 engine answers fetches more slowly with
+every record batch it stores (docs/reliability.md), so the producer writes ~1.5 batches/s instead of ~24."""
+
+
+def persist_pacing(settings: Settings) -> Settings:
+    """``settings`` with ``PERSIST_PACING`` for the fields the operator did not set."""
+    update = {k: v for k, v in PERSIST_PACING.items() if k not in settings.model_fields_set}
+    if update:
+        console.print("--persist: the producer sends " + ", ".join(f"{k} = {v:g}" for k, v in update.items())
+                      + " (fewer record batches for the broker's S3 storage)")  # fmt: skip
+    return settings.model_copy(update=update)
+
+
+def ensure_stack_topics(settings: Settings, timeout: float = 30.0) -> None:
+    """Create the raw topic (``raw_partitions``) and the results topic (one partition) if missing.
+
+    Raises:
+        KafkaSetupError: the broker did not answer within ``timeout`` s or refused a topic.
+    """
+    clients = KafkaClients(settings.kafka)
+    clients.ensure_topic(settings.raw_topic, settings.raw_partitions, timeout)
+    clients.ensure_results_topic(settings.results_topic, timeout)
+
+
+def _child(stack: Stack, name: str) -> Child | None:
+    return next((c for c in stack.children if c.name == name), None)
+
+
+def start_over(stack: Stack, checkpoint: Path, why: str) -> None:
+    """Restart the producer from its source's start and the processor on a new checkpoint, because
+    the raw topic lost its messages (``why``); not counted as deaths."""
+    producer, processor = _child(stack, "producer"), _child(stack, "processor")
+    if processor is not None:
+        stop_process(processor.process, 10.0)
+        terminate(group_members(processor.process.pid), 5.0)
+        shutil.rmtree(checkpoint, ignore_errors=True)
+        stack.restart(processor, reason=f"{why}: new query, checkpoint cleared", count=False)
+    if producer is not None:
+        stack.restart(producer, reason=f"{why}: sends its source again", count=False)
+
+
+def broker_restarted(stack: Stack, settings: Settings, checkpoint: Path, persisted: bool) -> None:
+    """After the embedded broker restarted: say what it kept, create missing topics, and with
+    volatile storage start the producer and processor over (the topics are new and empty)."""
+    if persisted:
+        console.print("broker restarted on its S3 storage: every message it had acknowledged is kept")
+    else:
+        console.print("[bold red]the in-memory broker's data was lost on restart: every message of "
+                      f"{settings.raw_topic} and {settings.results_topic} is gone (dtmon up --persist keeps them)[/]")  # fmt: skip
+    try:
+        ensure_stack_topics(settings)
+    except KafkaSetupError as error:
+        console.print(f"[bold red]error:[/] {error}")
+    if not persisted:
+        start_over(stack, checkpoint, "the broker lost its data")
+
+
+def s3_restarted(
+    stack: Stack, s3: Child, bucket: str, uploads: list[Upload], settings: Settings, checkpoint: Path, persist: bool
+) -> None:
+    """After the embedded S3 server restarted (empty: moto keeps nothing): seed the DAQ files again;
+    under ``--persist`` the broker's storage went with it, so the broker restarts empty too."""
+    try:
+        if uploads:
+            seed(s3.address, bucket, uploads)
+            console.print(f"S3 server restarted empty: {len(uploads)} file(s) seeded again")
+        if persist:
+            ensure_bucket(s3_client(s3.address), BROKER_BUCKET)
+    except Exception as error:  # noqa: BLE001 - boto3/botocore errors: reported, the stack keeps running
+        console.print(f"[bold red]error:[/] seeding the restarted S3 server failed: {type(error).__name__}: {error}")
+        return
+    broker = _child(stack, "broker")
+    if persist and broker is not None:
+        console.print("[bold red]the S3 server held the broker's storage: the broker's data was lost[/]")
+        broker.after_restart = None
+        try:
+            stack.restart(broker, reason="its storage on the S3 server was lost", count=False)
+        finally:
+            broker.after_restart = lambda child: broker_restarted(stack, settings, checkpoint, persisted=True)
+        broker_restarted(stack, settings, checkpoint, persisted=False)
 
 
 @app.command()
@@ -389,12 +500,19 @@ def up(
         typer.Option("--keep-checkpoint", help="resume the previous run's query (external Kafka only: the "
                      "embedded broker starts empty)"),
     ] = False,
+    persist: Annotated[
+        bool,
+        typer.Option("--persist", help=f"keep the embedded broker's messages in s3://{BROKER_BUCKET}/ on the embedded "
+                     "S3 server (Tansu's S3 storage engine), so a broker restart loses nothing; reads slow down as "
+                     "it fills: short sessions only (docs/reliability.md)"),
+    ] = False,
     startup_timeout: Annotated[float, typer.Option(help="s to wait for each service to answer")] = 120.0,
     trigger_interval_s_alias: Annotated[float | None, alias_option("--trigger-interval")] = None,
     s3_endpoint_url_alias: Annotated[str | None, alias_option("--s3-endpoint")] = None,
     kafka_config_file_alias: Annotated[str | None, alias_option("--kafka-config")] = None,
 ) -> None:
-    """Run the whole stack locally: broker, S3, producer, processor, dashboard. Ctrl-C stops it all."""
+    """Run the whole stack locally: broker, S3, producer, processor, dashboard. A child that dies is
+    restarted (with backoff; given up after 5 restarts in 5 minutes); Ctrl-C stops it all."""
     started = time.time()
     t0 = time.monotonic()
     settings = settings_from(locals(), console)
@@ -427,18 +545,29 @@ def up(
                 n_files = sum(1 for u in uploads if u.path.name != SYNTHETIC_MANIFEST)
                 console.print(f"source: {src} ({kind}, {n_files} file(s)) -> s3://{bucket}/ on moto")
 
-            # broker and S3
+            # S3 first when it holds the broker's storage, then the broker
+            s3: Child | None = None
+            if persist:
+                if external_kafka:
+                    raise UsageError("--persist keeps the embedded broker's messages: it does not apply to an "
+                                     "external Kafka (--bootstrap-servers)")  # fmt: skip
+                s3 = start_embedded_s3(stack, s3_port, logs, startup_timeout)
+                ensure_bucket(s3_client(s3.address), BROKER_BUCKET)
+                settings = persist_pacing(settings)
             if external_kafka:
                 console.print(f"Kafka: external, {settings.bootstrap_servers}")
             else:
                 ensure_port_free("127.0.0.1", broker_port, "broker", "--broker-port or --bootstrap-servers")
+                storage, broker_env = (f"s3://{BROKER_BUCKET}/", s3_storage_env(s3.address)) if s3 else ("memory://tansu/", None)
                 broker = stack.start_service(
-                    lambda: start_broker("127.0.0.1", broker_port, logs / "broker.log", startup_timeout),
+                    lambda: start_broker("127.0.0.1", broker_port, logs / "broker.log", startup_timeout, storage, broker_env),
                     logs / "broker.log",
+                    restart=True,
                 )
+                console.print(f"broker storage: {storage}" + ("" if s3 else " (in memory: lost if the broker restarts; "
+                                                                             "--persist keeps it)"))  # fmt: skip
                 settings = settings.model_copy(update={"bootstrap_servers": broker.address})
-            KafkaClients(settings.kafka).ensure_topics({settings.raw_topic: settings.raw_partitions,
-                                                        settings.results_topic: 1}, timeout=30.0)  # fmt: skip
+            ensure_stack_topics(settings)
             ensure_port_free("127.0.0.1", dashboard_port, "dashboard", "--dashboard-port")
             url = f"http://127.0.0.1:{dashboard_port}/dashboard"
             addresses = {"producer": f"-> {settings.raw_topic}", "processor": f"-> {settings.results_topic}",
@@ -446,14 +575,17 @@ def up(
             # the processor first: Spark starts while S3 is seeded (it reads the raw topic from its start)
             commands = stage_commands(settings, checkpoint, dashboard_port)
             stack.spawn("processor", commands["processor"], logs / "processor.log", child_env(settings, dict(os.environ)),
-                        addresses["processor"])  # fmt: skip
+                        addresses["processor"], restart=True)  # fmt: skip
             if uploads:
-                ensure_port_free("127.0.0.1", s3_port, "S3 server", "--s3-port")
-                s3 = stack.start_service(lambda: start_s3("127.0.0.1", s3_port, logs / "s3.log", startup_timeout),
-                                         logs / "s3.log")  # fmt: skip
+                s3 = s3 or start_embedded_s3(stack, s3_port, logs, startup_timeout)
                 seed(s3.address, bucket, uploads)
                 settings = settings.model_copy(update={"source": f"s3://{bucket}/", "s3_endpoint_url": s3.address})
             write_state(state_file, stack, started)
+            if not external_kafka:
+                broker.after_restart = lambda child: broker_restarted(stack, settings, checkpoint, persisted=persist)
+            if s3 is not None:
+                s3.after_restart = lambda child: s3_restarted(stack, child, bucket, uploads, settings, checkpoint, persist)
+            stack.on_restart = lambda child: write_state(state_file, stack, started)
 
             # then the producer and the dashboard
             env = child_env(settings, dict(os.environ))
@@ -461,14 +593,14 @@ def up(
                 env.setdefault("BOKEH_COOKIE_SECRET", secrets.token_urlsafe(32))
             for name, cmd in stage_commands(settings, checkpoint, dashboard_port).items():
                 if name != "processor":
-                    stack.spawn(name, cmd, logs / f"{name}.log", env, addresses[name])
+                    stack.spawn(name, cmd, logs / f"{name}.log", env, addresses[name], restart=True)
             write_state(state_file, stack, started)
             wait_for_http(url, startup_timeout, stack)
 
             console.print(status_table(stack))
             console.print(f"logs: {logs}/<service>.log")
             console.print(f"dashboard answering after {time.monotonic() - t0:.1f} s")
-            console.print(f"Dashboard: [bold green]{url}[/]   (Ctrl-C stops everything)")
+            console.print(f"Dashboard: [bold green]{url}[/]   (a child that dies is restarted; Ctrl-C stops everything)")
             code = run_until_interrupted(stack)
         except (KeyboardInterrupt, Exception) as error:  # report, then stop what was started
             code = report_stop(error)

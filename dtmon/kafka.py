@@ -11,6 +11,7 @@ from keyword arguments, ``DTMON_KAFKA_<FIELD>`` environment variables, then a co
 ``KafkaClients`` creates the confluent-kafka clients through one overridable method per
 kind (``_create_consumer``, ``_create_producer``, ``_create_admin``), the seam where tests
 put doubles (``tests/doubles``). On it: ``ensure_topic`` (create a topic if missing),
+``ensure_results_topic`` (one partition, a warning for more),
 ``end_offsets`` (true log end of partitions) and ``read_tail`` (the newest message of
 every partition of a topic).
 
@@ -308,6 +309,24 @@ class KafkaClients:
             raise KafkaSetupError(f"cannot create topic {topic!r} on {where}: {exc!r}") from exc
         return partitions
 
+    def ensure_results_topic(self, topic: str, timeout: float = 10.0) -> int:
+        """Create the results topic with exactly one partition if it does not exist.
+
+        One partition keeps the results messages in batch order for every reader; a topic a
+        broker auto-created (Tansu makes 4 partitions) is kept, with a warning (the dashboard
+        orders by batch id whatever the partitioning).
+
+        Returns:
+            The topic's partition count.
+        Raises:
+            KafkaSetupError: the broker did not answer within ``timeout`` s or refused the topic.
+        """
+        partitions = self.ensure_topic(topic, 1, timeout)
+        if partitions > 1:
+            log.warning("results topic %s has %d partitions, not 1: results may arrive out of batch order "
+                        "(recreate it with one partition)", topic, partitions)  # fmt: skip
+        return partitions
+
     def ensure_topics(self, partitions: dict[str, int], timeout: float = 30.0) -> dict[str, int]:
         """``ensure_topic`` for each topic name -> partitions; returns name -> partition count."""
         return {name: self.ensure_topic(name, n, timeout) for name, n in partitions.items()}
@@ -331,8 +350,9 @@ class KafkaClients:
         from confluent_kafka import KafkaError, TopicPartition
 
         # a fetch at the log end is answered after fetch.wait.max.ms (default 500 ms); an offset
-        # the broker does not have is reported, never silently replaced
-        consumer = self.consumer(group_id, enable_partition_eof=True, fetch_wait_max_ms=5, auto_offset_reset="error")
+        # the broker does not have is reported, never silently replaced. Tansu 0.6 on its S3
+        # storage engine answers no fetch within 5 ms (every probe timed out); 25 ms works on both engines.
+        consumer = self.consumer(group_id, enable_partition_eof=True, fetch_wait_max_ms=25, auto_offset_reset="error")
         ends: dict[tuple[str, int], int] = {}
         try:
             if not positions:

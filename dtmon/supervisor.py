@@ -1,10 +1,14 @@
 """Child processes of a dtmon command: start them in their own process groups, watch them,
-and stop them all (newest first) on Ctrl-C, SIGTERM or SIGHUP, descendants included.
+restart the ones that die, and stop them all (newest first) on Ctrl-C, SIGTERM or SIGHUP,
+descendants included.
 
-``Stack`` owns the children; ``run_until_interrupted`` blocks until an interrupt or a
-child's death; ``interruptible`` / ``deferred_interrupts`` / ``signals_ignored`` decide
-when a signal may cut in; ``descendants`` / ``terminate`` find and stop what a child left
-behind (read from ``/proc``).
+``Stack`` owns the children; ``Stack.supervise`` restarts a dead child that knows how to
+start again (``Child.start``) after a backoff (``RestartPolicy``: 1 s, 2 s, 4 s ... capped;
+it gives up after ``max_restarts`` restarts within ``window_s``), one log line per restart;
+``run_until_interrupted`` supervises until an interrupt, or until a child that cannot be
+restarted dies or one is given up on. ``interruptible`` / ``deferred_interrupts`` /
+``signals_ignored`` decide when a signal may cut in; ``descendants`` / ``terminate`` /
+``group_members`` find and stop what a child left behind (read from ``/proc``).
 """
 
 from __future__ import annotations
@@ -29,21 +33,56 @@ console = Console(highlight=False, soft_wrap=True)
 
 
 class ChildDied(Exception):
-    """A child process exited while the stack was supposed to be running."""
+    """A child process exited while the stack was supposed to be running (``gave_up``: after
+    the restarts its ``RestartPolicy`` allows)."""
 
-    def __init__(self, child: "Child") -> None:
-        super().__init__(f"{child.name} exited (code {child.process.returncode})")
+    def __init__(self, child: "Child", gave_up: str = "") -> None:
+        super().__init__(f"{child.name} exited (code {child.process.returncode})" + (f"; {gave_up}" if gave_up else ""))
         self.child = child
+        self.gave_up = gave_up
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """Bounded restarts with exponential backoff.
+
+    The k-th restart within ``window_s`` s (k = 0, 1, ...) waits ``min(first_delay_s * 2**k,
+    max_delay_s)`` s after the death was seen; once ``max_restarts`` restarts fall within the
+    last ``window_s`` s, the next death is final.
+    """
+
+    first_delay_s: float = 1.0
+    max_delay_s: float = 30.0
+    max_restarts: int = 5
+    window_s: float = 300.0
+
+    def recent(self, restarts: list[float], now: float) -> int:
+        """Restarts (monotonic times, s) within the last ``window_s`` s of ``now``."""
+        return sum(1 for t in restarts if now - t < self.window_s)
+
+    def delay_s(self, recent: int) -> float:
+        """Backoff before the next restart when ``recent`` restarts fall within the window, s."""
+        return min(self.first_delay_s * 2**recent, self.max_delay_s)
 
 
 @dataclass
 class Child:
-    """A child process dtmon started, in its own process group, and where its output goes."""
+    """A child process dtmon started, in its own process group, and where its output goes.
+
+    ``start`` (None: not restartable) starts the child again and returns the new process;
+    ``after_restart`` runs once it is back (e.g. create topics on a restarted broker).
+    ``restarts`` holds the monotonic times of its restarts; ``died_at`` when its death was
+    first seen (None while it runs).
+    """
 
     name: str
     process: subprocess.Popen
     address: str = ""
     log: Path | None = None
+    start: Callable[[], subprocess.Popen] | None = None
+    after_restart: Callable[["Child"], None] | None = None
+    restarts: list[float] = field(default_factory=list)
+    died_at: float | None = None
 
 
 @dataclass
@@ -51,25 +90,95 @@ class Stack:
     """The child processes of one dtmon command, stopped in reverse start order."""
 
     children: list[Child] = field(default_factory=list)
+    policy: RestartPolicy = field(default_factory=RestartPolicy)
+    on_restart: Callable[[Child], None] | None = None
+    """Called after every restart (e.g. to record the new pids)."""
 
-    def start_service(self, start: Callable[[], Service], log: Path | None = None) -> Child:
-        """Start a service with a ``dtmon.services.start_*`` call and track it.
+    def start_service(self, start: Callable[[], Service], log: Path | None = None, restart: bool = False) -> Child:
+        """Start a service with a ``dtmon.services.start_*`` call and track it; with ``restart``,
+        ``supervise`` starts it again the same way when it dies.
 
         Ctrl-C/SIGTERM during the start is held until the service is tracked, so an
         interrupted start still stops it.
         """
         with deferred_interrupts():
             service = start()
-            child = Child(service.name, service.process, service.address, log)
+            child = Child(service.name, service.process, service.address, log,
+                          start=(lambda: start().process) if restart else None)  # fmt: skip
             self.children.append(child)
         return child
 
-    def spawn(self, name: str, cmd: list[str], log: Path, env: dict[str, str], address: str = "") -> Child:
-        """Start ``cmd`` with ``start_in_session`` and track it (an interrupt waits until it is tracked)."""
+    def spawn(
+        self, name: str, cmd: list[str], log: Path, env: dict[str, str], address: str = "", restart: bool = False
+    ) -> Child:
+        """Start ``cmd`` with ``start_in_session`` and track it (an interrupt waits until it is tracked);
+        with ``restart``, ``supervise`` starts it again (output appended to ``log``) when it dies."""
         with deferred_interrupts():
-            child = Child(name, start_in_session(cmd, log, env), address, log)
+            child = Child(name, start_in_session(cmd, log, env), address, log,
+                          start=(lambda: start_in_session(cmd, log, env, append=True)) if restart else None)  # fmt: skip
             self.children.append(child)
         return child
+
+    def supervise(self, now: Callable[[], float] = time.monotonic) -> list[Child]:
+        """Restart the children that died and whose backoff has passed; returns those restarted.
+
+        A death is logged (``restart_line``) when the child starts again; the process group
+        the dead child leaves behind is stopped first.
+
+        Raises:
+            ChildDied: a child without ``start`` died, or one died again after
+                ``policy.max_restarts`` restarts within ``policy.window_s`` s.
+        """
+        restarted = []
+        for child in self.children:
+            if child.process.poll() is None:
+                continue
+            t = now()
+            if child.died_at is None:
+                child.died_at = t
+            if child.start is None:
+                raise ChildDied(child)
+            recent = self.policy.recent(child.restarts, t)
+            if recent >= self.policy.max_restarts:
+                raise ChildDied(child, f"gave up after {recent} restarts within {self.policy.window_s:g} s")
+            if t - child.died_at < self.policy.delay_s(recent):
+                continue
+            self.restart(child, t)
+            restarted.append(child)
+        return restarted
+
+    def restart(self, child: Child, t: float | None = None, reason: str = "", count: bool = True) -> None:
+        """Stop what is left of ``child`` (its process group), start it again and log one line.
+
+        ``count``: the restart counts against ``policy`` (False for a restart dtmon itself asks
+        for, e.g. a processor whose input was lost); ``reason`` replaces the exit code in the line.
+        """
+        if child.start is None:
+            raise ValueError(f"{child.name} cannot be restarted")
+        t = time.monotonic() if t is None else t
+        old = child.process
+        stop_process(old, timeout=5.0)
+        terminate(group_members(old.pid), timeout=5.0)
+        n = len(child.restarts) + 1
+        line = restart_line(child, n, reason)
+        if child.log is not None:
+            with open(child.log, "ab") as out:
+                out.write(f"\n{RESTART_MARK} {line}\n".encode())
+        if count:
+            child.restarts.append(t)
+        try:
+            with deferred_interrupts():
+                child.process = child.start()
+        except (OSError, RuntimeError, TimeoutError) as exc:  # counted: the policy bounds the attempts
+            console.print(f"[bold red]{line}: it did not start again: {exc}[/]")
+            child.died_at = t
+            return
+        child.died_at = None
+        console.print(f"[bold yellow]{line}[/] (new pid {child.process.pid})")
+        if child.after_restart is not None:
+            child.after_restart(child)
+        if self.on_restart is not None:
+            self.on_restart(child)
 
     def first_dead(self) -> Child | None:
         """The first child that has exited, or None while all run."""
@@ -95,9 +204,12 @@ class Stack:
             terminate(below, timeout)
 
 
-def start_in_session(cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen:
-    """Start ``cmd`` in a new session (its own process group), stdout+stderr to ``log``, stdin closed."""
-    with open(log, "wb") as out:
+def start_in_session(
+    cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None, append: bool = False
+) -> subprocess.Popen:
+    """Start ``cmd`` in a new session (its own process group), stdout+stderr to ``log`` (appended
+    to with ``append``, else truncated), stdin closed."""
+    with open(log, "ab" if append else "wb") as out:
         return subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=cwd, start_new_session=True
         )
@@ -121,6 +233,22 @@ def _proc_state(pid: int) -> tuple[str, int] | None:
         return None
     fields = text[text.rindex(")") + 2 :].split()
     return fields[0], int(fields[1])
+
+
+def group_members(pgid: int) -> set[int]:
+    """Pids of the running processes in process group ``pgid`` (read from /proc)."""
+    members = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.add(int(entry.name))
+    return members
 
 
 def process_parents() -> dict[int, int]:
@@ -232,23 +360,56 @@ def signals_ignored() -> Iterator[None]:
             signal.signal(s, handler)
 
 
+def exit_text(code: int | None) -> str:
+    """How a process ended, e.g. ``exit code 3`` or ``exit code -9 (SIGKILL)``."""
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"exit code {code} ({signal.Signals(-code).name})"
+        except ValueError:
+            pass
+    return f"exit code {code}"
+
+
+RESTART_MARK = "---- dtmon:"
+"""Start of the line written into a child's log before it is started again."""
+
+
+def restart_line(child: Child, n: int, reason: str = "", lines: int = 3, width: int = 300) -> str:
+    """One line for the ``n``-th restart of ``child``: name, exit code (or ``reason``) and the
+    last ``lines`` lines of its log joined by `` | `` (at most ``width`` characters)."""
+    text = tail(child.log, 25).splitlines()
+    marks = [i for i, line in enumerate(text) if line.startswith(RESTART_MARK)]
+    own = [line.strip() for line in text[marks[-1] + 1 if marks else 0 :] if line.strip()]  # this start's output only
+    last = " | ".join(own[-lines:])
+    if len(last) > width:
+        last = "..." + last[-width:]
+    why = reason or exit_text(child.process.returncode)
+    return f"restart {n} of {child.name} ({why})" + (f"; last log lines: {last}" if last else "")
+
+
 def report_death(error: ChildDied) -> None:
-    """Print which child died, its exit code and the end of its log."""
+    """Print which child died, its exit code and the end of its log (and why it was given up on)."""
     child = error.child
     code = child.process.returncode
     how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-    console.print(f"[bold red]{child.name} {how} unexpectedly[/]")
+    if error.gave_up:
+        console.print(f"[bold red]{child.name} {how}; {error.gave_up}: stopping everything[/]")
+    else:
+        console.print(f"[bold red]{child.name} {how} unexpectedly[/]")
     text = tail(child.log)
     if text:
         console.print(Panel(text, title=f"last lines of {child.log}", border_style="red"), markup=False)
 
 
-def run_until_interrupted(stack: Stack) -> int:
-    """Block until Ctrl-C/SIGTERM (exit code 0) or until a child dies (reported, exit code 1)."""
+def run_until_interrupted(stack: Stack, poll_s: float = 0.5) -> int:
+    """Supervise ``stack`` (``Stack.supervise``: restart dead children) until Ctrl-C/SIGTERM (exit
+    code 0), or until a child that cannot be restarted dies or is given up on (reported, exit code 1)."""
     try:
         while True:
-            stack.check()
-            time.sleep(0.5)
+            stack.supervise()
+            time.sleep(poll_s)
     except KeyboardInterrupt:
         console.print("interrupted: stopping")
         return 0

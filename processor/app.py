@@ -270,6 +270,7 @@ def run_processor(settings: Settings) -> int:
     spark = spark_session(settings)
     spark.streams.addListener(ProgressLogger())
     publisher = ResultsPublisher(settings.kafka, settings.results_topic)
+    publisher.clients.ensure_results_topic(settings.results_topic)  # one partition, before anything is published
     query = start_query(spark, settings, publisher, monitor)
     log.info(
         "processor running: %s -> %s, trigger %.1f s, checkpoint %s, Kafka source %s",

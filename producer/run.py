@@ -330,7 +330,7 @@ def run_producer(
     elif pos.seq >= 0:
         log.info("starting %s at the first file%s", src.url, " (--from-start)" if from_start else "")
 
-    chunk = chunk_rows(settings.rate, settings.rows_per_message)
+    chunk = chunk_rows(settings.rate, settings.rows_per_message, settings.messages_per_s)
     pacer = Pacer(settings.rate, clock)
     stats = ProducerStats(target_rate=settings.rate, resumed_from=pos.describe() if pos.file else None)
     t_start = deadline = None  # set when the first chunk is ready, after the first file is read

@@ -73,3 +73,43 @@ def test_consumer_retries_replays_history_counts_invalid_and_tracks_broker(broke
         consumer.stop()
         broker.stop()
     assert not consumer._thread.is_alive()
+
+
+@pytest.mark.integration
+def test_results_on_four_partitions_are_shown_in_batch_order(kafka_bootstrap, topic_name, caplog):
+    """A results topic the broker auto-created with 4 partitions: the store still ends at the highest batch id."""
+    clients = KafkaClients(kafka_bootstrap)
+    assert clients.ensure_topic(topic_name, 4, timeout=30) == 4
+    with caplog.at_level("WARNING", logger="dtmon.kafka"):
+        assert clients.ensure_results_topic(topic_name) == 4
+    assert "has 4 partitions, not 1" in caplog.text
+    producer = clients.producer()
+    batches = [make_batch(i, seed=i, v2=True, run_state="ended" if i == 19 else "running") for i in range(20)]
+    for b in batches:  # keyed by batch id as the processor does; partition chosen here to spread them for sure
+        producer.produce(topic_name, b.message.to_json(), key=str(b.message.batch_id).encode(),
+                         partition=b.message.batch_id % 4)
+    assert producer.flush(10) == 0
+
+    store = ResultsStore(history=10)
+    consumer = ResultsConsumer(store, kafka_bootstrap, topic_name, history=100, retry_s=0.5)
+    try:
+        consumer.start()
+        snap = wait_until(store, lambda s: s.ingests == 20, "20 batches")
+    finally:
+        consumer.stop()
+    assert snap.series["batch_id"] == list(range(10, 20))
+    assert snap.last_batch_id == 19 and snap.last.run_state == "ended"
+    assert snap.cumulative.batches == 20
+
+
+@pytest.mark.integration
+def test_dashboard_consumer_creates_a_missing_results_topic_with_one_partition(kafka_bootstrap, topic_name):
+    store = ResultsStore(history=10)
+    consumer = ResultsConsumer(store, kafka_bootstrap, topic_name, history=10, retry_s=0.5, create_topic=True)
+    try:
+        consumer.start()
+        wait_until(store, lambda s: s.broker_reachable and not s.broker_detail, "the topic found")
+    finally:
+        consumer.stop()
+    meta = KafkaClients(kafka_bootstrap).admin().list_topics(topic_name, timeout=10).topics[topic_name]
+    assert meta.error is None and len(meta.partitions) == 1

@@ -412,3 +412,61 @@ def test_reference_histograms_and_normalisation():
     scaled = normalised_reference(hists["occupancy"], last)
     assert scaled.sum(axis=1) == pytest.approx(batches[-1].occupancy.sum(axis=1))
     assert normalised_reference(hists["drift_time"], last) is None  # other bins
+# ------------------------------------------------------------------ results arriving out of batch order
+
+
+def _interleaved(n: int, partitions: int) -> list[int]:
+    """Batch ids 0..n-1 in the order a reader of ``partitions`` partitions may get them (one partition after another)."""
+    return [i for p in range(partitions) for i in range(p, n, partitions)]
+
+
+def test_batches_arriving_out_of_order_are_kept_in_batch_order_with_the_same_sums():
+    batches = [make_batch(i, seed=40 + i, v2=True, run_state="ended" if i == 11 else "running") for i in range(12)]
+    in_order, shuffled = ResultsStore(history=8), ResultsStore(history=8)
+    for b in batches:
+        in_order.ingest(b.message)
+    order = _interleaved(12, 4)
+    assert order[:4] == [0, 4, 8, 1]
+    for i in order:
+        shuffled.ingest(batches[i].message)
+    want, got = in_order.snapshot(), shuffled.snapshot()
+    assert got.series["batch_id"] == list(range(4, 12))
+    assert got.series == want.series  # wall times, rates, hits: as if they had come in order
+    assert got.last_batch_id == 11 and got.last.run_state == "ended"
+    assert_sums(shown(shuffled, "cumulative"), batches)
+    assert_sums(shown(shuffled, "window", window=8), batches[4:])
+    assert got.trend == want.trend
+
+
+def test_a_late_batch_of_the_previous_run_does_not_restart_the_accumulation():
+    old_run = [make_batch(i, seed=60 + i, v2=True, run=7) for i in range(4)]
+    new_run = [make_batch(i, seed=60 + i, v2=True, run=8) for i in range(4, 7)]
+    store = ResultsStore(history=10)
+    for b in old_run[:3] + new_run:
+        store.ingest(b.message)
+    epoch = store.snapshot().epoch
+    store.ingest(old_run[3].message)  # batch 3 of run 7 arrives after batch 6 of run 8
+    snap = store.snapshot()
+    assert snap.epoch == epoch and snap.last.run == 8 and snap.last_batch_id == 6
+    assert snap.series["batch_id"] == list(range(7))
+    assert_sums(shown(store, "cumulative"), new_run)
+    assert_sums(shown(store, "window", window=10), new_run)
+
+
+def test_lower_batch_ids_published_later_are_a_new_query_and_become_the_newest():
+    store = ResultsStore(history=10)
+    store.ingest(make_batch(50, seed=1, v2=True).message)
+    fresh = make_batch(0, seed=2, v2=True, started=T0 + 500.0, run_state="ended")  # checkpoint cleared: ids from 0
+    store.ingest(fresh.message)
+    snap = store.snapshot()
+    assert snap.series["batch_id"] == [50, 0] and snap.last.run_state == "ended"
+
+
+def test_a_late_batch_older_than_everything_kept_is_summed_not_shown():
+    batches = [make_batch(i, seed=80 + i, v2=True) for i in range(6)]
+    store = ResultsStore(history=3)
+    for i in (3, 4, 5, 0, 1, 2):
+        store.ingest(batches[i].message)
+    snap = store.snapshot()
+    assert snap.series["batch_id"] == [3, 4, 5]
+    assert_sums(shown(store, "cumulative"), batches)

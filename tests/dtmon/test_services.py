@@ -71,3 +71,62 @@ def test_seed_uploads_synthetic_files_with_metadata_and_manifest(tmp_path, genui
     assert head["Metadata"] == {"dtmon-synthetic": "1"}
     body = client.get_object(Bucket=bucket, Key="gen/data_000000.txt")["Body"].read()
     assert body == genuine_csv.read_bytes()
+
+
+@pytest.mark.integration
+def test_broker_on_s3_storage_restarted_after_kill_keeps_every_message(tmp_path, s3_endpoint):
+    """Tansu's S3 storage engine on the moto server: a supervised broker killed with SIGKILL comes
+    back on the same port with every acknowledged message (the storage `dtmon up --persist` uses)."""
+    import os
+    import signal
+    import time
+
+    from confluent_kafka import KafkaError, TopicPartition
+
+    from dtmon.kafka import KafkaClients
+    from dtmon.services import ensure_bucket, free_port, s3_storage_env, start_broker
+    from dtmon.supervisor import RestartPolicy, Stack
+
+    bucket = f"broker-{uuid.uuid4().hex[:8]}"
+    ensure_bucket(s3_client(s3_endpoint), bucket)
+    port = free_port()
+    stack = Stack(policy=RestartPolicy(first_delay_s=0.0))
+    broker = stack.start_service(lambda: start_broker(port=port, log=tmp_path / "tansu.log", storage=f"s3://{bucket}/",
+                                                      env=s3_storage_env(s3_endpoint)), restart=True)  # fmt: skip
+    clients = KafkaClients(f"127.0.0.1:{port}")
+
+    def count() -> int:
+        consumer = clients.consumer(f"count-{time.monotonic_ns()}", enable_partition_eof=True)
+        consumer.assign([TopicPartition("raw", p, 0) for p in (0, 1)])
+        seen, ends = 0, set()
+        deadline = time.monotonic() + 30
+        while len(ends) < 2 and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error() is None:
+                seen += 1
+            elif msg.error().code() == KafkaError._PARTITION_EOF:
+                ends.add(msg.partition())
+        consumer.close()
+        return seen
+
+    try:
+        clients.ensure_topic("raw", 2, timeout=30)
+        producer = clients.producer(acks="all", enable_idempotence=True, linger_ms=5)
+        for i in range(300):
+            producer.produce("raw", value=b"%d" % i, partition=i % 2)
+        assert producer.flush(30) == 0
+        assert count() == 300
+        old_pid = broker.process.pid
+        os.kill(old_pid, signal.SIGKILL)
+        t_kill = time.monotonic()
+        while not stack.supervise():
+            assert time.monotonic() - t_kill < 30, "broker not restarted"
+            time.sleep(0.05)
+        kept = count()
+        recovered_s = time.monotonic() - t_kill
+        print(f"S3-storage broker: restarted and all {kept} messages read back {recovered_s:.2f} s after kill -9")
+        assert broker.process.pid != old_pid and kept == 300
+    finally:
+        stack.stop()
