@@ -63,9 +63,34 @@ def settings_from(params: dict[str, Any], console: Console | None = None) -> Set
         values[name] = value.value if isinstance(value, Enum) else value
     try:
         return load_settings(**values)
-    except (ValidationError, ValueError, OSError) as error:  # out of range; unreadable Kafka config file
-        (console or Console(stderr=True)).print(f"[bold red]error:[/] invalid settings:\n{error}")
+    except ValidationError as error:  # a value out of range, of the wrong type, not one of the choices
+        (console or Console(stderr=True)).print(f"[bold red]error:[/] {describe_validation_error(error)}", soft_wrap=True)
         raise typer.Exit(2) from None
+    except (ValueError, OSError) as error:  # unreadable Kafka config file
+        (console or Console(stderr=True)).print(f"[bold red]error:[/] invalid settings: {error}", soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per pydantic error (joined by ``; ``): which setting (its flag and ``DTMON_*`` variable),
+    the value given and what is allowed, e.g.
+    ``invalid setting --rate (DTMON_RATE) = -5.0: must be greater than or equal to 0``."""
+    parts = []
+    for item in error.errors(include_url=False):
+        loc = [str(x) for x in item.get("loc", ())]
+        field = loc[0] if loc else "?"
+        where = ".".join(loc)
+        if field in Settings.model_fields:
+            name = f"--{field.replace('_', '-')} (DTMON_{field.upper()}{''.join('.' + x for x in loc[1:])})"
+        else:
+            name = where or "settings"
+        allowed = item.get("msg", "not allowed")
+        allowed = allowed[0].lower() + allowed[1:] if allowed else allowed
+        allowed = allowed.replace("input should be", "must be")
+        value = item.get("input")
+        shown = "" if isinstance(value, dict) else f" = {value!r}"
+        parts.append(f"invalid setting {name}{shown}: {allowed}")
+    return "; ".join(parts)
 
 
 def package_version() -> str:

@@ -30,6 +30,7 @@ def main(
     shuffle_partitions: Annotated[Optional[int], setting_option("shuffle_partitions")] = None,
     scint_fpga: Annotated[Optional[int], setting_option("scint_fpga")] = None,
     scint_channel: Annotated[Optional[int], setting_option("scint_channel")] = None,
+    broker_grace_s: Annotated[Optional[float], setting_option("broker_grace_s")] = None,
     trigger_interval_s_alias: Annotated[Optional[float], alias_option("--trigger-interval")] = None,
     spark_master_alias: Annotated[Optional[str], alias_option("--master")] = None,
     kafka_config_file_alias: Annotated[Optional[str], alias_option("--kafka-config")] = None,
