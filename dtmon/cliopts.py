@@ -19,6 +19,7 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from dtmon.settings import Settings, load_settings
 
@@ -64,11 +65,16 @@ def settings_from(params: dict[str, Any], console: Console | None = None) -> Set
     try:
         return load_settings(**values)
     except ValidationError as error:  # a value out of range, of the wrong type, not one of the choices
-        (console or Console(stderr=True)).print(f"[bold red]error:[/] {describe_validation_error(error)}", soft_wrap=True)
+        _stderr(console).print(f"[bold red]error:[/] {escape(describe_validation_error(error))}", soft_wrap=True)
         raise typer.Exit(2) from None
     except (ValueError, OSError) as error:  # unreadable Kafka config file
-        (console or Console(stderr=True)).print(f"[bold red]error:[/] invalid settings: {error}", soft_wrap=True)
+        _stderr(console).print(f"[bold red]error:[/] invalid settings: {escape(str(error))}", soft_wrap=True)
         raise typer.Exit(2) from None
+
+
+def _stderr(console: Console | None) -> Console:
+    """``console`` if it writes to stderr, else a stderr console (errors never go to stdout)."""
+    return console if console is not None and console.stderr else Console(stderr=True)
 
 
 def describe_validation_error(error: ValidationError) -> str:
