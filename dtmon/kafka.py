@@ -387,7 +387,7 @@ class KafkaClients:
         try:
             metadata = admin.list_topics(timeout=timeout)
         except KafkaException as exc:
-            raise KafkaSetupError(f"cannot reach Kafka at {where} within {timeout} s: {exc}") from exc
+            raise KafkaSetupError(f"cannot reach Kafka at {where} within {timeout:g} s: {_short(exc.args[0].str())}") from exc
         existing = metadata.topics.get(topic)
         if existing is not None and existing.error is None:
             if len(existing.partitions) < partitions:
@@ -402,6 +402,33 @@ class KafkaClients:
         except Exception as exc:  # noqa: BLE001 - concurrent.futures.TimeoutError and friends
             raise KafkaSetupError(f"cannot create topic {topic!r} on {where}: {exc!r}") from exc
         return partitions
+
+    def log_ends(self, topic: str, timeout_s: float = 10.0) -> dict[int, int] | None:
+        """Log end offset of every partition of ``topic`` (partition -> offset), None if the topic does not exist.
+
+        Raises:
+            KafkaSetupError: the broker did not answer within ``timeout_s``.
+        """
+        from confluent_kafka import KafkaException, TopicPartition
+
+        consumer = self.consumer("dtmon-end-probe")
+        try:
+            try:
+                meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+            except KafkaException as exc:
+                raise KafkaSetupError(
+                    f"cannot reach Kafka at {self.config.bootstrap_servers} within {timeout_s:g} s: {_short(exc.args[0].str())}"
+                ) from exc
+            if meta is None or meta.error is not None:
+                return None
+            positions, highs = {}, {}
+            for p in meta.partitions:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s, cached=False)
+                positions[(topic, p)], highs[p] = max(low, high - 1, 0), max(high, 0)
+        finally:
+            consumer.close()
+        ends, _ = self.end_offsets(positions, timeout_s)
+        return {p: max(ends.get((topic, p), 0), high) for p, high in highs.items()}
 
     def ensure_topics(self, partitions: dict[str, int], timeout: float = 30.0) -> dict[str, int]:
         """``ensure_topic`` for each topic name -> partitions; returns name -> partition count."""

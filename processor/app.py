@@ -17,11 +17,12 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
 from dtmon.kafka import KafkaClients, KafkaConfig, as_kafka_config
-from dtmon.schema import RESULTS_SCHEMA_ID, RESULTS_VERSION
+from dtmon.schema import RESULTS_SCHEMA_ID, RESULTS_VERSION, StreamEvent
 from dtmon.settings import Settings
 from dtmon.wire import CONTENT_TYPE_JSON, HEADER_CONTENT_TYPE, HEADER_QUERY_ID, HEADER_SCHEMA
 from processor.message import build_message
 from processor.plan import aggregate_batch
+from processor.preflight import check_checkpoint, check_java
 from processor.kafka_source import SOURCE_NAME, KafkaDataSource, kafka_options
 from processor.state import ChannelHealthTracker, RunTracker
 
@@ -101,12 +102,22 @@ class ResultsPublisher:
         self.errors = 0
         self.query_id = ""
         self.last_batch: int | None = None
+        self.events: list[StreamEvent] = []
         self._producer = producer or self.clients.producer(acks="all", enable_idempotence=True, linger_ms=0)
 
     def _on_delivery(self, err, msg) -> None:
         if err is not None:
             self.errors += 1
             log.error("results message for batch %s not delivered: %s", msg.key(), err)
+
+    def record(self, event: StreamEvent) -> None:
+        """Keep ``event`` for the next results message (``take_events``)."""
+        self.events.append(event)
+
+    def take_events(self) -> list[StreamEvent]:
+        """The events kept for the next results message (then forgotten)."""
+        events, self.events = self.events, []
+        return events
 
     def attach(self, query_id: str) -> None:
         """Bind to a query (its id survives checkpoint restarts) and learn what it already published."""
@@ -186,6 +197,7 @@ def start_query(spark: SparkSession, settings: Settings, publisher: ResultsPubli
         message = build_message(
             batch_id,
             agg,
+            events=publisher.take_events(),
             trigger_interval_s=settings.trigger_interval_s,
             batch_started=started,
             published=time.time(),
@@ -239,11 +251,28 @@ def stop_between_batches(query: StreamingQuery, timeout_s: float = 10.0) -> None
         query.stop()
 
 
-def run_processor(settings: Settings) -> int:
-    """Run the processor until SIGINT/SIGTERM or a query failure; return an exit code."""
+def run_processor(settings: Settings, reset_checkpoint: bool = False) -> int:
+    """Run the processor until SIGINT/SIGTERM or a query failure; return an exit code.
+
+    Before Spark starts: Java 17+ is there, the broker answers, the checkpoint fits the raw
+    topic (``processor.preflight``; with ``reset_checkpoint`` one that does not is moved aside and
+    the first results message carries a ``checkpoint_reset`` event).
+
+    Raises:
+        processor.preflight.PreflightError: Java missing or too old; a checkpoint refused.
+        dtmon.kafka.KafkaSetupError: the broker did not answer.
+    """
+    check_java()
+    clients = KafkaClients(settings.kafka)
+    reset = check_checkpoint(
+        settings.checkpoint_location, settings.raw_topic, clients.log_ends(settings.raw_topic), reset_checkpoint
+    )
     spark = spark_session(settings)
     spark.streams.addListener(ProgressLogger())
-    publisher = ResultsPublisher(settings.kafka, settings.results_topic)
+    publisher = ResultsPublisher(clients, settings.results_topic)
+    if reset:
+        log.warning("%s", reset)
+        publisher.record(StreamEvent(kind="checkpoint_reset", time=time.time(), detail=reset))
     query = start_query(spark, settings, publisher)
     log.info(
         "processor running: %s -> %s, trigger %.1f s, checkpoint %s",

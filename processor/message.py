@@ -11,6 +11,7 @@ from dtmon.schema import (
     Histogram,
     ResultsMessage,
     Scintillator,
+    StreamEvent,
 )
 from processor.reduce import BatchAggregates
 from processor.state import RunStatus
@@ -25,6 +26,7 @@ def build_message(
     published: float,
     health: ChannelHealth | None = None,
     run: RunStatus | None = None,
+    events: list[StreamEvent] | None = None,
 ) -> ResultsMessage:
     """The results message (version ``dtmon.schema.RESULTS_VERSION``) of one micro-batch (pure).
 
@@ -35,6 +37,7 @@ def build_message(
         batch_started, published: wall-clock times in epoch s.
         health: dead/noisy channels from ``processor.state.ChannelHealthTracker``.
         run: the run fields from ``processor.state.RunTracker``.
+        events: stream events of the batch besides its rejected messages (e.g. ``checkpoint_reset``).
     """
     run = run or RunStatus()
     chambers = [
@@ -73,4 +76,16 @@ def build_message(
         run=run.run,
         run_state=run.state,
         run_started=run.started,
+        events=[*(events or []), *rejected_events(agg, published)],
+        rejected_messages=agg.rejected_messages,
     )
+
+
+def rejected_events(agg: BatchAggregates, seen: float) -> list[StreamEvent]:
+    """One ``rejected_message`` event per rejected raw message the batch kept a line of
+    (``topic/partition@offset: reason``), and one saying how many more were left out."""
+    events = [StreamEvent(kind="rejected_message", time=seen, detail=d) for d in agg.rejected_details]
+    more = agg.rejected_messages - len(agg.rejected_details)
+    if more > 0:
+        events.append(StreamEvent(kind="rejected_message", time=seen, detail=f"{more} more raw message(s) rejected"))
+    return events

@@ -86,6 +86,10 @@ def _zeros_cells() -> np.ndarray:
     return np.zeros((N_CHAMBERS, CELLS_PER_CHAMBER), np.int64)
 
 
+REJECTED_KEPT = 10
+"""Rejected raw messages of a micro-batch described one by one (the rest are counted)."""
+
+
 @dataclass
 class BatchAggregates:
     """What one micro-batch (or one partition of it) reduces to, before it becomes a message.
@@ -97,7 +101,9 @@ class BatchAggregates:
     ``orbit_buckets`` (B, 3) int64: bucket ``orbit div max_gap``, lowest and highest hit
     orbit in it. Times in ms since the epoch. ``newest_ms``/``run``: Kafka time and run of
     the newest row that has a run. ``run_events``: (run, event, Kafka ms) of the control
-    messages, event ``RunEvent.START`` or ``RunEvent.END``.
+    messages, event ``RunEvent.START`` or ``RunEvent.END``. ``rejected_messages``: raw
+    messages refused whole (too large, undecodable), each also one malformed row;
+    ``rejected_details``: ``topic/partition@offset: reason`` of the first ``REJECTED_KEPT``.
     """
 
     rows_read: int = 0
@@ -123,6 +129,8 @@ class BatchAggregates:
     newest_ms: int | None = None
     run: int | None = None
     run_events: list[tuple[int | None, int, int]] = field(default_factory=list)
+    rejected_messages: int = 0
+    rejected_details: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.drift_time is None:
@@ -334,6 +342,8 @@ def merge_aggregates(parts: list[BatchAggregates], binning: Binning) -> BatchAgg
     if newest:
         out.newest_ms, out.run = max(newest)
     out.run_events = [e for p in parts for e in p.run_events]
+    out.rejected_messages = sum(p.rejected_messages for p in parts)
+    out.rejected_details = [d for p in parts for d in p.rejected_details][:REJECTED_KEPT]
     buckets = np.concatenate([p.orbit_buckets for p in parts])
     if len(buckets):
         keys, index = np.unique(buckets[:, 0], return_inverse=True)
