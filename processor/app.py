@@ -16,7 +16,7 @@ import time
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
-from dtmon.kafka import KafkaClients, KafkaConfig, as_kafka_config
+from dtmon.kafka import KafkaClients, KafkaConfig, as_kafka_config, connection_watch
 from dtmon.schema import RESULTS_SCHEMA_ID, RESULTS_VERSION, StreamEvent
 from dtmon.settings import Settings
 from dtmon.wire import CONTENT_TYPE_JSON, HEADER_CONTENT_TYPE, HEADER_QUERY_ID, HEADER_SCHEMA
@@ -103,6 +103,7 @@ class ResultsPublisher:
         self.query_id = ""
         self.last_batch: int | None = None
         self.events: list[StreamEvent] = []
+        self.grace_s = 60.0  # s a publish waits for an unreachable broker (Settings.broker_grace_s)
         self._producer = producer or self.clients.producer(acks="all", enable_idempotence=True, linger_ms=0)
 
     def _on_delivery(self, err, msg) -> None:
@@ -134,7 +135,8 @@ class ResultsPublisher:
         """Send one message and wait for its delivery report.
 
         Raises:
-            RuntimeError: the message was not acknowledged within ``timeout_s``.
+            RuntimeError: the message was not acknowledged within ``timeout_s`` (longer while
+                the broker is unreachable for at most ``grace_s``).
         """
         headers = [
             (HEADER_CONTENT_TYPE, CONTENT_TYPE_JSON.encode()),
@@ -142,8 +144,11 @@ class ResultsPublisher:
             (HEADER_QUERY_ID, self.query_id.encode()),
         ]
         self._producer.produce(self.topic, key=str(batch_id).encode(), value=value, headers=headers, on_delivery=self._on_delivery)
-        if self._producer.flush(timeout_s) > 0:
-            raise RuntimeError(f"results message for batch {batch_id} not acknowledged after {timeout_s} s")
+        started = time.monotonic()
+        watch = connection_watch(self.clients.config.bootstrap_servers)
+        while self._producer.flush(1.0) > 0:  # while the broker is away (within the grace period) keep waiting
+            if time.monotonic() - started > timeout_s and not 0 < watch.down_for() <= self.grace_s:
+                raise RuntimeError(f"results message for batch {batch_id} not acknowledged after {time.monotonic() - started:.0f} s")
         self.last_batch = batch_id
 
 
@@ -178,6 +183,7 @@ def start_query(spark: SparkSession, settings: Settings, publisher: ResultsPubli
         .options(**kafka_options(settings.kafka))
         .option("subscribe", settings.raw_topic)
         .option("startingOffsets", settings.starting_offsets)
+        .option("brokerGraceS", str(settings.broker_grace_s))
         .option("minPartitions", str(spark.sparkContext.defaultParallelism))
     )
     if settings.max_offsets_per_trigger:
@@ -226,6 +232,15 @@ def start_query(spark: SparkSession, settings: Settings, publisher: ResultsPubli
     return query
 
 
+def failure_line(text: str) -> str:
+    """The one line that says why a streaming query failed: the dtmon error inside Spark's report
+    (``KafkaSetupError: ...``) if there is one, else the report's first line."""
+    import re
+
+    found = re.findall(r"(?:KafkaSetupError|PreflightError|RuntimeError|TimeoutError): ([^\n]+)", text)
+    return found[-1].strip() if found else (text.strip().splitlines() or ["unknown"])[0]
+
+
 def read_query_id(checkpoint_location: str) -> str | None:
     """The id Spark stored in a checkpoint's ``metadata`` file, or None for a new checkpoint."""
     import json
@@ -270,6 +285,7 @@ def run_processor(settings: Settings, reset_checkpoint: bool = False) -> int:
     spark = spark_session(settings)
     spark.streams.addListener(ProgressLogger())
     publisher = ResultsPublisher(clients, settings.results_topic)
+    publisher.grace_s = settings.broker_grace_s
     if reset:
         log.warning("%s", reset)
         publisher.record(StreamEvent(kind="checkpoint_reset", time=time.time(), detail=reset))
@@ -287,7 +303,8 @@ def run_processor(settings: Settings, reset_checkpoint: bool = False) -> int:
     stop_between_batches(query)
     spark.stop()
     if failure is not None:
-        log.error("streaming query failed: %s", failure)
+        log.error("streaming query failed: %s", failure_line(str(failure)))
+        log.debug("streaming query failure: %s", failure)
         return 1
     log.info("processor stopped")
     return 0

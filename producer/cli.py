@@ -152,7 +152,7 @@ def main(
                 progress=show,
                 from_start=from_start,
             )
-    except (SourceError, KafkaSetupError, TransactionError, ValueError) as exc:
+    except (SourceError, KafkaSetupError, TransactionError, ValueError, TimeoutError) as exc:
         if log_level.upper() == "DEBUG":
             raise
         console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
