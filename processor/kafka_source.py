@@ -34,7 +34,7 @@ import pyarrow as pa
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
 from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMaxRows
 
-from dtmon.kafka import KafkaClients, KafkaConfig, KafkaSetupError, _rate_limited, connection_watch
+from dtmon.kafka import _CONNECTION_ERRORS, KafkaClients, KafkaConfig, KafkaSetupError, _rate_limited, connection_watch
 from dtmon.wire import HEADER_CONTENT_TYPE, HEADER_RUN, HEADER_SYNTHETIC, header_dict, parse_run
 
 log = logging.getLogger(__name__)
@@ -197,6 +197,10 @@ def read_range(
                     if err.fatal():
                         raise RuntimeError(f"Kafka error reading {rng}: {err}")
                     _rate_limited(log, logging.WARNING, f"Kafka error reading {rng.topic}/{rng.partition}: {err.str()}")
+                    if err.code() in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE):
+                        # a restarting broker may not know the offset yet: fetch it again (never another offset)
+                        time.sleep(0.5)
+                        consumer.assign([TopicPartition(rng.topic, rng.partition, next_offset)])
                     continue
                 if msg.offset() >= rng.end:
                     next_offset = rng.end
@@ -291,18 +295,25 @@ class KafkaStreamReader(DataSourceStreamReader):
         for topic, parts in self._partitions().items():
             for p in parts:
                 low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
-                positions[(topic, p)] = max(low, high - 1, 0)
+                positions[(topic, p)] = max(low, high - 1, self._known_end.get((topic, p), 0))
                 highs[(topic, p)] = max(high, 0)
         if not positions:
             return {t: {} for t in self.topics}
         ends, unanswered = self.clients.end_offsets(positions, timeout_s, CONSUMER_GROUP)
+        # no answer from beyond the high watermark (Tansu stays silent where Kafka says out of range): read the
+        # end from the watermark; an end before the one seen earlier means the topic was recreated
+        doubtful = {key: max(highs[key] - 1, 0) for key in unanswered if highs[key] < positions[key]}
+        doubtful.update({key: max(highs[key] - 1, 0) for key in set(positions) - set(ends) - unanswered})
+        if doubtful:
+            rechecked, _ = self.clients.end_offsets(doubtful, min(timeout_s, 3.0), CONSUMER_GROUP)
+            for key, end in rechecked.items():
+                if end < positions[key]:
+                    raise KafkaSetupError(
+                        f"raw topic {key[0]}/{key[1]} now ends at offset {end:,}, before offset {positions[key]:,} seen "
+                        "earlier (the topic was recreated?): restart the processor with --reset-checkpoint"
+                    )
         for key, end in ends.items():
-            if end < self._known_end.get(key, 0):  # the log end moved back: a recreated topic
-                raise KafkaSetupError(
-                    f"raw topic {key[0]}/{key[1]} now ends at offset {end:,}, before offset {self._known_end[key]:,} "
-                    "seen earlier (the topic was recreated?): restart the processor with --reset-checkpoint"
-                )
-            self._known_end[key] = end
+            self._known_end[key] = max(self._known_end.get(key, 0), end)
         for key in unanswered:  # no end-of-partition answer: the high watermark
             self._known_end[key] = max(self._known_end.get(key, 0), highs[key])
         if unanswered:
@@ -340,9 +351,13 @@ class KafkaStreamReader(DataSourceStreamReader):
 
         try:
             latest = self._end_offsets()
-        except KafkaException as exc:  # the broker is away: no new micro-batch until it is back
+        except KafkaException as exc:  # no new micro-batch until the broker (or the topic's metadata) is back
+            err = exc.args[0]
+            if err.name() not in _CONNECTION_ERRORS:  # e.g. a partition unknown while a topic is recreated
+                _rate_limited(log, logging.WARNING, f"no offsets for {self.topics} yet: {err.str()}")
+                return start
             watch = connection_watch(self.clients.config.bootstrap_servers)
-            watch.lost(exc.args[0].str())
+            watch.lost(err.str())
             if watch.down_for() > self.grace_s:
                 raise KafkaSetupError(
                     f"Kafka at {watch.where} unreachable for {watch.down_for():.0f} s "
