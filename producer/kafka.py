@@ -90,7 +90,8 @@ class DeliveryErrors:
         if len(self.first) < MAX_ERRORS_KEPT:
             text = f"{err.name()}: {err.str()} (topic {msg.topic()}, {len(msg.value() or b'')} bytes)"
             self.first.append(text)
-            log.error("delivery failed: %s", text)
+            if self.count == 1:  # the rest are counted (and kept, the first few) for the summary
+                log.error("delivery failed: %s (further failures are counted in the summary)", text)
 
 
 class KafkaSink:
