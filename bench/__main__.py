@@ -1,6 +1,6 @@
 """``python -m bench``: the benchmarks on this machine, every stage for real.
 
-Starts, per scenario, a fresh Tansu broker (and moto S3 server where needed) and the
+Starts, per scenario, a fresh broker (Tansu, or Apache Kafka with ``--broker apache``) (and moto S3 server where needed) and the
 ``producer`` / ``processor`` / ``bokeh serve dashboard`` / ``dtmon up`` console scripts as
 child processes, streams SYNTHETIC DAQ files from ``dtmon.synth`` through them, and prints
 ONE Markdown table (plus a numbered note per row). Every number also goes to
@@ -12,6 +12,7 @@ Examples::
     python -m bench                         # every scenario, quick
     python -m bench --only producer,pacing  # some scenario groups
     python -m bench --only sustained --long --dashboard
+    python -m bench --only sustained --broker apache --kafka-source spark
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def main(
     peers_rows: Annotated[int, typer.Option(help="rows through each design in the side-by-side run")] = 1_000_000,
     peers_batch_rows: Annotated[int, typer.Option(help="rows per micro-batch in the side-by-side run")] = 200_000,
     up_rows: Annotated[int, typer.Option(help="rows of the SYNTHETIC file `dtmon up` streams")] = 100_000,
+    broker: Annotated[str, typer.Option(help="Kafka broker of every scenario: tansu | apache (Apache Kafka, jars via Maven)")] = "tansu",
+    kafka_source: Annotated[str, typer.Option(help="the processor's Kafka source: python | spark (Spark's connector)")] = "python",
     workdir: Annotated[Path, typer.Option(help="logs, checkpoints, cached input")] = Path("var/bench"),
     out: Annotated[Path, typer.Option(help="directory for bench-*.json")] = Path("artifacts"),
 ) -> None:
@@ -70,6 +73,9 @@ def main(
     started = time.time()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # so every scenario's `finally` stops its children
         signal.signal(sig, _interrupt)
+    if broker not in ("tansu", "apache") or kafka_source not in ("python", "spark"):
+        console.print("[red]--broker is tansu or apache, --kafka-source is python or spark[/]")
+        raise typer.Exit(2)
     groups = [g.strip() for g in only.split(",") if g.strip()]
     unknown = [g for g in groups if g not in SCENARIOS]
     if unknown:
@@ -86,7 +92,7 @@ def main(
         latency_seconds=latency_seconds or (60.0 if long else 30.0), growth_seconds=growth_seconds,
         growth_rates=_floats(growth_rates), growth_partitions=[int(v) for v in _floats(partitions)],
         partitions_rate=partitions_rate, peers_rows=peers_rows, peers_batch_rows=peers_batch_rows,
-        dashboard=dashboard, up_rows=up_rows, seed=seed, log=console.print,
+        dashboard=dashboard, up_rows=up_rows, seed=seed, broker=broker, kafka_source=kafka_source, log=console.print,
     )
     rows: list[dict] = []
     json_path = out / f"bench-{stamp}.json"
@@ -113,7 +119,7 @@ def main(
     print(f"\nBenchmark on this machine, SYNTHETIC input ({total_rows(input_dir):,} rows from dtmon.synth). {command}\n")
     print(markdown_table(rows))
     print("\nNotes (CPU s and peak RSS are per process tree: prod = producer, proc = processor JVM + Python "
-          "workers, brk = Tansu broker; latency = results `published` - `produced_first`, i.e. the batch's "
+          "workers, brk = Kafka broker; latency = results `published` - `produced_first`, i.e. the batch's "
           "oldest row):")
     print(notes(rows))
     print(f"\nJSON: {json_path}")

@@ -94,16 +94,12 @@ class ChildLog:
 
 def read_back(bootstrap: str, topic: str, timeout: float = 60.0) -> list:
     """Every message of ``topic`` from the beginning, ``isolation.level=read_committed``."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+    from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"kills-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "isolation.level": "read_committed",
-        }
+    from dtmon.kafka import KafkaClients
+
+    consumer = KafkaClients(bootstrap).consumer(
+        f"kills-{uuid.uuid4().hex[:8]}", enable_partition_eof=True, isolation_level="read_committed"
     )
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions

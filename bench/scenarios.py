@@ -50,6 +50,8 @@ class Options:
     dashboard: bool = False
     up_rows: int = 100_000
     seed: int = 2026
+    broker: str = "tansu"
+    kafka_source: str = "python"
     log: object = print
 
 
@@ -65,7 +67,7 @@ def new_row(scenario: str, **values) -> dict:
 def _stack(opts: Options, name: str) -> Stack:
     workdir = opts.workdir / name
     workdir.mkdir(parents=True, exist_ok=True)
-    return Stack(workdir)
+    return Stack(workdir, broker_kind=opts.broker, kafka_source=opts.kafka_source)
 
 
 # ------------------------------------------------------------------ producer alone

@@ -1,6 +1,6 @@
 """The real stages as child processes for one benchmark scenario, and Kafka readers.
 
-A ``Stack`` owns everything one scenario starts: a fresh Tansu broker (``dtmon.services``),
+A ``Stack`` owns everything one scenario starts: a fresh broker (Tansu from ``dtmon.services`` or Apache Kafka from ``dtmon.apache_kafka``),
 optionally a moto S3 server, and the ``producer``, ``processor`` and ``bokeh serve
 dashboard`` console scripts, each in its own process group with its output in a log
 file. Their process trees are sampled for CPU seconds and peak RSS
@@ -63,6 +63,11 @@ class Stack:
     children: list[Child] = field(default_factory=list)
     bootstrap: str = ""
     s3_endpoint: str = ""
+    broker_kind: str = "tansu"
+    """``tansu`` (in-memory Tansu) or ``apache`` (one-node Apache Kafka, ``dtmon.apache_kafka``)."""
+    kafka_source: str = "python"
+    """The processor's ``--kafka-source``: ``python`` or ``spark``."""
+    services: list[Service] = field(default_factory=list)
 
     # -- starting -------------------------------------------------------------
     def adopt(self, service: Service, log: Path) -> Child:
@@ -72,9 +77,15 @@ class Stack:
         return child
 
     def start_broker(self) -> str:
-        """A fresh in-memory Tansu broker on a free loopback port; returns bootstrap.servers."""
+        """A fresh broker of ``broker_kind`` on a free loopback port; returns bootstrap.servers."""
         log = self.workdir / "broker.log"
-        service = start_broker("127.0.0.1", free_port(), log)
+        if self.broker_kind == "apache":
+            from dtmon.apache_kafka import start_apache_kafka
+
+            service = start_apache_kafka("127.0.0.1", free_port(), log=log, data_root=self.workdir)
+        else:
+            service = start_broker("127.0.0.1", free_port(), log)
+        self.services.append(service)
         self.adopt(service, log)
         self.bootstrap = service.address
         return self.bootstrap
@@ -135,7 +146,7 @@ class Stack:
         cmd = console_script("processor") + [
             "--bootstrap-servers", self.bootstrap, "--raw-topic", raw_topic, "--results-topic", results_topic,
             "--trigger-interval-s", f"{trigger_s:g}", "--checkpoint-location", str(self.checkpoint(name)),
-            "--starting-offsets", "earliest",
+            "--starting-offsets", "earliest", "--kafka-source", self.kafka_source,
         ]  # fmt: skip
         if master:
             cmd += ["--spark-master", master]
@@ -223,6 +234,8 @@ class Stack:
         """Stop every child (newest first) and return CPU/RSS per child name (see ``TreeSampler.result``)."""
         for child in reversed(self.children):
             self.stop(child)
+        for service in self.services:  # what a service leaves behind (Apache Kafka: its data directory)
+            service.stop()
         self.sampler.close()
         return self.sampler.result(cpu_since, cpu_until)
 

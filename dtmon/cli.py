@@ -212,6 +212,8 @@ def _register_synth() -> None:
 
 
 _register_synth()
+from dtmon.reference import app as reference_app  # noqa: E402
+app.add_typer(reference_app, name="reference")
 
 
 # ---------------------------------------------------------------- dtmon up

@@ -80,10 +80,11 @@ class ChannelRef(BaseModel):
 
 
 class ChannelHealth(BaseModel):
-    """Dead and noisy channels over the last ``window_batches`` micro-batches (version 2).
+    """Dead and noisy channels of the check window, at most ``window_batches`` micro-batches (version 2).
 
-    Dead: no hit in the window while its chamber had hits. Noisy: hits above
-    ``noisy_factor`` times the median of the chamber's channels in the window.
+    Since version 3 the lists are those of the quality report's ``dead_channels`` and
+    ``noisy_channels`` checks (Poisson-aware dead channels; noisy above ``noisy_factor``
+    times the chamber median, with hysteresis).
     """
 
     model_config = ConfigDict(frozen=True)

@@ -10,13 +10,14 @@ reach Kafka beyond the servers (security, librdkafka keys) is ``dtmon.kafka.Kafk
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from typing import Any
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from dtmon.hits import SCINT_CHANNEL, SCINT_FPGA
+from dtmon.hits import SCINT_FPGA
 from dtmon.kafka import KafkaConfig, load_kafka_config
 
 
@@ -94,13 +95,19 @@ class Settings(BaseSettings):
     checkpoint_location: str = Field("var/checkpoint", description="Spark streaming checkpoint directory")
     starting_offsets: str = Field("latest", description="where a new query starts in the raw topic: earliest or latest")
     max_offsets_per_trigger: int | None = Field(None, ge=1, description="cap on Kafka messages read per micro-batch")
+    kafka_source: Literal["python", "spark"] = Field(
+        "python",
+        description="how Spark reads the raw topic: python (dtmon's Python data source, needs only pip install) or "
+        "spark (Spark's built-in Kafka source; the spark-sql-kafka connector is fetched with Maven)",
+    )
     spark_master: str | None = Field(
         None, description="Spark master URL, e.g. local[*] or spark://host:7077; unset: spark-submit's --master, else local[*]"
     )
     shuffle_partitions: int = Field(2, ge=1, description="spark.sql.shuffle.partitions for the per-batch aggregations")
     scint_fpga: int = Field(SCINT_FPGA, ge=0, le=7, description="FPGA of the scintillator (t0) channel (course PDF: 1)")
-    scint_channel: int = Field(
-        SCINT_CHANNEL, ge=0, le=511, description="TDC_CHANNEL of the scintillator (course PDF: 128; the genuine rows show 138)"
+    scint_channel: int | None = Field(
+        None, ge=0, le=511, description="TDC_CHANNEL of the scintillator (course PDF: 128; the genuine rows show 138); "
+        "None: found in the data (processor.scint), SCINT_CHANNEL (128) until then"
     )
     drift_time_min_ns: float = Field(-200.0, description="lower edge of the drift-time histograms, ns")
     drift_time_max_ns: float = Field(600.0, description="upper edge of the drift-time histograms, ns (values outside are dropped)")
@@ -108,8 +115,12 @@ class Settings(BaseSettings):
     max_orbit_gap: int = Field(
         2**20, ge=1, description="ORBIT_CNT gaps longer than this (orbits; 2^20 = 93 s) are jumps, left out of detector time"
     )
-    health_window_batches: int = Field(30, ge=1, description="micro-batches over which dead/noisy channels are judged")
-    noisy_factor: float = Field(5.0, gt=1, description="a channel is noisy above this multiple of its chamber's median")
+    checks_file: str | None = Field(
+        None, description="TOML file of data-quality thresholds merged over the shipped dtmon/checks.toml"
+    )
+    reference_file: str | None = Field(
+        None, description="reference run (JSON, dtmon reference save) the processor compares shapes and rates with"
+    )
 
     dashboard_history: int = Field(300, ge=10, description="micro-batches kept for the time-series plots")
     dashboard_refresh_ms: int = Field(500, ge=50, description="how often each browser session looks for new results")

@@ -50,6 +50,7 @@ from dtmon.hits import (
     layer_of,
 )
 from dtmon.daqfiles import SYNTHETIC_MANIFEST, SYNTHETIC_METADATA, daq_file_name
+from dtmon.synth_faults import SynthFaults, apply_faults
 
 GENERATOR_NAME = "dtmon.synth"
 GENERATOR_VERSION = "1.0.0"
@@ -117,6 +118,7 @@ class SynthParams(BaseModel):
         description="(FPGA, TDC_CHANNEL, extra noise Hz): the genuine rows' hottest channels (calibrated)",
     )
     start_orbit: int = Field(616_953, ge=0, le=MAX_ORBIT, description="first ORBIT_CNT (genuine counter after reset)")
+    faults: SynthFaults = Field(default_factory=SynthFaults, description="injected detector faults (dtmon.synth_faults)")
 
     @field_validator("hot_channels")
     @classmethod
@@ -391,7 +393,9 @@ def generate_with_truth(
     t_edge, total, n_mu = 500.0, 0, 0  # start 500 ns into the first orbit: every tick count >= 1
     while total < n_hits + 64:
         duration = max((n_hits + 64 - total) / est_rate * 1.15, 1e-3) * 1e9
-        parts.append(_hit_stream(rng, p, duration, t_edge, n_mu))
+        origin = (orbit0 - p.start_orbit) * ORBIT_NS
+        parts.append(apply_faults(_hit_stream(rng, p, duration, t_edge, n_mu), p.faults, rng, t_edge, duration, origin,
+                                  p.drift_velocity_um_per_ns))
         t_edge += duration
         total += len(parts[-1]["t"])
         n_mu += parts[-1]["n_muons"]
@@ -668,15 +672,35 @@ def cli_synth(
     endpoint_url: Annotated[
         str | None, typer.Option("--s3-endpoint-url", "--endpoint-url", help="S3 endpoint (e.g. moto) for s3:// destinations")
     ] = None,
+    dead_chamber: Annotated[int | None, typer.Option(min=0, max=3, help="FAULT: chamber that goes dead")] = None,
+    dead_from: Annotated[float, typer.Option(min=0, help="FAULT: s of detector time after which --dead-chamber is dead")] = 0.0,
+    dead_channel: Annotated[list[str] | None, typer.Option(help="FAULT: dead channel CHAMBER:CHANNEL (repeatable)")] = None,
+    noisy_channel: Annotated[
+        list[str] | None, typer.Option(help="FAULT: noisy channel CHAMBER:CHANNEL[:HZ] (default 200 Hz; repeatable)")
+    ] = None,
+    t0_shift: Annotated[list[str] | None, typer.Option(help="FAULT: t0 shift CHAMBER:NS (repeatable)")] = None,
+    drift_velocity: Annotated[
+        list[str] | None, typer.Option(help="FAULT: drift velocity CHAMBER:UM_PER_NS (repeatable)")
+    ] = None,
+    no_scintillator: Annotated[bool, typer.Option("--no-scintillator", help="FAULT: no scintillator (t0) hits")] = False,
 ) -> None:
     """Write SYNTHETIC MiniDT DAQ files (seeded telescope model) plus the dtmon-synthetic.json manifest.
 
     Muons, drift times in the 0-390 ns box, scintillator, noise and ancillary words; see docs/synthetic.md.
+    The FAULT options inject labelled detector faults (recorded in the manifest's params.faults).
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    params = SynthParams(**{**_DEFAULTS.model_dump(), "muon_rate_hz": muon_rate_hz, "scint_channel": scint_channel})
+    from dtmon.synth_faults import faults_from_options
+
+    try:
+        faults = faults_from_options(dead_chamber, dead_from, dead_channel, noisy_channel, t0_shift, drift_velocity,
+                                     no_scintillator)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    params = SynthParams(**{**_DEFAULTS.model_dump(), "muon_rate_hz": muon_rate_hz, "scint_channel": scint_channel,
+                            "faults": faults})
     console = Console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as bar:
@@ -684,3 +708,5 @@ def cli_synth(
         doc = write_files(dest, files, rows, seed, params, endpoint_url, on_file=lambda i, name, n: bar.advance(task))
     total = sum(f["rows"] for f in doc["files"])
     console.print(f"wrote {files} SYNTHETIC file(s), {total} rows, and {MANIFEST_NAME} to {dest}")
+    if faults.active:
+        console.print("with FAULTS: " + "; ".join(faults.describe()))

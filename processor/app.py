@@ -20,11 +20,13 @@ from dtmon.kafka import KafkaClients, KafkaConfig, as_kafka_config, connection_w
 from dtmon.schema import RESULTS_SCHEMA_ID, RESULTS_VERSION, StreamEvent
 from dtmon.settings import Settings
 from dtmon.wire import CONTENT_TYPE_JSON, HEADER_CONTENT_TYPE, HEADER_QUERY_ID, HEADER_SCHEMA
+from processor import spark_kafka
+from processor.kafka_source import SOURCE_NAME, KafkaDataSource, kafka_options
 from processor.message import build_message
 from processor.plan import aggregate_batch
 from processor.preflight import check_checkpoint, check_java
-from processor.kafka_source import SOURCE_NAME, KafkaDataSource, kafka_options
-from processor.state import ChannelHealthTracker, RunTracker
+from processor.quality import QualityMonitor
+from processor.state import RunTracker
 
 log = logging.getLogger("dtmon.processor")
 
@@ -65,6 +67,9 @@ def spark_session(settings: Settings, app_name: str = "dtmon-processor") -> Spar
         # each partition's messages cross to the decoding mapInArrow in few, large Arrow batches
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", "200000")
     )
+    if settings.kafka_source == "spark":  # Spark's own Kafka source: the connector jars via spark.jars.packages
+        for key, value in spark_kafka.session_config().items():
+            builder = builder.config(key, value)
     if master is not None and master.startswith("local"):  # nothing outside this machine talks to a local driver
         builder = builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
     spark = builder.getOrCreate()
@@ -176,8 +181,10 @@ class ProgressLogger(StreamingQueryListener):
         log.info("query terminated: %s", event.exception or "stopped")
 
 
-def start_query(spark: SparkSession, settings: Settings, publisher: ResultsPublisher) -> StreamingQuery:
-    """Start the streaming query reading ``settings.raw_topic`` and publishing results."""
+def start_query(spark: SparkSession, settings: Settings, publisher: ResultsPublisher,
+                monitor: QualityMonitor | None = None) -> StreamingQuery:
+    """Start the streaming query reading ``settings.raw_topic`` (source: ``settings.kafka_source``) and publishing results
+    (data quality judged by ``monitor``, default ``QualityMonitor(settings)``)."""
     reader = (
         spark.readStream.format(SOURCE_NAME)
         .options(**kafka_options(settings.kafka))
@@ -188,8 +195,8 @@ def start_query(spark: SparkSession, settings: Settings, publisher: ResultsPubli
     )
     if settings.max_offsets_per_trigger:
         reader = reader.option("maxOffsetsPerTrigger", str(settings.max_offsets_per_trigger))
-    rows = reader.load()
-    health = ChannelHealthTracker(settings.health_window_batches, settings.noisy_factor)
+    rows = reader.load() if settings.kafka_source == "python" else spark_kafka.read_stream(spark, settings)
+    monitor = monitor or QualityMonitor(settings)
     runs = RunTracker()
 
     def process(batch: DataFrame, batch_id: int) -> None:
@@ -197,24 +204,28 @@ def start_query(spark: SparkSession, settings: Settings, publisher: ResultsPubli
             log.info("batch %d was published before the restart: not sent again", batch_id)
             return
         started = time.time()
-        agg = aggregate_batch(batch, settings)
+        agg = aggregate_batch(batch, monitor.binning_settings())
         if agg.rows_read == 0 and not agg.run_events:
             return
+        dq = monitor.update(batch_id, agg)
         message = build_message(
             batch_id,
             agg,
-            events=publisher.take_events(),
             trigger_interval_s=settings.trigger_interval_s,
             batch_started=started,
             published=time.time(),
-            health=health.update(agg.occupancy) if agg.rows_read else health.report(),
+            health=dq.channel_health,
             run=runs.update(agg.run, agg.run_events),
+            quality=dq.quality,
+            scintillator=dq.scintillator,
+            events=[*publisher.take_events(), *dq.events],
         )
         publisher.publish(batch_id, message.to_json())
         log.info(
-            "batch %d: run %s (%s), %d rows, %d hits, %d malformed, chambers %s, %d scintillator orbits, %.2f s",
+            "batch %d: run %s (%s), %d rows, %d hits, %d malformed, chambers %s, %d scintillator orbits, quality %s (%s), %.2f s",
             batch_id, message.run, message.run_state, agg.rows_read, agg.hits, agg.malformed_rows,
-            message.hits_per_chamber, agg.orbits_with_scintillator, time.time() - started,
+            message.hits_per_chamber, agg.orbits_with_scintillator, dq.quality.quality, dq.quality.reason,
+            time.time() - started,
         )
 
     writer = (
@@ -267,7 +278,7 @@ def stop_between_batches(query: StreamingQuery, timeout_s: float = 10.0) -> None
 
 
 def run_processor(settings: Settings, reset_checkpoint: bool = False) -> int:
-    """Run the processor until SIGINT/SIGTERM or a query failure; return an exit code.
+    """Run the processor until SIGINT/SIGTERM or a query failure; return an exit code (2: bad checks or reference file).
 
     Before Spark starts: Java 17+ is there, the broker answers, the checkpoint fits the raw
     topic (``processor.preflight``; with ``reset_checkpoint`` one that does not is moved aside and
@@ -277,6 +288,11 @@ def run_processor(settings: Settings, reset_checkpoint: bool = False) -> int:
         processor.preflight.PreflightError: Java missing or too old; a checkpoint refused.
         dtmon.kafka.KafkaSetupError: the broker did not answer.
     """
+    try:
+        monitor = QualityMonitor(settings)
+    except ValueError as e:  # ChecksConfigError, ReferenceError: one line naming file and key
+        log.error("%s", e)
+        return 2
     check_java()
     clients = KafkaClients(settings.kafka)
     reset = check_checkpoint(
@@ -289,10 +305,11 @@ def run_processor(settings: Settings, reset_checkpoint: bool = False) -> int:
     if reset:
         log.warning("%s", reset)
         publisher.record(StreamEvent(kind="checkpoint_reset", time=time.time(), detail=reset))
-    query = start_query(spark, settings, publisher)
+    query = start_query(spark, settings, publisher, monitor)
     log.info(
-        "processor running: %s -> %s, trigger %.1f s, checkpoint %s",
+        "processor running: %s -> %s, trigger %.1f s, checkpoint %s, Kafka source %s",
         settings.raw_topic, settings.results_topic, settings.trigger_interval_s, settings.checkpoint_location,
+        settings.kafka_source,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from dtmon.hits import CELLS_PER_CHAMBER, N_CHAMBERS
+from processor.scint import N_CANDIDATES, STATS
 from processor.reduce import (
     HIT_COLUMNS,
     REJECTED_KEPT,
@@ -45,6 +46,8 @@ PARTIAL_SCHEMA = pa.schema(
         ("occupancy_scint", pa.list_(pa.int64())),
         ("drift_time", pa.list_(pa.int64())),
         ("orbit_buckets", pa.list_(pa.int64())),
+        ("scint_candidates", pa.list_(pa.int64())),
+        ("occupancy_orbits", pa.list_(pa.int64())),
         ("event_run", pa.list_(pa.int32())),
         ("event_kind", pa.list_(pa.int32())),
         ("event_ms", pa.list_(pa.int64())),
@@ -63,7 +66,8 @@ PARTIAL_SPARK_SCHEMA = ", ".join(
 """``PARTIAL_SCHEMA`` as a Spark DDL string (the ``mapInArrow`` output type)."""
 
 _SCALARS = [f.name for f in PARTIAL_SCHEMA if not pa.types.is_list(f.type)]  # includes rejected_messages
-_ARRAYS = ("occupancy", "multiplicity", "occupancy_scint", "drift_time", "orbit_buckets")
+_ARRAYS = ("occupancy", "multiplicity", "occupancy_scint", "drift_time", "orbit_buckets", "scint_candidates",
+           "occupancy_orbits")
 
 
 def to_partial_row(agg: BatchAggregates) -> pa.RecordBatch:
@@ -82,7 +86,8 @@ def from_partial_rows(table: pa.Table, binning: Binning) -> list[BatchAggregates
     n_drift = len(binning.drift_edges) - 1
     shapes = {"occupancy": (N_CHAMBERS, CELLS_PER_CHAMBER), "multiplicity": (N_CHAMBERS, CELLS_PER_CHAMBER),
               "occupancy_scint": (N_CHAMBERS, CELLS_PER_CHAMBER), "drift_time": (N_CHAMBERS, n_drift),
-              "orbit_buckets": (-1, 3)}
+              "orbit_buckets": (-1, 3), "scint_candidates": (N_CANDIDATES, len(STATS)),
+              "occupancy_orbits": (N_CHAMBERS, CELLS_PER_CHAMBER)}
     parts = []
     for row in table.to_pylist():
         agg = BatchAggregates(drift_edges=list(binning.drift_edges), scintillator=binning.scintillator)

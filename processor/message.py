@@ -9,6 +9,7 @@ from dtmon.schema import (
     ChamberHistograms,
     ChannelHealth,
     Histogram,
+    QualityReport,
     ResultsMessage,
     Scintillator,
     StreamEvent,
@@ -26,6 +27,8 @@ def build_message(
     published: float,
     health: ChannelHealth | None = None,
     run: RunStatus | None = None,
+    quality: QualityReport | None = None,
+    scintillator: Scintillator | None = None,
     events: list[StreamEvent] | None = None,
 ) -> ResultsMessage:
     """The results message (version ``dtmon.schema.RESULTS_VERSION``) of one micro-batch (pure).
@@ -35,9 +38,11 @@ def build_message(
         agg: the batch's aggregates.
         trigger_interval_s: the query's trigger interval in s.
         batch_started, published: wall-clock times in epoch s.
-        health: dead/noisy channels from ``processor.state.ChannelHealthTracker``.
+        health: dead/noisy channels (``processor.quality.QualityMonitor.update``).
         run: the run fields from ``processor.state.RunTracker``.
-        events: stream events of the batch besides its rejected messages (e.g. ``checkpoint_reset``).
+        quality, scintillator, events: from ``processor.quality.QualityMonitor.update``
+            (default: no quality, ``agg.scintillator`` without source, no events); the
+            batch's rejected raw messages are added as ``rejected_message`` events (``rejected_events``).
     """
     run = run or RunStatus()
     chambers = [
@@ -70,12 +75,13 @@ def build_message(
         chambers=chambers,
         detector_time_s=agg.detector_time_s,
         orbit_jumps=agg.orbit_jumps,
-        scintillator=Scintillator(fpga=agg.scintillator[0], channel=agg.scintillator[1]),
+        scintillator=scintillator or Scintillator(fpga=agg.scintillator[0], channel=agg.scintillator[1]),
         orbits_with_scintillator=agg.orbits_with_scintillator,
         channel_health=health,
         run=run.run,
         run_state=run.state,
         run_started=run.started,
+        quality=quality,
         events=[*(events or []), *rejected_events(agg, published)],
         rejected_messages=agg.rejected_messages,
     )

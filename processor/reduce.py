@@ -37,6 +37,8 @@ from dtmon.hits import (
 )
 from dtmon.settings import Settings
 from dtmon.wire import RunEvent
+from dtmon.hits import SCINT_CHANNEL as DEFAULT_SCINT_CHANNEL
+from processor.scint import N_CANDIDATES, STATS, candidate_stats
 
 ORBIT_S = BX_PER_ORBIT * BX_NS * 1e-9
 """One orbit in s: 3564 BX x 25 ns = 89.1 us."""
@@ -101,7 +103,10 @@ class BatchAggregates:
     ``orbit_buckets`` (B, 3) int64: bucket ``orbit div max_gap``, lowest and highest hit
     orbit in it. Times in ms since the epoch. ``newest_ms``/``run``: Kafka time and run of
     the newest row that has a run. ``run_events``: (run, event, Kafka ms) of the control
-    messages, event ``RunEvent.START`` or ``RunEvent.END``. ``rejected_messages``: raw
+    messages, event ``RunEvent.START`` or ``RunEvent.END``. ``scint_candidates``
+    (384, 3): t0-channel candidate counts (``processor.scint.candidate_stats``).
+    ``occupancy_orbits`` (4, 64): distinct orbits with a hit per chamber and local channel (a
+    replayed sample inside one batch counts once; for the data-quality window). ``rejected_messages``: raw
     messages refused whole (too large, undecodable), each also one malformed row;
     ``rejected_details``: ``topic/partition@offset: reason`` of the first ``REJECTED_KEPT``.
     """
@@ -129,6 +134,8 @@ class BatchAggregates:
     newest_ms: int | None = None
     run: int | None = None
     run_events: list[tuple[int | None, int, int]] = field(default_factory=list)
+    scint_candidates: np.ndarray = field(default_factory=lambda: np.zeros((N_CANDIDATES, len(STATS)), np.int64))
+    occupancy_orbits: np.ndarray = field(default_factory=_zeros_cells)
     rejected_messages: int = 0
     rejected_details: list[str] = field(default_factory=list)
 
@@ -156,7 +163,8 @@ class Binning:
     def from_settings(cls, s: Settings) -> "Binning":
         """Raises ValueError for an empty drift-time range."""
         edges = drift_time_edges(s.drift_time_min_ns, s.drift_time_max_ns, s.drift_time_bin_ns)
-        return cls((s.scint_fpga, s.scint_channel), tuple(edges), s.drift_time_bin_ns, s.max_orbit_gap)
+        channel = DEFAULT_SCINT_CHANNEL if s.scint_channel is None else s.scint_channel
+        return cls((s.scint_fpga, channel), tuple(edges), s.drift_time_bin_ns, s.max_orbit_gap)
 
 
 def int_column(column: pa.ChunkedArray | pa.Array, fill: int) -> np.ndarray:
@@ -242,7 +250,8 @@ def reduce_totals(rows: pa.Table | pa.RecordBatch, binning: Binning) -> BatchAgg
 
 
 HIT_FIELDS = ("hits", "hits_outside_chambers", "orbit_min", "orbit_max", "orbits_with_hits", "orbits_with_scintillator",
-              "occupancy", "multiplicity", "occupancy_scint", "drift_time", "orbit_buckets", "detector_orbits", "orbit_jumps")
+              "occupancy", "multiplicity", "occupancy_scint", "drift_time", "orbit_buckets", "detector_orbits", "orbit_jumps",
+              "scint_candidates", "occupancy_orbits")
 """The ``BatchAggregates`` fields that come from the hits alone (``reduce_hits``)."""
 
 HIT_COLUMNS = ("FPGA", "TDC_CHANNEL", "ORBIT_CNT", "BX_COUNTER", "TDC_MEAS")
@@ -289,7 +298,9 @@ def reduce_hits(hits: pa.Table, binning: Binning) -> BatchAggregates:
     out.occupancy = np.bincount(cell, minlength=_CELLS).reshape(N_CHAMBERS, CELLS_PER_CHAMBER)
     out.orbits_with_hits = int(_distinct(cell_orbit).size)
     # multiplicity: distinct (orbit, chamber, channel), then channels per (orbit, chamber)
-    orbit_chamber, k = np.unique(_distinct(cell_orbit * _CELLS + cell) // CELLS_PER_CHAMBER, return_counts=True)
+    pairs = _distinct(cell_orbit * _CELLS + cell)
+    out.occupancy_orbits = np.bincount(pairs % _CELLS, minlength=_CELLS).reshape(N_CHAMBERS, CELLS_PER_CHAMBER)
+    orbit_chamber, k = np.unique(pairs // CELLS_PER_CHAMBER, return_counts=True)
     out.multiplicity = np.bincount((orbit_chamber % N_CHAMBERS) * CELLS_PER_CHAMBER + k - 1, minlength=_CELLS).reshape(
         N_CHAMBERS, CELLS_PER_CHAMBER
     )
@@ -301,6 +312,7 @@ def reduce_hits(hits: pa.Table, binning: Binning) -> BatchAggregates:
     out.drift_time = np.bincount(
         chamber[tagged][kept] * n_drift + drift_bin[kept].astype(np.int64), minlength=N_CHAMBERS * n_drift
     ).reshape(N_CHAMBERS, n_drift)
+    out.scint_candidates = candidate_stats(fpga, channel, orbit_index, len(orbits), t_ns, in_chamber, chamber, _OFFSETS_NS)
 
     bucket = orbits // binning.max_orbit_gap
     _, first = np.unique(bucket, return_index=True)
@@ -333,7 +345,7 @@ def merge_aggregates(parts: list[BatchAggregates], binning: Binning) -> BatchAgg
     for name in ("rows_read", "malformed_rows", "hits", "hits_outside_chambers", "orbits_with_hits",
                  "orbits_with_scintillator"):
         setattr(out, name, sum(getattr(p, name) for p in parts))
-    for name in ("occupancy", "multiplicity", "occupancy_scint", "drift_time"):
+    for name in ("occupancy", "multiplicity", "occupancy_scint", "drift_time", "scint_candidates", "occupancy_orbits"):
         setattr(out, name, np.sum([getattr(p, name) for p in parts], axis=0))
     out.orbit_min, out.produced_first_ms = _min(p.orbit_min for p in parts), _min(p.produced_first_ms for p in parts)
     out.orbit_max, out.produced_last_ms = _max(p.orbit_max for p in parts), _max(p.produced_last_ms for p in parts)

@@ -1,67 +1,14 @@
-"""Driver-side state kept across micro-batches: channel health and runs.
+"""Driver-side state kept across micro-batches: runs (data quality: ``processor.quality``).
 
-Works on the small per-batch results only (4 x 64 occupancy arrays, a few run markers),
-never on rows. The state lives in the processor's memory: a restarted processor starts
-with an empty health window and knows a run's start time only if it reads its marker again.
+Works on the run markers of each batch, never on rows. The state lives in the processor's
+memory: a restarted processor knows a run's start time only if it reads its marker again.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
-import numpy as np
-
-from dtmon.hits import CELLS_PER_CHAMBER, N_CHAMBERS
-from dtmon.schema import ChannelHealth, ChannelRef
 from dtmon.wire import RunEvent
-
-
-def channel_health(window: np.ndarray, noisy_factor: float) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """Dead and noisy channels over a window of micro-batches (pure).
-
-    Dead: no hit in the window while its chamber had hits in the window. Noisy: hits in
-    the window > ``noisy_factor`` x the median over the chamber's 64 channels, the median
-    taken as at least 1 hit so that a sparse window (median 0) does not flag every channel
-    that fired.
-
-    Args:
-        window: int array (B, 4, 64), hits per batch, chamber and local channel (B >= 0).
-        noisy_factor: threshold multiple of the chamber median (> 1).
-    Returns:
-        (dead, noisy): lists of (chamber, local channel), sorted.
-    """
-    counts = np.asarray(window).reshape(-1, N_CHAMBERS, CELLS_PER_CHAMBER).sum(axis=0)
-    live = counts.sum(axis=1) > 0
-    dead = (counts == 0) & live[:, None]
-    threshold = noisy_factor * np.maximum(np.median(counts, axis=1), 1.0)
-    noisy = counts > threshold[:, None]
-    return [(int(c), int(k)) for c, k in np.argwhere(dead)], [(int(c), int(k)) for c, k in np.argwhere(noisy)]
-
-
-class ChannelHealthTracker:
-    """The occupancy of the last ``window_batches`` micro-batches with rows, and its verdict."""
-
-    def __init__(self, window_batches: int, noisy_factor: float):
-        self.window_batches = window_batches
-        self.noisy_factor = noisy_factor
-        self._window: deque[np.ndarray] = deque(maxlen=window_batches)
-
-    def update(self, occupancy: np.ndarray) -> ChannelHealth:
-        """Add one batch's occupancy (4, 64) and return the health over the window."""
-        self._window.append(np.asarray(occupancy, np.int64))
-        return self.report()
-
-    def report(self) -> ChannelHealth:
-        """Dead and noisy channels over the current window (``channel_health``)."""
-        window = np.array(self._window) if self._window else np.zeros((0, N_CHAMBERS, CELLS_PER_CHAMBER), np.int64)
-        dead, noisy = channel_health(window, self.noisy_factor)
-        return ChannelHealth(
-            window_batches=self.window_batches,
-            noisy_factor=self.noisy_factor,
-            dead=[ChannelRef(chamber=c, channel=k) for c, k in dead],
-            noisy=[ChannelRef(chamber=c, channel=k) for c, k in noisy],
-        )
 
 
 @dataclass(frozen=True)

@@ -195,3 +195,59 @@ def test_dtmon_up_without_genuine_rows_streams_labelled_synthetic_files(tmp_path
     assert proc.returncode == 0, out.read_text()
     assert not [p for p in pids if alive(p)]
     assert not any(port_open(p) for p in (broker_port, s3_port, dashboard_port))
+
+
+@pytest.mark.parametrize("kafka_source", ["python", "spark"])
+def test_dtmon_up_on_an_existing_apache_kafka_cluster(tmp_path, kafka_source):
+    """`dtmon up --bootstrap-servers` against a running Apache Kafka (KRaft) broker, with either Kafka
+    source (``DTMON_KAFKA_SOURCE``): no embedded broker starts, results arrive on that broker, Ctrl-C
+    stops dtmon's children and leaves the cluster running."""
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+    from dtmon.apache_kafka import start_apache_kafka
+
+    broker_port, s3_port, dashboard_port = free_port(), free_port(), free_port()
+    kafka = start_apache_kafka(port=free_port(), log=tmp_path / "apache-kafka.log")
+    workdir = tmp_path / "up"
+    out = tmp_path / "up.out"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("DTMON_")}, "DTMON_KAFKA_SOURCE": kafka_source}
+    cmd = [*DTMON, "up", "--bootstrap-servers", kafka.address, "--rate", "1000", "--trigger-interval", "1",
+           "--broker-port", str(broker_port), "--s3-port", str(s3_port), "--dashboard-port", str(dashboard_port),
+           "--workdir", str(workdir)]  # fmt: skip
+    proc = None
+    pids: set[int] = set()
+    consumer = KafkaClients(kafka.address).consumer("stack-test")
+    try:
+        with open(out, "wb") as sink:
+            proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+        consumer.assign([TopicPartition("minidt-results", 0, OFFSET_BEGINNING)])
+        message = None
+        deadline = time.monotonic() + FIRST_RESULT_TIMEOUT_S
+        while message is None:
+            _check_running(proc, out, workdir)
+            assert time.monotonic() < deadline, f"no results message:\n{_logs(workdir)}"
+            polled = consumer.poll(0.5)
+            if polled is not None and polled.error() is None:
+                message = polled
+        results = ResultsMessage.from_json(message.value())
+        assert results.hits > 0 and not results.synthetic
+        assert results.hits == sum(results.hits_per_chamber) + results.hits_outside_chambers
+        state = json.loads((workdir / "stack.json").read_text())
+        assert [c["name"] for c in state["children"]] == ["processor", "s3", "producer", "dashboard"]  # no broker
+        assert f"Kafka: external, {kafka.address}" in out.read_text()
+        assert not port_open(broker_port)
+        assert f"Kafka source {kafka_source}" in (workdir / "logs" / "processor.log").read_text()
+
+        pids = {c["pid"] for c in state["children"]} | descendants(proc.pid)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(90)
+    finally:
+        consumer.close()
+        if proc is not None:
+            kill_tree(proc, pids if proc.poll() is None else set())
+        cluster_alive = kafka.process.poll() is None
+        kafka.stop()
+    assert proc.returncode == 0, out.read_text()
+    assert "processor stopped" in (workdir / "logs" / "processor.log").read_text()
+    assert not [p for p in pids if alive(p)]
+    assert cluster_alive  # dtmon up stops only what it started

@@ -1,4 +1,4 @@
-"""Browser test: real Tansu broker, `bokeh serve dashboard`, Debian chromium via Playwright.
+"""Browser test: real broker (Tansu and Apache Kafka), `bokeh serve dashboard`, Debian chromium via Playwright.
 
 Starts the dashboard before its results topic exists (the consumer must retry), publishes
 version-1, -2 and -3 results messages and checks, by reading the plotted data back from

@@ -1,5 +1,5 @@
-"""The results consumer against a real Tansu broker: missing topic, history replay,
-invalid messages, broker loss and recovery."""
+"""The results consumer against a real broker (Tansu and Apache Kafka): missing topic, history
+replay, invalid messages, broker loss and recovery."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 from dashboard.consumer import ResultsConsumer
 from dashboard.state import ResultsStore
 from dtmon.kafka import KafkaClients
-from dtmon.services import free_port, start_broker
+from dtmon.services import free_port
+from tests.conftest import start_test_broker
 from tests.dashboard.factory import make_batch
 
 
@@ -26,9 +27,9 @@ def wait_until(store: ResultsStore, predicate, what: str, timeout: float = 30.0)
 
 
 @pytest.mark.integration
-def test_consumer_retries_replays_history_counts_invalid_and_tracks_broker(tmp_path):
+def test_consumer_retries_replays_history_counts_invalid_and_tracks_broker(broker_kind, tmp_path):
     port = free_port()
-    broker = start_broker(port=port, log=tmp_path / "tansu.log")
+    broker = start_test_broker(broker_kind, port, tmp_path / "broker.log")
     store = ResultsStore(history=10)
     consumer = ResultsConsumer(store, broker.address, "results", history=10, retry_s=0.5, health_interval_s=1.0)
     try:
@@ -65,8 +66,8 @@ def test_consumer_retries_replays_history_counts_invalid_and_tracks_broker(tmp_p
 
         broker.stop()
         wait_until(store, lambda s: s.broker_reachable is False, "broker down")
-        broker = start_broker(port=port, log=tmp_path / "tansu2.log")  # empty again (memory storage)
-        wait_until(store, lambda s: s.broker_reachable is True, "broker back")
+        broker = start_test_broker(broker_kind, port, tmp_path / "broker2.log")  # empty again (new storage)
+        wait_until(store, lambda s: s.broker_reachable is True, "broker back", timeout=120)
         assert consumer._thread.is_alive()
     finally:
         consumer.stop()

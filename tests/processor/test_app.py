@@ -42,5 +42,5 @@ def test_publisher_waits_for_an_away_broker_within_the_grace_period_then_fails()
     t0 = time.monotonic()
     with pytest.raises(RuntimeError):
         publisher.publish(3, b"{}", timeout_s=0.1)  # broker away: waits out the grace period first
-    assert 2.5 <= time.monotonic() - t0 < 6
+    assert 2.0 <= time.monotonic() - t0 < 6  # the grace period counts from the loss, just before t0
     del _watches["fake:9092"]

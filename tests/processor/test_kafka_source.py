@@ -1,4 +1,4 @@
-"""The Kafka stream source: offset planning (pure), its Kafka paths on client doubles, and reading from a real Tansu broker."""
+"""The Kafka stream source: offset planning (pure), its Kafka paths on client doubles, and reading from real brokers (Tansu and Apache Kafka)."""
 
 from __future__ import annotations
 

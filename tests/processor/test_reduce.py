@@ -30,7 +30,7 @@ def assert_same(a, b) -> None:
                  "orbits_with_hits", "orbits_with_scintillator", "produced_first_ms", "produced_last_ms",
                  "synthetic", "detector_orbits", "orbit_jumps", "run", "newest_ms"):
         assert getattr(a, name) == getattr(b, name), name
-    for name in ("occupancy", "multiplicity", "occupancy_scint", "drift_time"):
+    for name in ("occupancy", "multiplicity", "occupancy_scint", "drift_time", "scint_candidates", "occupancy_orbits"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
     assert sorted(a.run_events, key=repr) == sorted(b.run_events, key=repr)
 

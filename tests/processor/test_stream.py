@@ -1,4 +1,4 @@
-"""The streaming query on a real Tansu broker and real Spark: results add up exactly,
+"""The streaming query on real brokers (Tansu and Apache Kafka) and real Spark: results add up exactly,
 and a query restarted from its checkpoint resumes without loss or duplicates."""
 
 from __future__ import annotations
@@ -142,7 +142,6 @@ def test_runs_are_carried_into_the_results(spark, kafka_bootstrap, genuine_table
     settings = load_settings(
         bootstrap_servers=kafka_bootstrap, raw_topic=raw, results_topic=results, trigger_interval_s=1.0,
         checkpoint_location=str(tmp_path / "checkpoint"), starting_offsets="earliest", scint_channel=138,
-        health_window_batches=4,
     )
     start5 = int(time.time() * 1000) - 60_000
     end5 = produce_run(kafka_bootstrap, raw, 5, genuine_table, start5, end=True)
@@ -166,7 +165,8 @@ def test_runs_are_carried_into_the_results(spark, kafka_bootstrap, genuine_table
     assert sum(m.malformed_rows for m in everything) == 0
     for m in everything:
         assert m.version == RESULTS_VERSION and (m.scintillator.fpga, m.scintillator.channel) == (1, 138)
-        assert m.channel_health is not None and m.channel_health.window_batches == 4
+        assert m.scintillator.source == "configured"
+        assert m.channel_health is not None and m.channel_health.window_batches == 30  # dtmon/checks.toml window
         assert m.detector_time_s is not None and m.detector_time_s < 1.0
     # run 5 was on the topic before the query started: the first micro-batch holds all of
     # it, so its E1/E2 equal pandas' on the whole run (no orbit split across batches)

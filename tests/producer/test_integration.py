@@ -1,4 +1,4 @@
-"""The producer against real services: Tansu broker, moto S3 server, the console script."""
+"""The producer against real services: Kafka brokers (Tansu and Apache Kafka), moto S3 server, the console script."""
 
 from __future__ import annotations
 

@@ -1,0 +1,74 @@
+"""Where the two test brokers differ, shown on both (Tansu 0.6 and Apache Kafka 4): the answer of
+ListOffsets(latest) against the true log end, and time-based retention.
+
+dtmon's code must be right on both: the Python source's end-offset probe confirms the log end
+with the PARTITION_EOF event, so it gets the true end whatever ListOffsets answers.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import NewTopic
+
+from dtmon.kafka import KafkaClients
+
+from processor.kafka_source import KafkaStreamReader
+
+pytestmark = pytest.mark.integration
+
+
+def watermarks(bootstrap: str, topic: str) -> tuple[int, int]:
+    """(low, high) watermarks of partition 0 as the broker's ListOffsets answers them."""
+    consumer = KafkaClients(bootstrap).consumer("test-watermarks")
+    try:
+        return consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10, cached=False)
+    finally:
+        consumer.close()
+
+
+def produce(bootstrap: str, topic: str, n: int) -> None:
+    """``n`` small messages, in as few record batches as the producer makes (one linger window)."""
+    producer = KafkaClients(bootstrap).producer(linger_ms=200, acks="all")
+    for i in range(n):
+        producer.produce(topic, value=f"m{i}".encode())
+    assert producer.flush(30) == 0
+
+
+def test_list_offsets_against_the_true_log_end(kafka_bootstrap, broker_kind, topic_name):
+    admin = KafkaClients(kafka_bootstrap).admin()
+    admin.create_topics([NewTopic(topic_name, 1)])[topic_name].result(30)
+    produce(kafka_bootstrap, topic_name, 50)
+    _, listed = watermarks(kafka_bootstrap, topic_name)
+    reader = KafkaStreamReader({"kafka.bootstrap.servers": kafka_bootstrap, "subscribe": topic_name})
+    try:
+        probed = reader._end_offsets()[topic_name]["0"]
+    finally:
+        reader.stop()
+    assert probed == 50  # the probe's answer: the true end on both brokers
+    if broker_kind == "apache":
+        assert listed == 50  # ListOffsets is the log end: the probe's extra read costs one empty fetch
+    else:
+        assert listed < 50  # Tansu 0.6: the last record batch's base offset + 1
+
+
+def test_time_retention_drops_old_segments(kafka_bootstrap, broker_kind, topic_name):
+    """A topic with retention.ms=3000 and segment.ms=1000: Apache Kafka deletes the closed segment
+    (the low watermark rises past its messages); Tansu 0.6 (memory engine) keeps everything."""
+    config = {"retention.ms": "3000", "segment.ms": "1000", "cleanup.policy": "delete"}
+    admin = KafkaClients(kafka_bootstrap).admin()
+    admin.create_topics([NewTopic(topic_name, 1, config=config)])[topic_name].result(30)
+    produce(kafka_bootstrap, topic_name, 10)
+    time.sleep(1.5)
+    produce(kafka_bootstrap, topic_name, 10)  # rolls the first segment (older than segment.ms)
+    deadline = time.monotonic() + (30 if broker_kind == "apache" else 8)
+    low, high = watermarks(kafka_bootstrap, topic_name)
+    while low == 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        low, high = watermarks(kafka_bootstrap, topic_name)
+    if broker_kind == "apache":
+        assert low >= 10, (low, high)  # the first segment is gone
+    else:
+        assert low == 0, (low, high)
