@@ -19,6 +19,7 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from dtmon.settings import Settings, load_settings
 
@@ -63,9 +64,39 @@ def settings_from(params: dict[str, Any], console: Console | None = None) -> Set
         values[name] = value.value if isinstance(value, Enum) else value
     try:
         return load_settings(**values)
-    except (ValidationError, ValueError, OSError) as error:  # out of range; unreadable Kafka config file
-        (console or Console(stderr=True)).print(f"[bold red]error:[/] invalid settings:\n{error}")
+    except ValidationError as error:  # a value out of range, of the wrong type, not one of the choices
+        _stderr(console).print(f"[bold red]error:[/] {escape(describe_validation_error(error))}", soft_wrap=True)
         raise typer.Exit(2) from None
+    except (ValueError, OSError) as error:  # unreadable Kafka config file
+        _stderr(console).print(f"[bold red]error:[/] invalid settings: {escape(str(error))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _stderr(console: Console | None) -> Console:
+    """``console`` if it writes to stderr, else a stderr console (errors never go to stdout)."""
+    return console if console is not None and console.stderr else Console(stderr=True)
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per pydantic error (joined by ``; ``): which setting (its flag and ``DTMON_*`` variable),
+    the value given and what is allowed, e.g.
+    ``invalid setting --rate (DTMON_RATE) = -5.0: must be greater than or equal to 0``."""
+    parts = []
+    for item in error.errors(include_url=False):
+        loc = [str(x) for x in item.get("loc", ())]
+        field = loc[0] if loc else "?"
+        where = ".".join(loc)
+        if field in Settings.model_fields:
+            name = f"--{field.replace('_', '-')} (DTMON_{field.upper()}{''.join('.' + x for x in loc[1:])})"
+        else:
+            name = where or "settings"
+        allowed = item.get("msg", "not allowed")
+        allowed = allowed[0].lower() + allowed[1:] if allowed else allowed
+        allowed = allowed.replace("input should be", "must be")
+        value = item.get("input")
+        shown = "" if isinstance(value, dict) else f" = {value!r}"
+        parts.append(f"invalid setting {name}{shown}: {allowed}")
+    return "; ".join(parts)
 
 
 def package_version() -> str:

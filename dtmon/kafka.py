@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -230,6 +231,166 @@ def load_kafka_config(config_file: str | Path | None = None, **overrides: Any) -
         _config_file.reset(token)
 
 
+_CONNECTION_ERRORS = ("_TRANSPORT", "_ALL_BROKERS_DOWN", "_RESOLVE", "_TIMED_OUT")
+"""librdkafka error names that mean the broker cannot be reached (``error_cb``)."""
+
+
+class ConnectionWatch:
+    """The state of this process's connection to one Kafka cluster, fed by every client's callbacks.
+
+    States: ``connecting`` (no broker answered yet), ``up``, ``lost``. The ``error_cb`` of
+    every client (``on_error``) moves it to ``lost`` on a connection error (``_TRANSPORT``,
+    ``_ALL_BROKERS_DOWN``, ...); its ``stats_cb`` (``on_stats``, librdkafka statistics every
+    ``STATS_INTERVAL_MS``) moves it to ``up`` when a broker is UP. One log line per state
+    change (``lost``: warning with the reason; back ``up``: info with the outage's length),
+    never one per attempt; librdkafka's own log lines go through ``librdkafka_logger``.
+
+    Times are ``time.monotonic()`` s.
+    """
+
+    STATS_INTERVAL_MS = 1000
+
+    def __init__(self, where: str, logger: logging.Logger | None = None, clock=time.monotonic) -> None:
+        self.where = where
+        self.log = logger or log
+        self.clock = clock
+        self.state = "connecting"
+        self.since = clock()
+        self.outages = 0
+        self.reason = ""
+        self._lock = threading.Lock()
+
+    def on_error(self, err) -> None:
+        """librdkafka ``error_cb``: a connection error marks the cluster lost; other errors are logged
+        once per kind per ``LOG_EVERY_S``."""
+        if err.name() in _CONNECTION_ERRORS and not err.fatal():
+            self.lost(err.str())
+        else:
+            _rate_limited(self.log, logging.ERROR if err.fatal() else logging.WARNING, f"kafka {self.where}: {err.name()}: {err.str()}")
+
+    def on_stats(self, stats_json: str) -> None:
+        """librdkafka ``stats_cb``: any broker in state UP marks the cluster up."""
+        import json
+
+        try:
+            brokers = json.loads(stats_json).get("brokers", {})
+        except ValueError:
+            return
+        if any(b.get("state") == "UP" for b in brokers.values()):
+            self.up()
+
+    def lost(self, reason: str) -> None:
+        """Mark the cluster unreachable (logs one warning on the change)."""
+        with self._lock:
+            if self.state == "lost":
+                return
+            self.state, self.since, self.reason = "lost", self.clock(), reason
+            self.outages += 1
+        self.log.warning("Kafka at %s unreachable (%s); retrying", self.where, _short(reason))
+
+    def up(self) -> None:
+        """Mark the cluster reachable (logs one line when it comes back after an outage)."""
+        with self._lock:
+            if self.state == "up":
+                return
+            was, since = self.state, self.since
+            self.state, self.since = "up", self.clock()
+        if was == "lost":
+            self.log.warning("Kafka at %s reachable again after %.1f s", self.where, self.since - since)
+
+    def down_for(self) -> float:
+        """s since the cluster was lost (0 while it is up or connecting)."""
+        return self.clock() - self.since if self.state == "lost" else 0.0
+
+
+LOG_EVERY_S = 60.0
+"""A librdkafka log line (or non-connection error) of the same shape is repeated at most this often."""
+
+_last_logged: dict[str, float] = {}
+_suppressed: dict[str, int] = {}
+
+
+def _short(text: str) -> str:
+    """A librdkafka message without its thread/broker prefixes (``[thrd:...]: host/id: ``)."""
+    import re
+
+    return re.sub(r"^(\[thrd:[^\]]*\]: )?(\S+/(bootstrap|\d+): )?", "", text)
+
+
+def _rate_limited(logger: logging.Logger, level: int, text: str, now: float | None = None) -> bool:
+    """Log ``text`` unless a line of the same shape (digits ignored) was logged in the last ``LOG_EVERY_S`` s;
+    returns whether it was logged. The next logged line says how many were left out."""
+    import re
+
+    shape = re.sub(r"\d+", "#", text)
+    now = time.monotonic() if now is None else now
+    last = _last_logged.get(shape)
+    if last is not None and now - last < LOG_EVERY_S:
+        _suppressed[shape] = _suppressed.get(shape, 0) + 1
+        return False
+    _last_logged[shape] = now
+    skipped = _suppressed.pop(shape, 0)
+    logger.log(level, "%s%s", text, f" ({skipped} more like it in {LOG_EVERY_S:.0f} s)" if skipped else "")
+    return True
+
+
+class _LibrdkafkaLogger(logging.Logger):
+    """The ``logger`` of every client: librdkafka's log lines, connection failures left to ``ConnectionWatch``
+    (which logs one line per state change), the rest rate-limited (``LOG_EVERY_S``)."""
+
+    def __init__(self, watch: ConnectionWatch) -> None:
+        super().__init__("librdkafka")
+        self.watch = watch
+        self.target = logging.getLogger("dtmon.kafka.librdkafka")
+
+    def log(self, level, msg, *args, **kwargs):  # confluent-kafka calls log(level, "%s [%s] %s", fac, name, text)
+        text = msg % args if args else str(msg)
+        fac = str(args[0]) if args else ""
+        if fac in ("FAIL", "ERROR") and any(w in text for w in ("Connect", "Connection", "Disconnected", "brokers are down")):
+            return  # the client's error_cb reports the same event to the watch
+        _rate_limited(self.target, min(level, logging.WARNING), text)
+
+
+_watches: dict[str, ConnectionWatch] = {}
+_watches_lock = threading.Lock()
+
+
+def connection_watch(bootstrap_servers: str) -> ConnectionWatch:
+    """The process's ``ConnectionWatch`` of the cluster at ``bootstrap_servers`` (one per cluster, shared by its clients)."""
+    with _watches_lock:
+        if bootstrap_servers not in _watches:
+            _watches[bootstrap_servers] = ConnectionWatch(bootstrap_servers)
+        return _watches[bootstrap_servers]
+
+
+def watched(conf: dict[str, Any]) -> dict[str, Any]:
+    """``conf`` with the callbacks that feed the cluster's ``ConnectionWatch`` and rate-limit librdkafka's log.
+
+    Adds ``logger``, ``error_cb`` and ``stats_cb`` (+ ``statistics.interval.ms``); an
+    ``error_cb``/``stats_cb`` already in ``conf`` is still called after the watch's, a
+    ``logger`` or ``log_level`` already there is kept.
+    """
+    watch = connection_watch(str(conf.get("bootstrap.servers", "")))
+    out = dict(conf)
+    own_error, own_stats = conf.get("error_cb"), conf.get("stats_cb")
+
+    def on_error(err):
+        watch.on_error(err)
+        if own_error is not None:
+            own_error(err)
+
+    def on_stats(stats):
+        watch.on_stats(stats)
+        if own_stats is not None:
+            own_stats(stats)
+
+    out["error_cb"] = on_error
+    out["stats_cb"] = on_stats
+    out.setdefault("statistics.interval.ms", ConnectionWatch.STATS_INTERVAL_MS)
+    out.setdefault("logger", _LibrdkafkaLogger(watch))
+    return out
+
+
 class KafkaClients:
     """Creates confluent-kafka clients from one ``KafkaConfig``.
 
@@ -243,17 +404,17 @@ class KafkaClients:
     def _create_consumer(self, conf: dict[str, Any]):
         from confluent_kafka import Consumer
 
-        return Consumer(conf)
+        return Consumer(watched(conf))
 
     def _create_producer(self, conf: dict[str, Any]):
         from confluent_kafka import Producer
 
-        return Producer(conf)
+        return Producer(watched(conf))
 
     def _create_admin(self, conf: dict[str, Any]):
         from confluent_kafka.admin import AdminClient
 
-        return AdminClient(conf)
+        return AdminClient(watched(conf))
 
     def consumer(self, group_id: str, overrides: dict[str, Any] | None = None, /, **role: Any):
         """A consumer in group ``group_id`` (used with ``assign``; offsets never auto-committed).
@@ -292,7 +453,7 @@ class KafkaClients:
         except KafkaException as exc:
             admin.poll(0)  # serve the queued error_cb calls
             raise KafkaSetupError(
-                f"cannot reach Kafka at {where} ({self.config.security_protocol}) within {timeout} s: {refusal_reason(exc, errors)}"
+                f"cannot reach Kafka at {where} ({self.config.security_protocol}) within {timeout:g} s: {_short(refusal_reason(exc, errors))}"
             ) from exc
         existing = metadata.topics.get(topic)
         if existing is not None and existing.error is None:
@@ -326,6 +487,33 @@ class KafkaClients:
             log.warning("results topic %s has %d partitions, not 1: results may arrive out of batch order "
                         "(recreate it with one partition)", topic, partitions)  # fmt: skip
         return partitions
+
+    def log_ends(self, topic: str, timeout_s: float = 10.0) -> dict[int, int] | None:
+        """Log end offset of every partition of ``topic`` (partition -> offset), None if the topic does not exist.
+
+        Raises:
+            KafkaSetupError: the broker did not answer within ``timeout_s``.
+        """
+        from confluent_kafka import KafkaException, TopicPartition
+
+        consumer = self.consumer("dtmon-end-probe")
+        try:
+            try:
+                meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+            except KafkaException as exc:
+                raise KafkaSetupError(
+                    f"cannot reach Kafka at {self.config.bootstrap_servers} within {timeout_s:g} s: {_short(exc.args[0].str())}"
+                ) from exc
+            if meta is None or meta.error is not None:
+                return None
+            positions, highs = {}, {}
+            for p in meta.partitions:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s, cached=False)
+                positions[(topic, p)], highs[p] = max(low, high - 1, 0), max(high, 0)
+        finally:
+            consumer.close()
+        ends, _ = self.end_offsets(positions, timeout_s)
+        return {p: max(ends.get((topic, p), 0), high) for p, high in highs.items()}
 
     def ensure_topics(self, partitions: dict[str, int], timeout: float = 30.0) -> dict[str, int]:
         """``ensure_topic`` for each topic name -> partitions; returns name -> partition count."""

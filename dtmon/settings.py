@@ -89,6 +89,11 @@ class Settings(BaseSettings):
         1_000_000, ge=1, description="most DAQ rows accepted in one raw message by readers (dtmon.validation)"
     )
 
+    broker_grace_s: float = Field(
+        60.0, ge=0, le=86400,
+        description="s the producer and processor wait for an unreachable broker (retrying, one log line per change) before stopping",
+    )
+
     trigger_interval_s: float = Field(2.0, gt=0, le=60, description="micro-batch trigger interval in s (1-5 is sensible)")
     checkpoint_location: str = Field("var/checkpoint", description="Spark streaming checkpoint directory")
     starting_offsets: str = Field("latest", description="where a new query starts in the raw topic: earliest or latest")

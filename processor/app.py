@@ -16,14 +16,15 @@ import time
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
-from dtmon.kafka import KafkaClients, KafkaConfig, as_kafka_config
-from dtmon.schema import RESULTS_SCHEMA_ID, RESULTS_VERSION
+from dtmon.kafka import KafkaClients, KafkaConfig, as_kafka_config, connection_watch
+from dtmon.schema import RESULTS_SCHEMA_ID, RESULTS_VERSION, StreamEvent
 from dtmon.settings import Settings
 from dtmon.wire import CONTENT_TYPE_JSON, HEADER_CONTENT_TYPE, HEADER_QUERY_ID, HEADER_SCHEMA
 from processor import spark_kafka
 from processor.kafka_source import SOURCE_NAME, KafkaDataSource, kafka_options
 from processor.message import build_message
 from processor.plan import aggregate_batch
+from processor.preflight import check_checkpoint, check_java
 from processor.quality import QualityMonitor
 from processor.state import RunTracker
 
@@ -115,12 +116,23 @@ class ResultsPublisher:
         self.errors = 0
         self.query_id = ""
         self.last_batch: int | None = None
+        self.events: list[StreamEvent] = []
+        self.grace_s = 60.0  # s a publish waits for an unreachable broker (Settings.broker_grace_s)
         self._producer = producer or self.clients.producer(acks="all", enable_idempotence=True, linger_ms=0)
 
     def _on_delivery(self, err, msg) -> None:
         if err is not None:
             self.errors += 1
             log.error("results message for batch %s not delivered: %s", msg.key(), err)
+
+    def record(self, event: StreamEvent) -> None:
+        """Keep ``event`` for the next results message (``take_events``)."""
+        self.events.append(event)
+
+    def take_events(self) -> list[StreamEvent]:
+        """The events kept for the next results message (then forgotten)."""
+        events, self.events = self.events, []
+        return events
 
     def attach(self, query_id: str) -> None:
         """Bind to a query (its id survives checkpoint restarts) and learn what it already published."""
@@ -137,7 +149,8 @@ class ResultsPublisher:
         """Send one message and wait for its delivery report.
 
         Raises:
-            RuntimeError: the message was not acknowledged within ``timeout_s``.
+            RuntimeError: the message was not acknowledged within ``timeout_s`` (longer while
+                the broker is unreachable for at most ``grace_s``).
         """
         headers = [
             (HEADER_CONTENT_TYPE, CONTENT_TYPE_JSON.encode()),
@@ -145,8 +158,11 @@ class ResultsPublisher:
             (HEADER_QUERY_ID, self.query_id.encode()),
         ]
         self._producer.produce(self.topic, key=str(batch_id).encode(), value=value, headers=headers, on_delivery=self._on_delivery)
-        if self._producer.flush(timeout_s) > 0:
-            raise RuntimeError(f"results message for batch {batch_id} not acknowledged after {timeout_s} s")
+        started = time.monotonic()
+        watch = connection_watch(self.clients.config.bootstrap_servers)
+        while self._producer.flush(1.0) > 0:  # while the broker is away (within the grace period) keep waiting
+            if time.monotonic() - started > timeout_s and not 0 < watch.down_for() <= self.grace_s:
+                raise RuntimeError(f"results message for batch {batch_id} not acknowledged after {time.monotonic() - started:.0f} s")
         self.last_batch = batch_id
 
 
@@ -183,6 +199,7 @@ def start_query(spark: SparkSession, settings: Settings, publisher: ResultsPubli
         .options(**kafka_options(settings.kafka))
         .option("subscribe", settings.raw_topic)
         .option("startingOffsets", settings.starting_offsets)
+        .option("brokerGraceS", str(settings.broker_grace_s))
         .option("minPartitions", str(spark.sparkContext.defaultParallelism))
     )
     if settings.max_offsets_per_trigger:
@@ -210,7 +227,7 @@ def start_query(spark: SparkSession, settings: Settings, publisher: ResultsPubli
             run=runs.update(agg.run, agg.run_events),
             quality=dq.quality,
             scintillator=dq.scintillator,
-            events=dq.events,
+            events=[*publisher.take_events(), *dq.events],
         )
         publisher.publish(batch_id, message.to_json())
         log.info(
@@ -233,6 +250,15 @@ def start_query(spark: SparkSession, settings: Settings, publisher: ResultsPubli
     if not query_id:
         publisher.attach(query.id)
     return query
+
+
+def failure_line(text: str) -> str:
+    """The one line that says why a streaming query failed: the dtmon error inside Spark's report
+    (``KafkaSetupError: ...``) if there is one, else the report's first line."""
+    import re
+
+    found = re.findall(r"(?:KafkaSetupError|PreflightError|RuntimeError|TimeoutError): ([^\n]+)", text)
+    return found[-1].strip() if found else (text.strip().splitlines() or ["unknown"])[0]
 
 
 def read_query_id(checkpoint_location: str) -> str | None:
@@ -260,16 +286,34 @@ def stop_between_batches(query: StreamingQuery, timeout_s: float = 10.0) -> None
         query.stop()
 
 
-def run_processor(settings: Settings) -> int:
-    """Run the processor until SIGINT/SIGTERM or a query failure; return an exit code (2: bad checks or reference file)."""
+def run_processor(settings: Settings, reset_checkpoint: bool = False) -> int:
+    """Run the processor until SIGINT/SIGTERM or a query failure; return an exit code (2: bad checks or reference file).
+
+    Before Spark starts: Java 17+ is there, the broker answers, the checkpoint fits the raw
+    topic (``processor.preflight``; with ``reset_checkpoint`` one that does not is moved aside and
+    the first results message carries a ``checkpoint_reset`` event).
+
+    Raises:
+        processor.preflight.PreflightError: Java missing or too old; a checkpoint refused.
+        dtmon.kafka.KafkaSetupError: the broker did not answer.
+    """
     try:
         monitor = QualityMonitor(settings)
     except ValueError as e:  # ChecksConfigError, ReferenceError: one line naming file and key
         log.error("%s", e)
         return 2
+    check_java()
+    clients = KafkaClients(settings.kafka)
+    reset = check_checkpoint(
+        settings.checkpoint_location, settings.raw_topic, clients.log_ends(settings.raw_topic), reset_checkpoint
+    )
     spark = spark_session(settings)
     spark.streams.addListener(ProgressLogger())
-    publisher = ResultsPublisher(settings.kafka, settings.results_topic)
+    publisher = ResultsPublisher(clients, settings.results_topic)
+    publisher.grace_s = settings.broker_grace_s
+    if reset:
+        log.warning("%s", reset)
+        publisher.record(StreamEvent(kind="checkpoint_reset", time=time.time(), detail=reset))
     publisher.clients.ensure_results_topic(settings.results_topic)  # one partition, before anything is published
     query = start_query(spark, settings, publisher, monitor)
     log.info(
@@ -286,7 +330,8 @@ def run_processor(settings: Settings) -> int:
     stop_between_batches(query)
     spark.stop()
     if failure is not None:
-        log.error("streaming query failed: %s", failure)
+        log.error("streaming query failed: %s", failure_line(str(failure)))
+        log.debug("streaming query failure: %s", failure)
         return 1
     log.info("processor stopped")
     return 0

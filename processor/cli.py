@@ -7,6 +7,7 @@ master spark-submit was given is kept unless ``--spark-master`` / ``DTMON_SPARK_
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Annotated, Optional
 
 import typer
@@ -31,16 +32,35 @@ def main(
     shuffle_partitions: Annotated[Optional[int], setting_option("shuffle_partitions")] = None,
     scint_fpga: Annotated[Optional[int], setting_option("scint_fpga")] = None,
     scint_channel: Annotated[Optional[int], setting_option("scint_channel")] = None,
+    broker_grace_s: Annotated[Optional[float], setting_option("broker_grace_s")] = None,
     checks_file: Annotated[Optional[str], setting_option("checks_file")] = None,
     reference_file: Annotated[Optional[str], setting_option("reference_file")] = None,
     trigger_interval_s_alias: Annotated[Optional[float], alias_option("--trigger-interval")] = None,
     spark_master_alias: Annotated[Optional[str], alias_option("--master")] = None,
     kafka_config_file_alias: Annotated[Optional[str], alias_option("--kafka-config")] = None,
+    reset_checkpoint: Annotated[
+        bool,
+        typer.Option(
+            "--reset-checkpoint",
+            help="a checkpoint that does not fit the raw topic (past its end, another topic, corrupt) is moved "
+            "aside and a new query starts (recorded as a checkpoint_reset event); without it such a checkpoint is refused",
+        ),
+    ] = False,
+    log_level: Annotated[str, typer.Option(help="logging level; DEBUG also shows the traceback of an error")] = "INFO",
     version: Annotated[Optional[bool], version_option()] = None,
 ) -> None:
     """Read the raw topic, histogram every micro-batch in Spark, publish one results message per batch."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_from(locals())
+    from dtmon.kafka import KafkaSetupError
     from processor.app import run_processor
+    from processor.preflight import PreflightError
 
-    raise typer.Exit(run_processor(settings))
+    try:
+        code = run_processor(settings, reset_checkpoint=reset_checkpoint)
+    except (PreflightError, KafkaSetupError) as exc:
+        if log_level.upper() == "DEBUG":
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        code = 1
+    raise typer.Exit(code)

@@ -15,6 +15,7 @@ from dtmon.hits import CELLS_PER_CHAMBER, N_CHAMBERS
 from processor.scint import N_CANDIDATES, STATS
 from processor.reduce import (
     HIT_COLUMNS,
+    REJECTED_KEPT,
     BatchAggregates,
     Binning,
     int_column,
@@ -50,19 +51,21 @@ PARTIAL_SCHEMA = pa.schema(
         ("event_run", pa.list_(pa.int32())),
         ("event_kind", pa.list_(pa.int32())),
         ("event_ms", pa.list_(pa.int64())),
+        ("rejected_messages", pa.int64()),
+        ("rejected_details", pa.list_(pa.string())),
     ]
 )
 """One row per partition: a ``BatchAggregates`` with its arrays flattened (row-major;
 ``orbit_buckets`` as bucket, lo, hi triples) and its run markers as three parallel lists."""
 
-_SPARK_TYPES = {pa.int64(): "bigint", pa.int32(): "int", pa.bool_(): "boolean"}
+_SPARK_TYPES = {pa.int64(): "bigint", pa.int32(): "int", pa.bool_(): "boolean", pa.string(): "string"}
 PARTIAL_SPARK_SCHEMA = ", ".join(
     f"{f.name} array<{_SPARK_TYPES[f.type.value_type]}>" if pa.types.is_list(f.type) else f"{f.name} {_SPARK_TYPES[f.type]}"
     for f in PARTIAL_SCHEMA
 )
 """``PARTIAL_SCHEMA`` as a Spark DDL string (the ``mapInArrow`` output type)."""
 
-_SCALARS = [f.name for f in PARTIAL_SCHEMA if not pa.types.is_list(f.type)]
+_SCALARS = [f.name for f in PARTIAL_SCHEMA if not pa.types.is_list(f.type)]  # includes rejected_messages
 _ARRAYS = ("occupancy", "multiplicity", "occupancy_scint", "drift_time", "orbit_buckets", "scint_candidates",
            "occupancy_orbits")
 
@@ -74,6 +77,7 @@ def to_partial_row(agg: BatchAggregates) -> pa.RecordBatch:
     values["event_run"] = [[e[0] for e in agg.run_events]]
     values["event_kind"] = [[e[1] for e in agg.run_events]]
     values["event_ms"] = [[e[2] for e in agg.run_events]]
+    values["rejected_details"] = [list(agg.rejected_details)]
     return pa.RecordBatch.from_pydict(values, schema=PARTIAL_SCHEMA)
 
 
@@ -92,6 +96,7 @@ def from_partial_rows(table: pa.Table, binning: Binning) -> list[BatchAggregates
         for name, shape in shapes.items():
             setattr(agg, name, np.asarray(row[name], np.int64).reshape(shape))
         agg.run_events = list(zip(row["event_run"], row["event_kind"], row["event_ms"]))
+        agg.rejected_details = list(row["rejected_details"] or [])
         agg.detector_orbits, agg.orbit_jumps = detector_span(agg.orbit_buckets[:, 1:], binning.max_orbit_gap)
         parts.append(agg)
     return parts
@@ -116,18 +121,24 @@ def _from_ipc(payload: bytes) -> pa.Table:
     return pa.ipc.open_stream(payload).read_all()
 
 
-def split_rows(rows: pa.Table | pa.RecordBatch, binning: Binning, buckets: int) -> pa.RecordBatch:
+def split_rows(
+    rows: pa.Table | pa.RecordBatch, binning: Binning, buckets: int, refused: list[str] | None = None
+) -> pa.RecordBatch:
     """Stage 1 on decoded DAQ rows (pure): their counts and their hits by orbit bucket.
 
     Args:
         rows: N rows with the columns of ``processor.decode.OUTPUT_SCHEMA``.
         binning: passed to ``reduce_totals``.
         buckets: number of orbit buckets (>= 1); a hit goes to bucket ORBIT_CNT mod ``buckets``.
+        refused: ``topic/partition@offset: reason`` of the raw messages the rows' decoding
+            refused (``processor.decode.decode_messages``): counted in the totals row.
     Returns:
         ``SPLIT_SCHEMA`` rows: one totals row (bucket -1), then one row per non-empty bucket
         with its hits (``HIT_COLUMNS``, in row order).
     """
-    bucket_ids, hit_payloads, totals = [-1], [None], [_to_ipc(to_partial_row(reduce_totals(rows, binning)))]
+    counts = reduce_totals(rows, binning)
+    counts.rejected_messages, counts.rejected_details = len(refused or []), list(refused or [])[:REJECTED_KEPT]
+    bucket_ids, hit_payloads, totals = [-1], [None], [_to_ipc(to_partial_row(counts))]
     hits = rows.filter(hit_mask(rows)).select(list(HIT_COLUMNS))
     if hits.num_rows:
         bucket = int_column(hits["ORBIT_CNT"], 0) % buckets

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from dtmon.hits import HIT_SCHEMA, DecodeError, decode_csv
-from dtmon.validation import MessageRejected, sanitize_rows
+from dtmon.validation import MessageLimits, MessageRejected, sanitize_rows
 from dtmon.wire import CONTENT_TYPE_CONTROL, CONTENT_TYPE_CSV, RunEvent, decode_control, decode_message
 from processor.kafka_source import MESSAGE_SCHEMA
 
@@ -46,6 +46,8 @@ def decode_records(
     runs: list[int | None] | None = None,
     origins: list[str] | None = None,
     rejected: Counter | None = None,
+    limits: MessageLimits | None = None,
+    refused: list[str] | None = None,
 ) -> pa.RecordBatch:
     """Decode raw-topic message values into one record batch with ``OUTPUT_SCHEMA``.
 
@@ -59,6 +61,9 @@ def decode_records(
         origins: per message, where it came from (e.g. ``topic/partition@offset``), for the log.
         rejected: if given, gets the rows rejected per reason (``dtmon.validation``: they
             become malformed rows) and ``rejected message: <reason>`` per refused message.
+        limits: size caps of one message (``Settings.max_message_bytes/max_message_rows``).
+        refused: if given, gets ``<origin>: <reason>`` per message refused whole (too large,
+            undecodable), each counted as one malformed row.
     Returns:
         record batch of N rows (N = rows in all messages, + 1 per undecodable or control message).
     """
@@ -92,12 +97,15 @@ def decode_records(
                 add(_null_row(), timestamps_ms[i], synthetic[i], no_run if run is None else run, event)
             else:
                 reasons: Counter = Counter()
-                add(decode_message(values[i], content_types[i], rejected=reasons), timestamps_ms[i], synthetic[i], runs[i])
+                add(decode_message(values[i], content_types[i], limits, rejected=reasons), timestamps_ms[i], synthetic[i], runs[i])
                 _count_rejected(reasons, rejected, origins[i] if origins else f"#{i} of the batch")
         except DecodeError as exc:
             where = origins[i] if origins else f"#{i} of the batch"
+            reason = exc.reason if isinstance(exc, MessageRejected) else "undecodable"
             if rejected is not None:
-                rejected[f"rejected message: {exc.reason if isinstance(exc, MessageRejected) else 'undecodable'}"] += 1
+                rejected[f"rejected message: {reason}"] += 1
+            if refused is not None:
+                refused.append(f"{where}: {reason}")
             log.error("undecodable raw message %s (%s): counted as one malformed row", where, exc)
             add(_null_row(), timestamps_ms[i], synthetic[i], runs[i])
         i += 1
@@ -131,11 +139,14 @@ def _null_row() -> pa.Table:
     return pa.Table.from_pylist([{}], HIT_SCHEMA)
 
 
-def decode_messages(messages: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
+def decode_messages(
+    messages: pa.RecordBatch | pa.Table, limits: MessageLimits | None = None, refused: list[str] | None = None
+) -> pa.RecordBatch:
     """Decode a batch of source rows (``MESSAGE_SCHEMA``) into DAQ rows (``OUTPUT_SCHEMA``).
 
-    ``decode_records`` on the message columns; an undecodable message is logged with its
-    topic, partition and offset and becomes one malformed row.
+    ``decode_records`` on the message columns; an undecodable or refused message is logged
+    with its topic, partition and offset, becomes one malformed row and, with ``refused``,
+    adds ``topic/partition@offset: reason`` there.
     """
     cols = {name: messages.column(name).to_pylist() for name in MESSAGE_SCHEMA.names}
     return decode_records(
@@ -145,4 +156,6 @@ def decode_messages(messages: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
         [bool(x) for x in cols["synthetic"]],
         cols["run"],
         [f"{t}/{p}@{o}" for t, p, o in zip(cols["topic"], cols["partition"], cols["offset"])],
+        limits=limits,
+        refused=refused,
     )

@@ -34,7 +34,7 @@ import pyarrow as pa
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
 from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMaxRows
 
-from dtmon.kafka import KafkaClients, KafkaConfig
+from dtmon.kafka import _CONNECTION_ERRORS, KafkaClients, KafkaConfig, KafkaSetupError, _rate_limited, connection_watch
 from dtmon.wire import HEADER_CONTENT_TYPE, HEADER_RUN, HEADER_SYNTHETIC, header_dict, parse_run
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,11 @@ def read_range(
                         continue
                     if err.fatal():
                         raise RuntimeError(f"Kafka error reading {rng}: {err}")
-                    log.warning("Kafka error reading %s: %s", rng, err)
+                    _rate_limited(log, logging.WARNING, f"Kafka error reading {rng.topic}/{rng.partition}: {err.str()}")
+                    if err.code() in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE):
+                        # a restarting broker may not know the offset yet: fetch it again (never another offset)
+                        time.sleep(0.5)
+                        consumer.assign([TopicPartition(rng.topic, rng.partition, next_offset)])
                     continue
                 if msg.offset() >= rng.end:
                     next_offset = rng.end
@@ -227,6 +231,23 @@ def read_range(
         consumer.close()
 
 
+def check_not_behind(start: Offsets, latest: Offsets) -> None:
+    """Raise if a partition now ends before the query's position in it (the topic was deleted and
+    recreated while the query ran): reading on would skip the new rows up to the old position.
+
+    Raises:
+        KafkaSetupError: one line naming the partition, both offsets and what to do.
+    """
+    for topic, parts in latest.items():
+        for part, end in parts.items():
+            at = start.get(topic, {}).get(part)
+            if at is not None and end < at:
+                raise KafkaSetupError(
+                    f"raw topic {topic}/{part} now ends at offset {end:,}, before the query's position {at:,} "
+                    "(the topic was recreated?): restart the processor with --reset-checkpoint"
+                )
+
+
 class KafkaStreamReader(DataSourceStreamReader):
     """Driver-side planning of micro-batches over Kafka partitions (see module docstring)."""
 
@@ -242,6 +263,7 @@ class KafkaStreamReader(DataSourceStreamReader):
         self.starting = opts.get("startingoffsets", "latest")
         self.max_per_trigger = int(opts["maxoffsetspertrigger"]) if opts.get("maxoffsetspertrigger") else None
         self.min_partitions = int(opts.get("minpartitions", "1"))
+        self.grace_s = float(opts.get("brokergraces", "60"))
         self._probe = None
         self._known_end: dict[tuple[str, int], int] = {}
 
@@ -269,17 +291,31 @@ class KafkaStreamReader(DataSourceStreamReader):
         from confluent_kafka import TopicPartition
 
         consumer = self._consumer()
-        positions = {}
+        positions, highs = {}, {}
         for topic, parts in self._partitions().items():
             for p in parts:
                 low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
                 positions[(topic, p)] = max(low, high - 1, self._known_end.get((topic, p), 0))
-                self._known_end[(topic, p)] = max(self._known_end.get((topic, p), 0), high if high >= 0 else 0)
+                highs[(topic, p)] = max(high, 0)
         if not positions:
             return {t: {} for t in self.topics}
         ends, unanswered = self.clients.end_offsets(positions, timeout_s, CONSUMER_GROUP)
+        # no answer from beyond the high watermark (Tansu stays silent where Kafka says out of range): read the
+        # end from the watermark; an end before the one seen earlier means the topic was recreated
+        doubtful = {key: max(highs[key] - 1, 0) for key in unanswered if highs[key] < positions[key]}
+        doubtful.update({key: max(highs[key] - 1, 0) for key in set(positions) - set(ends) - unanswered})
+        if doubtful:
+            rechecked, _ = self.clients.end_offsets(doubtful, min(timeout_s, 3.0), CONSUMER_GROUP)
+            for key, end in rechecked.items():
+                if end < positions[key]:
+                    raise KafkaSetupError(
+                        f"raw topic {key[0]}/{key[1]} now ends at offset {end:,}, before offset {positions[key]:,} seen "
+                        "earlier (the topic was recreated?): restart the processor with --reset-checkpoint"
+                    )
         for key, end in ends.items():
             self._known_end[key] = max(self._known_end.get(key, 0), end)
+        for key in unanswered:  # no end-of-partition answer: the high watermark
+            self._known_end[key] = max(self._known_end.get(key, 0), highs[key])
         if unanswered:
             log.warning("no end-of-partition answer for %s; using watermarks", sorted(unanswered))
         return {t: {str(p): self._known_end[(t, p)] for (tt, p) in self._known_end if tt == t} for t in self.topics}
@@ -311,7 +347,24 @@ class KafkaStreamReader(DataSourceStreamReader):
         return ReadMaxRows(self.max_per_trigger) if self.max_per_trigger else ReadAllAvailable()
 
     def latestOffset(self, start: dict, limit: ReadLimit) -> dict:
-        latest = self._end_offsets()
+        from confluent_kafka import KafkaException
+
+        try:
+            latest = self._end_offsets()
+        except KafkaException as exc:  # no new micro-batch until the broker (or the topic's metadata) is back
+            err = exc.args[0]
+            if err.name() not in _CONNECTION_ERRORS:  # e.g. a partition unknown while a topic is recreated
+                _rate_limited(log, logging.WARNING, f"no offsets for {self.topics} yet: {err.str()}")
+                return start
+            watch = connection_watch(self.clients.config.bootstrap_servers)
+            watch.lost(err.str())
+            if watch.down_for() > self.grace_s:
+                raise KafkaSetupError(
+                    f"Kafka at {watch.where} unreachable for {watch.down_for():.0f} s "
+                    f"(grace period broker_grace_s = {self.grace_s:g} s): stopping the query"
+                ) from None
+            return start
+        check_not_behind(start, latest)
         for topic in latest:  # never step back behind the committed start
             for part, off in start.get(topic, {}).items():
                 latest[topic][part] = max(latest[topic].get(part, off), off)
@@ -326,7 +379,7 @@ class KafkaStreamReader(DataSourceStreamReader):
         return plan_ranges(start, end, self.min_partitions)
 
     def read(self, partition: KafkaRange) -> Iterator[pa.RecordBatch]:
-        return read_range(self.clients, partition)
+        return read_range(self.clients, partition, stall_timeout_s=max(60.0, self.grace_s))
 
     def commit(self, end: dict) -> None:
         """Record the processed offsets in consumer group ``CONSUMER_GROUP`` so tools can show consumer lag."""

@@ -41,7 +41,8 @@ def build_message(
         health: dead/noisy channels (``processor.quality.QualityMonitor.update``).
         run: the run fields from ``processor.state.RunTracker``.
         quality, scintillator, events: from ``processor.quality.QualityMonitor.update``
-            (default: no quality, ``agg.scintillator`` without source, no events).
+            (default: no quality, ``agg.scintillator`` without source, no events); the
+            batch's rejected raw messages are added as ``rejected_message`` events (``rejected_events``).
     """
     run = run or RunStatus()
     chambers = [
@@ -81,5 +82,16 @@ def build_message(
         run_state=run.state,
         run_started=run.started,
         quality=quality,
-        events=events or [],
+        events=[*(events or []), *rejected_events(agg, published)],
+        rejected_messages=agg.rejected_messages,
     )
+
+
+def rejected_events(agg: BatchAggregates, seen: float) -> list[StreamEvent]:
+    """One ``rejected_message`` event per rejected raw message the batch kept a line of
+    (``topic/partition@offset: reason``), and one saying how many more were left out."""
+    events = [StreamEvent(kind="rejected_message", time=seen, detail=d) for d in agg.rejected_details]
+    more = agg.rejected_messages - len(agg.rejected_details)
+    if more > 0:
+        events.append(StreamEvent(kind="rejected_message", time=seen, detail=f"{more} more raw message(s) rejected"))
+    return events

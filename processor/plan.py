@@ -20,6 +20,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 
 from dtmon.settings import Settings
+from dtmon.validation import MessageLimits
 from processor.codec import (
     PARTIAL_SPARK_SCHEMA,
     SPLIT_SCHEMA,
@@ -32,14 +33,16 @@ from processor.codec import (
 from processor.decode import decode_messages
 from processor.reduce import BatchAggregates, Binning, merge_aggregates
 
-def decode_partition(binning: Binning, buckets: int):
+def decode_partition(binning: Binning, buckets: int, limits: MessageLimits | None = None):
     """Stage 1's ``mapInArrow`` function: record batches of source rows (``MESSAGE_SCHEMA``)
-    -> ``SPLIT_SCHEMA`` record batches (``decode_messages`` then ``split_rows``)."""
+    -> ``SPLIT_SCHEMA`` record batches (``decode_messages`` with the size caps ``limits``, then
+    ``split_rows``, which carries the refused messages in its totals row)."""
 
     def decode(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             if batch.num_rows:
-                yield split_rows(decode_messages(batch), binning, buckets)
+                refused: list[str] = []
+                yield split_rows(decode_messages(batch, limits, refused), binning, buckets, refused)
 
     return decode
 
@@ -85,6 +88,7 @@ def aggregate_batch(messages: DataFrame, settings: Settings | None = None) -> Ba
     s = settings or Settings()
     binning = Binning.from_settings(s)
     buckets = s.shuffle_partitions * BUCKETS_PER_PARTITION
-    split = messages.mapInArrow(decode_partition(binning, buckets), SPLIT_SPARK_SCHEMA)
+    limits = MessageLimits(max_bytes=s.max_message_bytes, max_rows=s.max_message_rows)
+    split = messages.mapInArrow(decode_partition(binning, buckets, limits), SPLIT_SPARK_SCHEMA)
     partials = split.repartition(s.shuffle_partitions, "bucket").mapInArrow(reduce_partition(binning), PARTIAL_SPARK_SCHEMA)
     return merge_aggregates(from_partial_rows(partials.toArrow(), binning), binning)

@@ -87,6 +87,10 @@ def _zeros_cells() -> np.ndarray:
     return np.zeros((N_CHAMBERS, CELLS_PER_CHAMBER), np.int64)
 
 
+REJECTED_KEPT = 10
+"""Rejected raw messages of a micro-batch described one by one (the rest are counted)."""
+
+
 @dataclass
 class BatchAggregates:
     """What one micro-batch (or one partition of it) reduces to, before it becomes a message.
@@ -101,7 +105,9 @@ class BatchAggregates:
     messages, event ``RunEvent.START`` or ``RunEvent.END``. ``scint_candidates``
     (384, 3): t0-channel candidate counts (``processor.scint.candidate_stats``).
     ``occupancy_orbits`` (4, 64): distinct orbits with a hit per chamber and local channel (a
-    replayed sample inside one batch counts once; for the data-quality window).
+    replayed sample inside one batch counts once; for the data-quality window). ``rejected_messages``: raw
+    messages refused whole (too large, undecodable), each also one malformed row;
+    ``rejected_details``: ``topic/partition@offset: reason`` of the first ``REJECTED_KEPT``.
     """
 
     rows_read: int = 0
@@ -129,6 +135,8 @@ class BatchAggregates:
     run_events: list[tuple[int | None, int, int]] = field(default_factory=list)
     scint_candidates: np.ndarray = field(default_factory=lambda: np.zeros((N_CANDIDATES, len(STATS)), np.int64))
     occupancy_orbits: np.ndarray = field(default_factory=_zeros_cells)
+    rejected_messages: int = 0
+    rejected_details: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.drift_time is None:
@@ -345,6 +353,8 @@ def merge_aggregates(parts: list[BatchAggregates], binning: Binning) -> BatchAgg
     if newest:
         out.newest_ms, out.run = max(newest)
     out.run_events = [e for p in parts for e in p.run_events]
+    out.rejected_messages = sum(p.rejected_messages for p in parts)
+    out.rejected_details = [d for p in parts for d in p.rejected_details][:REJECTED_KEPT]
     buckets = np.concatenate([p.orbit_buckets for p in parts])
     if len(buckets):
         keys, index = np.unique(buckets[:, 0], return_inverse=True)

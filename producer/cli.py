@@ -33,6 +33,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.logging import RichHandler
 from rich.table import Table
 
@@ -100,6 +101,7 @@ def main(
     compression: Annotated[Optional[Compression], setting_option("compression")] = None,
     wire: Annotated[Wire, typer.Option(help="arrow: many rows per message; csv-line: one CSV line per message")] = Wire.arrow,
     raw_partitions: Annotated[Optional[int], setting_option("raw_partitions", min=1)] = None,
+    broker_grace_s: Annotated[Optional[float], setting_option("broker_grace_s")] = None,
     max_rows: Annotated[Optional[int], typer.Option(min=0, help="stop after this many rows")] = None,
     duration: Annotated[Optional[float], typer.Option(min=0, help="stop after this many seconds")] = None,
     run: Annotated[
@@ -150,8 +152,13 @@ def main(
                 progress=show,
                 from_start=from_start,
             )
-    except (SourceError, KafkaSetupError, TransactionError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+    except (SourceError, KafkaSetupError, TransactionError, ValueError, TimeoutError) as exc:
+        if log_level.upper() == "DEBUG":
+            raise
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
+        stats = getattr(exc, "stats", None)
+        if stats is not None:  # what was sent before the stop, and what was not delivered
+            print(f"producer: {stats.summary()}", file=sys.stdout, flush=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         console.print("[red]aborted[/red] (second Ctrl-C): queued messages may be lost")

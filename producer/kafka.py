@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import confluent_kafka
 
-from dtmon.kafka import KafkaConfig, KafkaSetupError, as_kafka_config, ensure_topic
+from dtmon.kafka import KafkaConfig, KafkaSetupError, as_kafka_config, connection_watch, ensure_topic, watched
 
-__all__ = ["DeliveryErrors", "KafkaSetupError", "KafkaSink", "TransactionError", "ensure_topic", "kafka_compression", "producer_config"]
+__all__ = ["BrokerLost", "DeliveryErrors", "KafkaSetupError", "KafkaSink", "TransactionError", "ensure_topic", "kafka_compression", "producer_config"]
 
 log = logging.getLogger("producer")
 
@@ -25,6 +25,21 @@ MAX_ERRORS_KEPT = 5
 
 class TransactionError(RuntimeError):
     """A Kafka transaction could not be committed: its messages are not part of the topic."""
+
+
+class BrokerLost(KafkaSetupError):
+    """The broker stayed unreachable for longer than the grace period."""
+
+
+def _hint(err) -> str:
+    unknown = err.code() in (confluent_kafka.KafkaError.UNKNOWN_PRODUCER_ID, confluent_kafka.KafkaError.INVALID_PRODUCER_ID_MAPPING)
+    return " (the broker no longer knows this producer: it restarted without its data?)" if unknown else ""
+
+
+def _reason(text: str) -> str:
+    from dtmon.kafka import _short
+
+    return _short(text)
 
 
 def kafka_compression(wire: str, body_compression: str) -> str:
@@ -75,7 +90,8 @@ class DeliveryErrors:
         if len(self.first) < MAX_ERRORS_KEPT:
             text = f"{err.name()}: {err.str()} (topic {msg.topic()}, {len(msg.value() or b'')} bytes)"
             self.first.append(text)
-            log.error("delivery failed: %s", text)
+            if self.count == 1:  # the rest are counted (and kept, the first few) for the summary
+                log.error("delivery failed: %s (further failures are counted in the summary)", text)
 
 
 class KafkaSink:
@@ -95,6 +111,9 @@ class KafkaSink:
             id (its open transaction is aborted), ``send`` opens a transaction when none
             is open, ``commit`` commits it.
         init_timeout_s: s allowed for ``init_transactions``.
+        grace_s: s the broker may stay unreachable (``dtmon.kafka.ConnectionWatch``) before
+            ``send``/``commit`` give up with ``BrokerLost``; while it is shorter they wait
+            and retry (librdkafka reconnects with backoff).
 
     Raises:
         KafkaSetupError: ``init_transactions`` failed or timed out.
@@ -110,6 +129,7 @@ class KafkaSink:
         partitions: int | None = None,
         transactional_id: str | None = None,
         init_timeout_s: float = 30.0,
+        grace_s: float = 60.0,
     ):
         self.topic = topic
         self.partitions = partitions
@@ -117,15 +137,18 @@ class KafkaSink:
         config = producer_config(kafka, compression, overrides=overrides)
         config["on_delivery"] = self.errors
         config["error_cb"] = self._on_error
-        self._last_error_log = 0.0
+        self.fatal = None  # the client's fatal error, if one happened: it sends nothing more
+        self.watch = connection_watch(str(config.get("bootstrap.servers", "")))
+        self.grace_s = grace_s
         self.transactional = transactional_id is not None
         self.in_transaction = False
         self.transaction_messages = 0  # messages sent in the open transaction
         self.transaction_started = 0.0  # time.monotonic() when it opened
         self.commits = 0
+        self.lost_messages = 0  # messages of transactions that failed to commit (not in the topic)
         if self.transactional:
             config["transactional.id"] = transactional_id
-        self.producer = (producer_cls or confluent_kafka.Producer)(config)
+        self.producer = (producer_cls or confluent_kafka.Producer)(watched(config))
         if self.transactional:
             try:
                 self.producer.init_transactions(init_timeout_s)
@@ -133,11 +156,22 @@ class KafkaSink:
                 raise KafkaSetupError(f"cannot start a Kafka transaction (transactional.id {transactional_id}): {exc}") from exc
 
     def _on_error(self, err) -> None:
-        """Client-level errors (broker down, ...): logged at most every 5 s."""
-        now = time.monotonic()
-        if now - self._last_error_log > 5.0 or err.fatal():
-            self._last_error_log = now
-            log.warning("kafka: %s", err.str())
+        """Client errors: a fatal one is kept (``check_broker`` raises it); connection errors go to the watch."""
+        if err.fatal() and self.fatal is None:
+            self.fatal = err
+
+    def check_broker(self) -> None:
+        """Raise ``BrokerLost`` if the broker has been unreachable for longer than the grace period, or
+        ``KafkaSetupError`` after a fatal client error (e.g. an idempotent producer that a restarted,
+        empty broker no longer knows)."""
+        if self.fatal is not None:
+            raise KafkaSetupError(f"the Kafka producer stopped on a fatal error: {_reason(self.fatal.str())}{_hint(self.fatal)}")
+        down = self.watch.down_for()
+        if down > self.grace_s:
+            raise BrokerLost(
+                f"Kafka at {self.watch.where} unreachable for {down:.0f} s (grace period broker_grace_s = {self.grace_s:g} s): "
+                f"stopping; {self.watch.reason and _reason(self.watch.reason)}"
+            )
 
     def partition_count(self, timeout: float = 10.0) -> int:
         """Partitions of the topic: as given to the constructor, else from the broker's metadata.
@@ -171,9 +205,13 @@ class KafkaSink:
             try:
                 self.producer.produce(self.topic, value=value, headers=headers, **where)
                 return
-            except BufferError:
+            except BufferError:  # librdkafka's queue is full (e.g. the broker is away): wait, within the grace period
                 self.producer.poll(0.05)
+                self.check_broker()
             except confluent_kafka.KafkaException as exc:
+                if exc.args[0].fatal():
+                    self.fatal = self.fatal or exc.args[0]
+                    self.check_broker()
                 if exc.args[0].code() == confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE:
                     raise ValueError(
                         f"a message of {len(value):,} bytes is larger than message.max.bytes: lower --rows-per-message"
@@ -192,22 +230,33 @@ class KafkaSink:
         """Commit the open transaction, if any (waits for its messages to be delivered).
 
         Raises:
-            TransactionError: the commit failed; the transaction is then aborted and its
+            TransactionError: the commit failed (a retriable failure is retried for ``timeout``
+                s, longer while the broker is away within the grace period); the transaction is then aborted and its
                 messages are not part of the topic for read_committed readers (a
                 restarted producer sends them again).
         """
         if not self.in_transaction:
             return
-        try:
-            self.producer.commit_transaction(timeout)
-        except confluent_kafka.KafkaException as failure:
-            self.in_transaction = False
+        started = time.monotonic()
+        while True:
             try:
-                self.producer.abort_transaction(timeout)
+                self.producer.commit_transaction(min(timeout, 5.0))
+                break
             except confluent_kafka.KafkaException as exc:
-                log.error("could not abort the transaction after a failed commit: %s", exc)
+                failure = exc
+                # a retriable failure (broker away): call again, while within ``timeout`` or the grace period
+                waited = time.monotonic() - started
+                if failure.args[0].retriable() and (waited < timeout or 0 < self.watch.down_for() <= self.grace_s):
+                    continue
+            self.in_transaction = False
+            self.lost_messages += self.transaction_messages
+            try:
+                self.producer.abort_transaction(5.0)
+            except confluent_kafka.KafkaException as exc:
+                log.info("could not abort the failed transaction: %s", exc.args[0].str())
             raise TransactionError(
-                f"Kafka transaction of {self.transaction_messages} message(s) not committed: {failure}; "
+                f"Kafka transaction of {self.transaction_messages} message(s) not committed: {failure.args[0].str()}"
+                + _hint(failure.args[0]) + "; "
                 "restart the producer to resume after the last committed row"
             ) from failure
         self.in_transaction = False
@@ -216,15 +265,19 @@ class KafkaSink:
     def flush(self, timeout: float = 30.0) -> int:
         """Wait up to ``timeout`` s for every queued message; return how many are still undelivered.
 
-        A transactional sink commits its open transaction; if that fails, every message
-        of the transaction counts as undelivered.
+        A transactional sink commits its open transaction and returns 0; if that fails, the
+        transaction's messages are added to ``lost_messages``.
         """
         if self.transactional:
-            pending = self.transaction_messages if self.in_transaction else 0
             try:
                 self.commit(timeout)
             except TransactionError as exc:
-                log.error("final transaction commit failed (%d messages not written): %s", pending, exc)
-                return pending
+                log.error("final transaction commit failed: %s", exc)
+            return 0  # the failed transaction's messages are in ``lost_messages``
+        if self.fatal is not None:  # the client purged its queue (each message a delivery error); flush would fail
             return 0
-        return self.producer.flush(timeout)
+        try:
+            return self.producer.flush(timeout)
+        except (SystemError, confluent_kafka.KafkaException) as exc:  # a fatal error during the flush
+            log.error("flush failed: %s", exc)
+            return len(self.producer)

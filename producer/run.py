@@ -48,7 +48,7 @@ from typing import Callable, Iterator
 
 from dtmon.settings import Settings
 from dtmon.wire import RunEvent, encode_control
-from producer.kafka import KafkaSink, TransactionError, ensure_topic, kafka_compression
+from producer.kafka import KafkaSetupError, KafkaSink, TransactionError, ensure_topic, kafka_compression
 from producer.messages import WIRE_FORMATS, LoadedFile, arrow_message, csv_line_messages, load_file
 from producer.pacing import Pacer, chunk_rows
 from producer.position import (
@@ -313,6 +313,7 @@ def run_producer(
             kafka_compression(wire, settings.compression),
             partitions=partitions,
             transactional_id=transactional_id(settings.raw_topic, source_id) if settings.exactly_once else None,
+            grace_s=settings.broker_grace_s,
         )
         if settings.exactly_once:  # read after init_transactions fenced an earlier producer of this source
             resume = read_position(kafka, settings.raw_topic, source_id)
@@ -427,6 +428,7 @@ def run_producer(
                     sink.send(value, [*headers, (POSITION_HEADER, encode_position(pos))])
                     stats.bytes += len(value)
                 sink.poll(0)
+                sink.check_broker()  # BrokerLost after the grace period
                 pacer.sent(n)
                 markers.sent(n)
                 commit_if_due()
@@ -451,9 +453,13 @@ def run_producer(
             if following is None or run_of(*following) != run_no:
                 markers.end()  # the run's last file is done: end it now, not when the next run starts
         markers.end()  # a clean stop (stop event, max_rows, duration) ends the run in progress
-    except TransactionError:
+    except TransactionError as exc:
+        exc.stats = stats  # the caller prints the summary
         raise  # rows of the failed transaction are not in the topic: no run-end; a restart resumes before them
-    except Exception:
+    except Exception as exc:
+        exc.stats = stats
+        if isinstance(exc, KafkaSetupError):
+            raise  # the broker is gone: a run-end cannot be sent
         try:
             markers.end()  # an error ends the run in progress too; a hard abort (KeyboardInterrupt) does not
         except Exception:  # the first error is the one to report
@@ -461,7 +467,7 @@ def run_producer(
         raise
     finally:
         reader.close()
-        stats.undelivered = sink.flush(flush_timeout_s)
+        stats.undelivered = sink.flush(5.0 if sink.watch.state == "lost" else flush_timeout_s) + sink.lost_messages
         stats.commits = sink.commits
         report(clock())
     return stats

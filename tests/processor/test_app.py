@@ -13,3 +13,34 @@ def test_the_master_of_spark_submit_is_kept_unless_one_is_configured():
     assert spark_master(unset, {"PYSPARK_SUBMIT_ARGS": "--master spark://m:7077 pyspark-shell"}) is None
     assert spark_master(unset, {"PYSPARK_SUBMIT_ARGS": "--conf a=b pyspark-shell"}) == "local[*]"
     assert spark_master(set_, {"PYSPARK_GATEWAY_PORT": "41234"}) == "spark://h:7077"  # configured: it wins
+
+
+def test_publisher_waits_for_an_away_broker_within_the_grace_period_then_fails():
+    import time
+
+    import pytest
+
+    from dtmon.kafka import ConnectionWatch, _watches
+    from dtmon.schema import StreamEvent
+    from processor.app import ResultsPublisher
+    from tests.doubles.kafka import FakeClients
+
+    clients = FakeClients()
+    publisher = ResultsPublisher(clients, "results")
+    publisher.record(StreamEvent(kind="checkpoint_reset", time=1.0, detail="moved"))
+    assert [e.kind for e in publisher.take_events()] == ["checkpoint_reset"] and publisher.take_events() == []
+    publisher.publish(1, b"{}", timeout_s=0.1)
+    assert publisher.last_batch == 1
+    clients.producers[0].undelivered = 1
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="batch 2 not acknowledged"):
+        publisher.publish(2, b"{}", timeout_s=0.1)  # broker not lost: gives up after the timeout
+    assert time.monotonic() - t0 < 3
+    _watches["fake:9092"] = watch = ConnectionWatch("fake:9092")
+    watch.lost("Connection refused")
+    publisher.grace_s = 2.5
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError):
+        publisher.publish(3, b"{}", timeout_s=0.1)  # broker away: waits out the grace period first
+    assert 2.0 <= time.monotonic() - t0 < 6  # the grace period counts from the loss, just before t0
+    del _watches["fake:9092"]

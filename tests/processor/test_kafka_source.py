@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pyarrow as pa
 import pytest
 from confluent_kafka import KafkaError
@@ -86,6 +88,37 @@ def test_latest_offset_follows_new_messages(kafka_bootstrap, topic_name, genuine
         end = reader.latestOffset(start, reader.getDefaultReadLimit())
         assert end == {topic_name: {"0": 5}}
         reader.commit(end)
+    finally:
+        reader.stop()
+
+
+def test_recreated_topic_stops_the_source_with_one_line(kafka_bootstrap, topic_name, genuine_table):
+    """A raw topic deleted and created again under a running query: its end moved back, so reading
+    on would skip the new rows up to the old position; the source raises one line instead."""
+    from confluent_kafka.admin import AdminClient
+
+    from dtmon.kafka import KafkaSetupError
+
+    create_topic(kafka_bootstrap, topic_name)
+    reader = KafkaStreamReader({"kafka.bootstrap.servers": kafka_bootstrap, "subscribe": topic_name, "startingOffsets": "earliest"})
+    producer = KafkaClients(kafka_bootstrap).producer(linger_ms=0)
+    try:
+        start = reader.initialOffset()
+        for i in range(5):
+            producer.produce(topic_name, value=encode_arrow(genuine_table.slice(i * 10, 10)), headers=[("content-type", CONTENT_TYPE_ARROW.encode())])
+            producer.flush(30)
+        end = reader.latestOffset(start, reader.getDefaultReadLimit())
+        assert end == {topic_name: {"0": 5}}
+        admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+        admin.delete_topics([topic_name])[topic_name].result(30)
+        create_topic(kafka_bootstrap, topic_name)
+        producer.produce(topic_name, value=encode_arrow(genuine_table.slice(0, 10)), headers=[("content-type", CONTENT_TYPE_ARROW.encode())])
+        producer.flush(30)
+        deadline = time.monotonic() + 30
+        with pytest.raises(KafkaSetupError, match=r"now ends at offset 1, before offset 5 .*--reset-checkpoint"):
+            while time.monotonic() < deadline:  # the client learns the new topic's metadata first
+                assert reader.latestOffset(end, reader.getDefaultReadLimit()) == end
+                time.sleep(0.5)
     finally:
         reader.stop()
 

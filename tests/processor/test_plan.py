@@ -97,3 +97,30 @@ def test_message_rejects_wrong_histogram_shape():
     document["chambers"][0]["occupancy"]["bin_counts"] = [1, 2]
     with pytest.raises(ValueError):
         ResultsMessage.model_validate(document)
+
+
+def test_poisoned_raw_message_is_counted_and_the_rest_of_the_batch_kept(spark, genuine_table):
+    """A raw message over the row cap (``Settings.max_message_rows``) is refused whole: one rejected
+    message with its topic/partition@offset in the results, one malformed row; every other row counted."""
+    from dtmon.settings import Settings
+    from dtmon.wire import CONTENT_TYPE_ARROW, encode_arrow
+    from processor.kafka_source import MESSAGE_SCHEMA, SPARK_SCHEMA
+    from tests.processor.conftest import as_messages
+
+    good = as_messages(with_source_columns(genuine_table, rows_per_message=100))
+    bomb = pa.concat_tables([genuine_table] * 2)  # 1998 rows > the cap of 1500
+    poisoned = pa.Table.from_pylist([{"topic": "test", "partition": 0, "offset": 9999, "produced_ms": 1_700_000_000_000,
+                                      "content_type": CONTENT_TYPE_ARROW, "synthetic": False, "run": None,
+                                      "value": encode_arrow(bomb)}], MESSAGE_SCHEMA)
+    frame = spark.createDataFrame(pa.concat_tables([good, poisoned]), schema=SPARK_SCHEMA)
+    settings = Settings(max_message_rows=1500)
+    agg = aggregate_batch(frame, settings)
+    expected = expected_outputs(genuine_table.to_pandas())
+
+    assert agg.rejected_messages == 1
+    assert agg.rejected_details == ["test/0@9999: " + agg.rejected_details[0].split(": ", 1)[1]]
+    assert agg.rows_read == genuine_table.num_rows + 1 and agg.malformed_rows == 1
+    assert agg.hits == expected["hits"]
+    message = build_message(3, agg, trigger_interval_s=2.0, batch_started=1.0, published=2.0)
+    assert message.rejected_messages == 1
+    assert [e.kind for e in message.events] == ["rejected_message"] and "test/0@9999" in message.events[0].detail

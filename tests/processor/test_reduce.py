@@ -161,3 +161,22 @@ def test_empty_and_hitless_batches(synthetic_rows):
     agg = reduce_rows(ancillary, binning)
     assert agg.hits == 0 and agg.rows_read == ancillary.num_rows and agg.detector_orbits == 0
     assert merge_aggregates([], binning).rows_read == 0
+
+
+def test_refused_messages_travel_in_the_totals_row_and_merge_capped(synthetic_rows):
+    """``split_rows`` carries the refused messages of its input in the totals row; merging partitions
+    adds the counts and keeps at most ``REJECTED_KEPT`` descriptions."""
+    from processor.reduce import REJECTED_KEPT
+
+    binning = Binning.from_settings(load_settings())
+    refused = [f"hits/0@{i}: too many rows" for i in range(7)]
+    parts = []
+    for half in (synthetic_rows.slice(0, 100), synthetic_rows.slice(100)):
+        split = pa.Table.from_batches([split_rows(half, binning, 2, refused)])
+        agg = reduce_split(split, binning)
+        assert agg.rejected_messages == 7 and agg.rejected_details == refused
+        parts.append(agg)
+    merged = merge_aggregates(parts, binning)
+    assert merged.rejected_messages == 14 and len(merged.rejected_details) == REJECTED_KEPT
+    (back,) = from_partial_rows(pa.Table.from_batches([to_partial_row(merged)]), binning)
+    assert back.rejected_messages == 14 and back.rejected_details == merged.rejected_details
