@@ -190,8 +190,11 @@ class Stack:
         if dead is not None:
             raise ChildDied(dead)
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM each child's process group (newest first), SIGKILL after ``timeout`` s.
+
+        The processor may need most of ``timeout``: it finishes a running micro-batch (up to
+        10 s) before it stops Spark, which takes longer on a loaded machine.
 
         Descendants that moved to a process group of their own (Spark's Python worker
         daemon does) and outlive their child are terminated too.

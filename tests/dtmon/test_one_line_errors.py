@@ -7,7 +7,6 @@ import subprocess
 
 import pytest
 
-from dtmon.services import free_port
 
 
 def run(*cmd: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
