@@ -94,34 +94,9 @@ class ChildLog:
 
 def read_back(bootstrap: str, topic: str, timeout: float = 60.0) -> list:
     """Every message of ``topic`` from the beginning, ``isolation.level=read_committed``."""
-    from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
-
     from dtmon.kafka import KafkaClients
 
-    consumer = KafkaClients(bootstrap).consumer(
-        f"kills-{uuid.uuid4().hex[:8]}", enable_partition_eof=True, isolation_level="read_committed"
-    )
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        at_end: set[int] = set()
-        messages = []
-        deadline = time.monotonic() + timeout
-        while len(at_end) < len(partitions):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{topic}: {len(messages)} messages read, partitions at end {at_end}")
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    at_end.add(msg.partition())
-                continue
-            at_end.discard(msg.partition())
-            messages.append(msg)
-        return messages
-    finally:
-        consumer.close()
+    return KafkaClients(bootstrap).read_all(topic, timeout, f"kills-{uuid.uuid4().hex[:8]}", isolation_level="read_committed")
 
 
 def check_topic(messages: list, source: dict[str, pa.Table]) -> dict:

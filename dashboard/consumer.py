@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 #: librdkafka errors that mean "no broker answers".
 UNREACHABLE = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT}
 
+REPLAY_MARGIN = 10
+"""Messages replayed beyond ``history`` (see ``start_offset``)."""
+
 
 def start_offset(low: int, high: int, history: int) -> int:
     """First offset to read so about ``history`` messages before the end are replayed.
@@ -38,11 +41,13 @@ def start_offset(low: int, high: int, history: int) -> int:
     ``low``/``high`` are the partition's watermarks. Tansu 0.6 answers ``high`` as the
     last record batch's base offset + 1 (below the true end), so this may replay a few
     more than ``history`` messages — harmless, the store keeps only the last ``history``.
+    A margin of ``REPLAY_MARGIN`` messages covers messages that are not results (counted as
+    invalid, skipped), so they do not take the place of a batch.
     Invalid (negative) watermarks give ``OFFSET_BEGINNING``.
     """
     if low < 0 or high < 0:
         return OFFSET_BEGINNING
-    return max(low, high - history)
+    return max(low, high - history - REPLAY_MARGIN)
 
 
 class ResultsConsumer:

@@ -567,6 +567,45 @@ class KafkaClients:
         finally:
             consumer.close()
 
+    def read_all(self, topic: str, timeout_s: float = 30.0, group_id: str = "dtmon-read-all", **role: Any) -> list:
+        """Every message of ``topic``, all partitions from the beginning to the end-of-partition event.
+
+        The end is the PARTITION_EOF event, not ListOffsets (Tansu's "latest" answer is short).
+        ``role``: more librdkafka keys, e.g. ``isolation_level="read_committed"``.
+
+        Returns:
+            confluent_kafka messages, each partition's in offset order.
+        Raises:
+            TimeoutError: the end of every partition was not reached within ``timeout_s``.
+            RuntimeError: a fatal Kafka error.
+        """
+        from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+
+        consumer = self.consumer(group_id, enable_partition_eof=True, **role)
+        try:
+            partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+            at_end: set[int] = set()
+            messages = []
+            deadline = time.monotonic() + timeout_s
+            while len(at_end) < len(partitions):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{topic}: {len(messages)} messages read, partitions at end {sorted(at_end)}")
+                msg = consumer.poll(0.5)
+                if msg is None:
+                    continue
+                if msg.error():
+                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                        at_end.add(msg.partition())
+                    elif msg.error().fatal():
+                        raise RuntimeError(f"reading {topic}: {msg.error()}")
+                    continue
+                at_end.discard(msg.partition())
+                messages.append(msg)
+            return messages
+        finally:
+            consumer.close()
+
     def read_tail(self, topic: str, timeout_s: float = 10.0, group_id: str = "dtmon-tail") -> dict[int, Any] | None:
         """The newest message of every partition of ``topic`` (partition -> confluent-kafka Message).
 

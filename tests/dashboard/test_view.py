@@ -10,7 +10,7 @@ import pytest
 from bokeh.events import ButtonClick
 from confluent_kafka import OFFSET_BEGINNING
 
-from dashboard.consumer import start_offset
+from dashboard.consumer import REPLAY_MARGIN, start_offset
 from dashboard.state import ResultsStore, ViewChoice, channel_status, flagged_channels
 from dashboard.view import (
     SessionView,
@@ -169,7 +169,7 @@ def test_stale_banner_run_state_and_red_tile_follow_the_snapshot():
 
 
 def test_start_offset_replays_history_before_the_end():
-    assert start_offset(0, 500, 300) == 200
+    assert start_offset(0, 500, 300) == 200 - REPLAY_MARGIN
     assert start_offset(0, 8, 300) == 0
     assert start_offset(120, 200, 300) == 120
     assert start_offset(-1, -1, 300) == OFFSET_BEGINNING

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import io
 import json
-import time
 import uuid
 from pathlib import Path
 
 import pandas as pd
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from dtmon.hits import COLUMNS
 from dtmon.kafka import KafkaClients
@@ -37,29 +35,7 @@ def consume_all(bootstrap: str, topic: str, timeout: float = 30.0) -> list:
     Uses enable.partition.eof to know where each partition ends (Tansu's ListOffsets
     "latest" is off, platform notes). Raises TimeoutError after ``timeout`` s.
     """
-    consumer = KafkaClients(bootstrap).consumer(f"test-{uuid.uuid4().hex[:8]}", enable_partition_eof=True)
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        at_end: set[int] = set()
-        messages = []
-        deadline = time.monotonic() + timeout
-        while len(at_end) < len(partitions):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{topic}: read {len(messages)} messages, partitions at end {at_end}")
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    at_end.add(msg.partition())
-                    continue
-                raise RuntimeError(msg.error())
-            at_end.discard(msg.partition())
-            messages.append(msg)
-        return messages
-    finally:
-        consumer.close()
+    return KafkaClients(bootstrap).read_all(topic, timeout, f"test-{uuid.uuid4().hex[:8]}")
 
 
 def read_csv_independently(path: Path | bytes, has_header: bool = True) -> pd.DataFrame:
