@@ -56,11 +56,9 @@ from dtmon.schema import (
     Scintillator,
     TimeBoxFit,
 )
+from bench.browser import CHROMIUM, CHROMIUM_ARGS
 from dtmon.services import free_port, start_broker, stop_process, wait_for_port
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 DRIFT_EDGES = [float(e) for e in np.arange(-200.0, 600.0 + 5.0, 5.0)]  # the processor's default bins, 160
 
 OBSERVE_LONG_TASKS = """

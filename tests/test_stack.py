@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.browser import CHROMIUM_ARGS
 from dtmon.kafka import KafkaClients
 from dtmon.schema import ResultsMessage
 from dtmon.services import free_port
@@ -30,8 +31,6 @@ pytestmark = pytest.mark.integration
 DASHBOARD_TIMEOUT_S = 120
 FIRST_RESULT_TIMEOUT_S = 300  # Spark needs 8-11 s to start on an idle 2-core machine, minutes under load
 PLOT_TIMEOUT_S = 60
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]  # fmt: skip
 
 # Rows of the time series the dashboard has received (Bokeh model names are listed in dashboard/view.py).
 SERIES_ROWS_JS = """() => {
@@ -57,10 +56,10 @@ SCINT_TEXT_JS = "() => Bokeh.documents[0].get_model_by_name('scintillator').text
 
 def show_tab(page, title: str) -> None:
     """Click the tab ``title`` and wait until its plots joined the page."""
-    from tests.dashboard.test_browser import TAB_BUILT
+    from bench.page_timing import TAB_ATTACHED
 
     page.locator(".bk-tab", has_text=title).first.click()
-    page.wait_for_function(TAB_BUILT, timeout=60_000)
+    page.wait_for_function(TAB_ATTACHED, timeout=60_000)
 
 
 def _logs(workdir: Path) -> str:

@@ -10,15 +10,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from bench.browser import CHROMIUM, CHROMIUM_ARGS  # noqa: F401 - re-exported to the browser tests
 from dtmon.kafka import KafkaClients
 
 from dtmon.schema import ResultsMessage
 from dtmon.services import free_port, stop_process, wait_for_port
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 
 
 def publish(bootstrap: str, topic: str, values: list[bytes], keys: list[str]) -> None:

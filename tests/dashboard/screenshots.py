@@ -63,7 +63,7 @@ try:
                 page.wait_for_timeout(1500)
                 for tab in sys.argv[2].split(","):
                     page.locator(".bk-tab", has_text=tab).first.click()
-                    from tests.dashboard.test_browser import TAB_BUILT as TAB_ATTACHED
+                    from bench.page_timing import TAB_ATTACHED
                     page.wait_for_function(TAB_ATTACHED, timeout=60000)
                     page.wait_for_timeout(3000)
                     page.screenshot(path=str(out / f"{w}-{tab.replace(' ', '_')}.png"))

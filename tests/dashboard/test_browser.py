@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from bench.page_timing import TAB_ATTACHED
 from dtmon.kafka import KafkaClients
 from tests.dashboard.factory import Batch, make_batch
 from tests.dashboard.live import CHROMIUM, CHROMIUM_ARGS, REPO, dashboard_server, publish, publish_messages
@@ -54,12 +55,6 @@ DIV_HAS = """([name, text]) => {
   return div !== null && div.text.includes(text);
 }"""
 
-
-TAB_BUILT = """() => {
-  const tabs = Bokeh.documents[0].get_model_by_name("tabs");
-  const child = tabs.tabs[tabs.active].child.children[0];
-  return !(typeof child.text === "string" && child.text.startsWith("loading"));
-}"""
 
 
 def publish_batches(bootstrap: str, topic: str, batches: list[Batch]) -> None:
@@ -256,7 +251,7 @@ def test_dashboard_follows_results_topic(kafka_bootstrap, topic_name, tmp_path):
 
                 for tab in TABS:
                     show_tab(page, tab)
-                    page.wait_for_function(TAB_BUILT, timeout=20_000)
+                    page.wait_for_function(TAB_ATTACHED, timeout=20_000)
                     page.wait_for_timeout(700)  # let the tab lay out and paint
                     assert not page.get_by_text("loading…").is_visible(), f"{tab} not rendered"
                     name = tab.lower().replace(" ", "-")
