@@ -134,6 +134,16 @@ def cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
+def format_command(java: list[str], config: Path, cluster: str, security: BrokerSecurity | None = None) -> list[str]:
+    """The ``kafka-storage format`` command line for ``config`` with KRaft cluster id ``cluster``.
+
+    The id is passed as one ``--cluster-id=…`` token: a URL-safe base64 id may start with
+    ``-`` (1 in 64), which the tool's argument parser would otherwise read as a flag.
+    """
+    return [*java, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster}", "--config", str(config),
+            *(security.format_arguments() if security else [])]  # fmt: skip
+
+
 def server_properties(
     host: str, port: int, controller_port: int, log_dir: Path, overrides: dict[str, str] | None = None
 ) -> dict[str, str]:
@@ -349,11 +359,7 @@ def start_apache_kafka(
             "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={data_dir / 'log4j2.properties'}",
             "-cp", f"{libs}/*"]  # fmt: skip
     t0 = time.monotonic()
-    formatted = subprocess.run(
-        [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id(), "-c", str(config),
-         *(security.format_arguments() if security else [])],
-        capture_output=True, text=True,
-    )  # fmt: skip
+    formatted = subprocess.run(format_command(java, config, cluster_id(), security), capture_output=True, text=True)
     if formatted.returncode != 0:
         shutil.rmtree(data_dir, ignore_errors=True)
         raise RuntimeError(f"kafka-storage format failed:\n{formatted.stdout[-2000:]}{formatted.stderr[-2000:]}")

@@ -63,3 +63,20 @@ def test_secured_listener_properties_sasl_ssl_scram(tmp_path):
     assert 'user_alice="a-pw"' in jaas and plain.format_arguments() == []
     with pytest.raises(ValueError, match="keystore"):
         BrokerSecurity("SSL").server_properties("127.0.0.1", 1, 2)
+
+
+def test_storage_format_accepts_a_cluster_id_that_starts_with_a_dash(tmp_path):
+    """1 in 64 ids begins with '-'; passed as its own argument, kafka-storage took it for a flag (a CI failure)."""
+    import subprocess
+
+    from dtmon.apache_kafka import _java, fetch_jars, format_command
+
+    libs = fetch_jars()
+    config = tmp_path / "server.properties"
+    props = server_properties("127.0.0.1", 19092, 19093, tmp_path / "data")
+    config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    dash_id = "-" + cluster_id()[1:]
+    java = [_java(), "-Xmx128m", "-cp", f"{libs}/*"]
+    done = subprocess.run(format_command(java, config, dash_id), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-1500:] + done.stderr[-1500:]
+    assert f"cluster.id={dash_id}" in (tmp_path / "data" / "meta.properties").read_text()
