@@ -46,7 +46,7 @@ def _floats(text: str) -> list[float]:
 
 @app.command()
 def main(
-    only: Annotated[str, typer.Option(help=f"comma-separated scenario groups: {', '.join(SCENARIOS)}")] = ",".join(SCENARIOS),
+    only: Annotated[str, typer.Option(help=f"comma-separated scenario groups: {', '.join(SCENARIOS)} (soak only when named)")] = ",".join(g for g in SCENARIOS if g != "soak"),
     long: Annotated[bool, typer.Option("--long", help="the floors' durations: pacing 60 s, sustained 300 s, latency 60 s")] = False,
     dashboard: Annotated[bool, typer.Option("--dashboard", help="also run the dashboard and a Chromium page in live scenarios")] = False,
     files: Annotated[int, typer.Option(help="SYNTHETIC input files")] = 4,
@@ -64,6 +64,10 @@ def main(
     peers_rows: Annotated[int, typer.Option(help="rows through each design in the side-by-side run")] = 1_000_000,
     peers_batch_rows: Annotated[int, typer.Option(help="rows per micro-batch in the side-by-side run")] = 200_000,
     up_rows: Annotated[int, typer.Option(help="rows of the SYNTHETIC file `dtmon up` streams")] = 100_000,
+    soak_rate: Annotated[float, typer.Option(help="rows/s of the soak (`dtmon up`, two pages)")] = 10_000,
+    soak_seconds: Annotated[float, typer.Option(help="s of the soak (the floor: 3600)")] = 3600.0,
+    soak_retention_s: Annotated[float, typer.Option(help="raw-topic retention during the soak, s")] = 900.0,
+    soak_segment_s: Annotated[float, typer.Option(help="raw-topic segment roll during the soak, s")] = 300.0,
     broker: Annotated[str, typer.Option(help="Kafka broker of every scenario: tansu | apache (Apache Kafka, jars via Maven)")] = "tansu",
     kafka_source: Annotated[str, typer.Option(help="the processor's Kafka source: python | spark (Spark's connector)")] = "python",
     workdir: Annotated[Path, typer.Option(help="logs, checkpoints, cached input")] = Path("var/bench"),
@@ -93,6 +97,7 @@ def main(
         growth_rates=_floats(growth_rates), growth_partitions=[int(v) for v in _floats(partitions)],
         partitions_rate=partitions_rate, peers_rows=peers_rows, peers_batch_rows=peers_batch_rows,
         dashboard=dashboard, up_rows=up_rows, seed=seed, broker=broker, kafka_source=kafka_source, log=console.print,
+        soak_rate=soak_rate, soak_seconds=soak_seconds, soak_retention_s=soak_retention_s, soak_segment_s=soak_segment_s,
     )
     rows: list[dict] = []
     json_path = out / f"bench-{stamp}.json"

@@ -52,6 +52,12 @@ class Options:
     seed: int = 2026
     broker: str = "tansu"
     kafka_source: str = "python"
+    soak_rate: float = 10_000
+    soak_seconds: float = 3600.0
+    soak_trigger_s: float = 2.0
+    soak_retention_s: float = 900.0
+    soak_segment_s: float = 300.0
+    soak_rss_slope_mb_h: float = 50.0
     log: object = print
 
 
@@ -422,6 +428,12 @@ def _wait_topic(bootstrap: str, topic: str, timeout_s: float, child) -> None:
     raise TimeoutError(f"topic {topic} not created after {timeout_s} s (last error: {last})")
 
 
+def _soak(opts: Options) -> dict:
+    from bench.soak import soak
+
+    return soak(opts)
+
+
 SCENARIOS = {
     "producer": lambda o: [producer_max(o, "local"), producer_max(o, "s3")],
     "pacing": lambda o: [pacing(o, r) for r in o.pacing_rates],
@@ -431,5 +443,6 @@ SCENARIOS = {
     "growth-rate": growth_rate,
     "growth-partitions": growth_partitions,
     "up": lambda o: [up(o)],
+    "soak": lambda o: [_soak(o)],
 }
 """Scenario groups by name, in the order they run."""

@@ -283,11 +283,13 @@ class ApacheKafka(Service):
     """Seconds from formatting the storage directory to the broker being registered in the cluster metadata."""
     security: BrokerSecurity | None = None
     """Security of the client listener (None: PLAINTEXT)."""
+    keep_data: bool = False
+    """A durable storage directory (``start_apache_kafka(data_dir=…)``): ``stop()`` keeps it."""
 
     def stop(self, timeout: float = 20.0) -> None:
-        """Stop the JVM (SIGTERM: a controlled shutdown; SIGKILL after ``timeout`` s), then remove the data directory."""
+        """Stop the JVM (SIGTERM: a controlled shutdown; SIGKILL after ``timeout`` s), then remove a temporary data directory."""
         stop_process(self.process, timeout)
-        if self.data_dir is not None:
+        if self.data_dir is not None and not self.keep_data:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
@@ -332,13 +334,16 @@ def start_apache_kafka(
     timeout: float = 120.0,
     data_root: Path | None = None,
     security: BrokerSecurity | None = None,
+    data_dir: Path | None = None,
 ) -> ApacheKafka:
     """Format a temporary KRaft storage directory and start a one-node Apache Kafka on ``host:port``.
 
     Fetches the jars first if the cache lacks them (``fetch_jars``). The controller listens
     on ``controller_port`` (a free port when None). ``log`` receives the JVM's output. The
     storage directory is a new temporary directory (inside ``data_root`` if given).
-    ``security``: TLS and/or SASL on the client listener (default PLAINTEXT).
+    ``security``: TLS and/or SASL on the client listener (default PLAINTEXT). ``data_dir``: a
+    durable storage directory instead: formatted on first use only, reused by the next start
+    (a restarted broker keeps every acknowledged message) and kept by ``stop()``.
 
     Raises:
         FileNotFoundError: no ``java`` or no ``mvn``.
@@ -349,7 +354,10 @@ def start_apache_kafka(
 
     libs = fetch_jars(version)
     controller_port = controller_port or free_port()
-    data_dir = Path(tempfile.mkdtemp(prefix="dtmon-apache-kafka-", dir=data_root))
+    durable = data_dir is not None
+    if data_dir is None:
+        data_dir = Path(tempfile.mkdtemp(prefix="dtmon-apache-kafka-", dir=data_root))
+    data_dir.mkdir(parents=True, exist_ok=True)
     secured = security.server_properties(host, port, controller_port) if security else {}
     props = server_properties(host, port, controller_port, data_dir / "data", {**secured, **(overrides or {})})
     config = data_dir / "server.properties"
@@ -359,14 +367,16 @@ def start_apache_kafka(
             "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={data_dir / 'log4j2.properties'}",
             "-cp", f"{libs}/*"]  # fmt: skip
     t0 = time.monotonic()
-    formatted = subprocess.run(format_command(java, config, cluster_id(), security), capture_output=True, text=True)
-    if formatted.returncode != 0:
-        shutil.rmtree(data_dir, ignore_errors=True)
-        raise RuntimeError(f"kafka-storage format failed:\n{formatted.stdout[-2000:]}{formatted.stderr[-2000:]}")
+    if not (durable and (data_dir / "data" / "meta.properties").is_file()):
+        formatted = subprocess.run(format_command(java, config, cluster_id(), security), capture_output=True, text=True)
+        if formatted.returncode != 0:
+            if not durable:
+                shutil.rmtree(data_dir, ignore_errors=True)
+            raise RuntimeError(f"kafka-storage format failed:\n{formatted.stdout[-2000:]}{formatted.stderr[-2000:]}")
     out = open(log, "ab") if log else subprocess.DEVNULL
     process = subprocess.Popen([*java, "kafka.Kafka", str(config)], stdout=out, stderr=subprocess.STDOUT,
                                start_new_session=True, cwd=data_dir)  # fmt: skip
-    service = ApacheKafka("broker", process, f"{host}:{port}", data_dir=data_dir, security=security)
+    service = ApacheKafka("broker", process, f"{host}:{port}", data_dir=data_dir, security=security, keep_data=durable)
     try:
         wait_for_port(host, port, timeout, process)
         _wait_registered(service.address, process, t0 + timeout, security.client_config() if security else None)

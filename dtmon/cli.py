@@ -40,6 +40,7 @@ from dtmon.services import (
     Service,
     Upload,
     ensure_bucket,
+    free_port,
     plan_uploads,
     s3_client,
     s3_storage_env,
@@ -408,14 +409,37 @@ def persist_pacing(settings: Settings) -> Settings:
 
 
 def ensure_stack_topics(settings: Settings, timeout: float = 30.0) -> None:
-    """Create the raw topic (``raw_partitions``) and the results topic (one partition) if missing.
+    """Create the raw topic (``raw_partitions``, retention of ``Settings.raw_topic_config``) and the results topic (one partition) if missing.
 
     Raises:
         KafkaSetupError: the broker did not answer within ``timeout`` s or refused a topic.
     """
     clients = KafkaClients(settings.kafka)
-    clients.ensure_topic(settings.raw_topic, settings.raw_partitions, timeout)
+    clients.ensure_topic(settings.raw_topic, settings.raw_partitions, timeout, settings.raw_topic_config())
     clients.ensure_results_topic(settings.results_topic, timeout)
+
+
+@app.command()
+def topics(
+    bootstrap_servers: Annotated[str | None, setting_option("bootstrap_servers")] = None,
+    kafka_config_file: Annotated[str | None, setting_option("kafka_config_file")] = None,
+    raw_topic: Annotated[str | None, setting_option("raw_topic")] = None,
+    results_topic: Annotated[str | None, setting_option("results_topic")] = None,
+    raw_partitions: Annotated[int | None, setting_option("raw_partitions", min=1)] = None,
+    raw_retention_s: Annotated[float | None, setting_option("raw_retention_s")] = None,
+    raw_retention_mb: Annotated[float | None, setting_option("raw_retention_mb")] = None,
+    timeout: Annotated[float, typer.Option(help="s to wait for the broker")] = 60.0,
+) -> None:
+    """Create the raw topic (with its retention) and the results topic (one partition) if missing, then exit."""
+    settings = settings_from(locals(), console)
+    try:
+        ensure_stack_topics(settings, timeout)
+    except KafkaSetupError as error:
+        console.print(f"[bold red]error:[/] {error}")
+        raise typer.Exit(1) from None
+    retention = settings.raw_topic_config()
+    console.print(f"topics ready on {settings.bootstrap_servers}: {settings.raw_topic} (retention.ms {retention['retention.ms']},"
+                  f" retention.bytes {retention['retention.bytes']} per partition), {settings.results_topic}")  # fmt: skip
 
 
 def _child(stack: Stack, name: str) -> Child | None:
@@ -439,7 +463,7 @@ def broker_restarted(stack: Stack, settings: Settings, checkpoint: Path, persist
     """After the embedded broker restarted: say what it kept, create missing topics, and with
     volatile storage start the producer and processor over (the topics are new and empty)."""
     if persisted:
-        console.print("broker restarted on its S3 storage: every message it had acknowledged is kept")
+        console.print("broker restarted on its durable storage: every message it had acknowledged is kept")
     else:
         console.print("[bold red]the in-memory broker's data was lost on restart: every message of "
                       f"{settings.raw_topic} and {settings.results_topic} is gone (dtmon up --persist keeps them)[/]")  # fmt: skip
@@ -506,6 +530,12 @@ def up(
                      "S3 server (Tansu's S3 storage engine), so a broker restart loses nothing; reads slow down as "
                      "it fills: short sessions only (docs/reliability.md)"),
     ] = False,
+    broker_kind: Annotated[
+        str,
+        typer.Option("--broker", help="the embedded broker: tansu (in memory; what pip install alone starts) or apache "
+                     "(Apache Kafka 4 storing on disk in WORKDIR/kafka: the raw topic's retention applies and a broker "
+                     "restart keeps every message; needs Java 17 and Maven, jars fetched on first use)"),
+    ] = "tansu",
     startup_timeout: Annotated[float, typer.Option(help="s to wait for each service to answer")] = 120.0,
     trigger_interval_s_alias: Annotated[float | None, alias_option("--trigger-interval")] = None,
     s3_endpoint_url_alias: Annotated[str | None, alias_option("--s3-endpoint")] = None,
@@ -528,8 +558,16 @@ def up(
     with interruptible():
         try:
             logs.mkdir(parents=True, exist_ok=True)
+            if broker_kind not in ("tansu", "apache"):
+                raise UsageError(f"--broker is tansu or apache, not {broker_kind!r}")
+            if broker_kind == "apache" and (persist or external_kafka):
+                raise UsageError("--broker apache starts an embedded Apache Kafka that keeps its messages on disk: "
+                                 "it goes with neither --persist nor an external Kafka (--bootstrap-servers)")  # fmt: skip
             if checkpoint.exists() and not keep_checkpoint:
                 shutil.rmtree(checkpoint)
+            kafka_dir = workdir / "kafka"  # the embedded Apache Kafka's storage: kept with the checkpoint
+            if kafka_dir.exists() and not keep_checkpoint:
+                shutil.rmtree(kafka_dir)
             env = child_env(settings, dict(os.environ))
 
             # where the rows come from: an S3 prefix as is, or local files served by moto
@@ -556,6 +594,20 @@ def up(
                 settings = persist_pacing(settings)
             if external_kafka:
                 console.print(f"Kafka: external, {settings.bootstrap_servers}")
+            elif broker_kind == "apache":
+                from dtmon.apache_kafka import start_apache_kafka
+
+                ensure_port_free("127.0.0.1", broker_port, "broker", "--broker-port or --bootstrap-servers")
+                controller_port = free_port()  # the same on every restart
+                broker = stack.start_service(
+                    lambda: start_apache_kafka("127.0.0.1", broker_port, controller_port, logs / "broker.log",
+                                               timeout=startup_timeout, data_dir=kafka_dir),
+                    logs / "broker.log",
+                    restart=True,
+                )  # fmt: skip
+                console.print(f"broker: Apache Kafka, storage {kafka_dir} (kept across broker restarts; "
+                              "the raw topic's retention applies)")  # fmt: skip
+                settings = settings.model_copy(update={"bootstrap_servers": broker.address})
             else:
                 ensure_port_free("127.0.0.1", broker_port, "broker", "--broker-port or --bootstrap-servers")
                 storage, broker_env = (f"s3://{BROKER_BUCKET}/", s3_storage_env(s3.address)) if s3 else ("memory://tansu/", None)
@@ -582,7 +634,8 @@ def up(
                 settings = settings.model_copy(update={"source": f"s3://{bucket}/", "s3_endpoint_url": s3.address})
             write_state(state_file, stack, started)
             if not external_kafka:
-                broker.after_restart = lambda child: broker_restarted(stack, settings, checkpoint, persisted=persist)
+                durable = persist or broker_kind == "apache"
+                broker.after_restart = lambda child: broker_restarted(stack, settings, checkpoint, persisted=durable)
             if s3 is not None:
                 s3.after_restart = lambda child: s3_restarted(stack, child, bucket, uploads, settings, checkpoint, persist)
             stack.on_restart = lambda child: write_state(state_file, stack, started)

@@ -434,8 +434,10 @@ class KafkaClients:
         return self._create_admin(self.config.as_librdkafka_dict(overrides, **role))
 
     # -- shared chores -------------------------------------------------------------
-    def ensure_topic(self, topic: str, partitions: int = 1, timeout: float = 10.0) -> int:
-        """Create ``topic`` with ``partitions`` partitions if it does not exist.
+    def ensure_topic(self, topic: str, partitions: int = 1, timeout: float = 10.0, config: dict[str, str] | None = None) -> int:
+        """Create ``topic`` with ``partitions`` partitions and topic ``config`` (e.g. retention) if it does not exist.
+
+        An existing topic keeps its partitions and its configuration.
 
         Returns:
             The topic's partition count (an existing topic keeps its own).
@@ -460,7 +462,7 @@ class KafkaClients:
             if len(existing.partitions) < partitions:
                 log.warning("topic %s exists with %d partitions (< %d asked); keeping it", topic, len(existing.partitions), partitions)
             return len(existing.partitions)
-        future = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=-1)])[topic]
+        future = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=-1, config=config or {})])[topic]
         try:
             future.result(timeout)
         except KafkaException as exc:
@@ -657,12 +659,14 @@ def refusal_reason(exc: Exception, errors: list) -> str:
     return chosen.str() if chosen is not None else str(exc)
 
 
-def ensure_topic(kafka: KafkaConfig | str, topic: str, partitions: int = 1, timeout: float = 10.0) -> int:
-    """``KafkaClients(kafka).ensure_topic(topic, partitions, timeout)``: create ``topic`` if missing.
+def ensure_topic(
+    kafka: KafkaConfig | str, topic: str, partitions: int = 1, timeout: float = 10.0, config: dict[str, str] | None = None
+) -> int:
+    """``KafkaClients(kafka).ensure_topic(topic, partitions, timeout, config)``: create ``topic`` if missing.
 
     Returns:
         The topic's partition count (an existing topic keeps its own).
     Raises:
         KafkaSetupError: the broker did not answer within ``timeout`` s or refused the topic.
     """
-    return KafkaClients(kafka).ensure_topic(topic, partitions, timeout)
+    return KafkaClients(kafka).ensure_topic(topic, partitions, timeout, config)

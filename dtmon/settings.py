@@ -59,6 +59,15 @@ class Settings(BaseSettings):
     raw_topic: str = Field("minidt-hits", description="topic the producer writes DAQ rows to")
     results_topic: str = Field("minidt-results", description="topic with one results message per micro-batch")
     raw_partitions: int = Field(1, ge=1, le=256, description="partitions of the raw topic when dtmon creates it")
+    raw_retention_s: float = Field(
+        3600.0, description="time retention of the raw topic when dtmon creates it, s (retention.ms; < 0 keeps every row)"
+    )
+    raw_retention_mb: float = Field(
+        2048.0, description="size retention per raw-topic partition when dtmon creates it, MB (retention.bytes; < 0 = no cap)"
+    )
+    raw_segment_s: float = Field(
+        600.0, gt=0, description="the raw topic's segment roll time, s (segment.ms): retention deletes whole closed segments"
+    )
 
     source: str = Field(
         default_factory=default_genuine_source,
@@ -164,6 +173,32 @@ class Settings(BaseSettings):
             if "bootstrap_servers" in config.model_fields_set:
                 data = {**data, "bootstrap_servers": config.bootstrap_servers}
         return data
+
+    @field_validator("raw_retention_s", "raw_retention_mb")
+    @classmethod
+    def _retention_not_zero(cls, value: float) -> float:
+        if value == 0:
+            raise ValueError("0 would delete rows before the processor reads them; use -1 to keep every row")
+        return value
+
+    def raw_topic_config(self) -> dict[str, str]:
+        """Topic configuration the raw topic is created with: delete old rows by time and by size.
+
+        ``retention.ms`` = ``raw_retention_s`` × 1000, ``retention.bytes`` = ``raw_retention_mb`` × 10⁶
+        (per partition), ``segment.ms`` = ``raw_segment_s`` × 1000 and ``segment.bytes`` 128 MB: a
+        broker deletes whole closed segments only, so the raw topic is bounded by about
+        min(rate × bytes/row × (retention + segment roll), retention.bytes + one segment) per
+        partition. Apache Kafka applies it; Tansu 0.6 stores it and keeps every row (docs/reliability.md).
+        """
+        retention_ms = -1 if self.raw_retention_s < 0 else round(self.raw_retention_s * 1000)
+        retention_bytes = -1 if self.raw_retention_mb < 0 else round(self.raw_retention_mb * 1e6)
+        return {
+            "cleanup.policy": "delete",
+            "retention.ms": str(retention_ms),
+            "retention.bytes": str(retention_bytes),
+            "segment.ms": str(round(self.raw_segment_s * 1000)),
+            "segment.bytes": str(min(128_000_000, retention_bytes) if retention_bytes > 0 else 128_000_000),
+        }
 
     @property
     def kafka(self) -> KafkaConfig:

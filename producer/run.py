@@ -306,7 +306,7 @@ def run_producer(
     source_id = source_identity(src.url)
     if sink is None:
         kafka = settings.kafka
-        partitions = ensure_topic(kafka, settings.raw_topic, settings.raw_partitions)
+        partitions = ensure_topic(kafka, settings.raw_topic, settings.raw_partitions, config=settings.raw_topic_config())
         sink = KafkaSink(
             kafka,
             settings.raw_topic,

@@ -72,3 +72,26 @@ def test_time_retention_drops_old_segments(kafka_bootstrap, broker_kind, topic_n
         assert low >= 10, (low, high)  # the first segment is gone
     else:
         assert low == 0, (low, high)
+
+
+def test_dtmon_creates_the_raw_topic_with_its_retention(kafka_bootstrap, broker_kind, topic_name, monkeypatch):
+    """``dtmon topics`` (also ``dtmon up`` and the producer) creates the raw topic with the
+    retention of ``Settings.raw_topic_config``: the broker reports those values for the topic."""
+    from confluent_kafka.admin import ConfigResource
+    from typer.testing import CliRunner
+
+    from dtmon.cli import app
+
+    monkeypatch.setenv("DTMON_RAW_RETENTION_S", "7200")
+    done = CliRunner().invoke(app, ["topics", "--bootstrap-servers", kafka_bootstrap, "--raw-topic", topic_name,
+                                    "--results-topic", f"{topic_name}-results", "--raw-retention-mb", "500"])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    assert "retention.ms 7200000" in done.output
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic_name)
+    admin = KafkaClients(kafka_bootstrap).admin()
+    described = admin.describe_configs([resource])[resource].result(30)
+    values = {name: entry.value for name, entry in described.items()}
+    assert values["retention.ms"] == "7200000", broker_kind
+    assert values["retention.bytes"] == "500000000"
+    assert values["segment.ms"] == "600000"
+    assert values["cleanup.policy"] == "delete"

@@ -201,3 +201,41 @@ def test_killed_children_are_restarted_and_results_keep_flowing(tmp_path):
     assert "all dtmon children stopped" in up.text
     assert not [p for p in up.pids if alive(p)]
     assert not any(port_open(p) for p in (up.broker_port, up.s3_port, up.dashboard_port))
+
+
+def test_embedded_apache_kafka_restarted_after_kill_keeps_every_message(tmp_path):
+    """`dtmon up --broker apache`: Apache Kafka on disk in WORKDIR/kafka, the raw topic created with its
+    retention; a `kill -9` of the broker restarts it on the same storage, every row produced before is
+    still there, the processor goes on with the same query (no start over)."""
+    from confluent_kafka.admin import ConfigResource
+
+    up = Up(tmp_path, "--broker", "apache")
+    figures: dict[str, float | int] = {}
+    try:
+        up.wait(lambda: "dashboard answering after" in up.text, START_TIMEOUT_S, "dashboard")
+        up.wait(lambda: published_after(up.bootstrap, 0), START_TIMEOUT_S, "first results message")
+        assert "broker: Apache Kafka, storage" in up.text
+        resource = ConfigResource(ConfigResource.Type.TOPIC, "minidt-hits")
+        admin = KafkaClients(up.bootstrap).admin()
+        described = admin.describe_configs([resource])[resource].result(30)
+        assert described["retention.ms"].value == "3600000"
+        before = raw_rows(up.bootstrap)
+        assert before
+        last_batch = max(r.batch_id for r in results(up.bootstrap))
+
+        pid, t_kill = up.kill("broker")
+        figures["apache_broker_results_again_s"] = round(up.wait(lambda: published_after(up.bootstrap, t_kill),
+                                                                 BACK_TIMEOUT_S, "results after the broker restart"), 1)
+        assert "restart 1 of broker (exit code -9 (SIGKILL))" in up.text
+        assert "broker restarted on its durable storage" in up.text
+        assert "data was lost" not in up.text
+        after = raw_rows(up.bootstrap)
+        assert {k: after.get(k) for k in before} == before  # every row produced before the kill is kept
+        batch_ids = [r.batch_id for r in results(up.bootstrap)]
+        assert max(batch_ids) > last_batch and len(batch_ids) == len(set(batch_ids))  # same query, no batch twice
+        figures.update(raw_rows_before=sum(before.values()), raw_rows_after=sum(after.values()),
+                       results_messages=len(batch_ids))  # fmt: skip
+        up.stop()
+    finally:
+        kill_tree(up.proc, up.pids if up.proc.poll() is None else set())
+    save("apache", figures)

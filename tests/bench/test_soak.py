@@ -1,0 +1,34 @@
+"""The soak scenario's pure parts: RSS slopes in MB/h and the second half of a series."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.soak import dir_bytes, rss_slope_mb_per_h, second_half
+
+
+def test_slope_of_a_line_in_mb_per_hour():
+    series = [(t, 500.0 + 12.0 * t / 3600) for t in range(0, 7200, 30)]  # 12 MB/h
+    assert rss_slope_mb_per_h(series) == pytest.approx(12.0)
+    assert rss_slope_mb_per_h([(t, 800.0) for t in range(0, 600, 30)]) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_slope_needs_three_samples_over_time():
+    assert rss_slope_mb_per_h([(0, 1.0), (30, 2.0)]) is None
+    assert rss_slope_mb_per_h([(5, 1.0), (5, 2.0), (5, 3.0)]) is None
+
+
+def test_second_half_drops_the_warm_up():
+    series = [(0, 100.0), (600, 400.0), (1800, 450.0), (3000, 450.0), (3600, 450.0)]
+    assert second_half(series) == [(1800, 450.0), (3000, 450.0), (3600, 450.0)]
+    assert rss_slope_mb_per_h(second_half(series)) == pytest.approx(0.0, abs=1e-9)
+    assert rss_slope_mb_per_h(series) > 100  # the warm-up alone makes the whole-run slope steep
+    assert second_half([]) == []
+
+
+def test_dir_bytes_sums_files_below(tmp_path):
+    assert dir_bytes(tmp_path / "absent") == 0
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "00.log").write_bytes(b"x" * 1000)
+    (tmp_path / "b.index").write_bytes(b"y" * 24)
+    assert dir_bytes(tmp_path) == 1024
