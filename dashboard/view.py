@@ -296,17 +296,22 @@ def _map_figure(chamber: int, source: ColumnDataSource, mapper):
     return fig
 
 
-def _trend_figure(name: str, title: str, ylabel: str, source: ColumnDataSource, column: str, x_range=None):
-    fig = _figure(name, title, 190, x_axis_type="datetime", y_axis_label=ylabel,
-                  **({"x_range": x_range} if x_range is not None else {}))
-    for c in range(N_CHAMBERS):
-        fig.line("time_ms", f"{column}_ch{c}", source=source, color=COLORS[c], line_width=2,
-                 legend_label=f"chamber {c}")
+def _trend_figure(name: str, title: str, ylabel: str, source: ColumnDataSource, column: str, x_range):
+    # fixed ranges, moved by SessionView._draw_trends only when the data leave them (trend_range): an
+    # auto-ranged axis re-measures its tick labels and re-lays out the four figures on every update
+    fig = _figure(name, title, 190, x_axis_type="datetime", y_axis_label=ylabel, x_range=x_range,
+                  y_range=Range1d(0, 1))
+    for c in range(N_CHAMBERS):  # no Bokeh legend: BokehJS re-renders a legend on every data change (~10 ms each)
+        fig.line("time_ms", f"{column}_ch{c}", source=source, color=COLORS[c], line_width=2)
     fig.add_tools(HoverTool(tooltips=[("time", "@time_ms{%F %T}"), ("batches", "@batches"),
                                       *((f"ch{c}", f"@{column}_ch{c}{{0.[00]}}") for c in range(N_CHAMBERS))],
                             formatters={"@time_ms": "datetime"}, mode="vline"))
-    fig.add_layout(fig.legend[0], "right")  # outside the plot area, lines stay visible
     return fig
+
+
+def chamber_key() -> str:
+    """HTML line naming the chamber colours (the key of the trend plots)."""
+    return "Chambers: " + " ".join(f"<b style='color:{COLORS[c]}'>━ {c}</b>" for c in range(N_CHAMBERS))
 
 
 def nice_top(data_max: float, log: bool) -> float:
@@ -329,6 +334,23 @@ def y_end(current: float, data_max: float, log: bool) -> float | None:
     if data_max >= current or current > 3 * top:
         return top
     return None
+
+
+def trend_range(current: tuple[float, float], lo: float, hi: float) -> tuple[float, float] | None:
+    """New (start, end) of a trend axis showing values in [``lo``, ``hi``], or None to keep ``current``.
+
+    The axis moves when a value leaves it or when the values fill less than a third of it; then it is
+    [lo, hi] widened by 10 % of the span on each side (for one value: 1 % of it, or 1 around zero)
+    and rounded outward to a 1-2-5 step of a fifth of that width, so most live updates keep it.
+    """
+    start, end = current
+    if start <= lo and hi <= end and (hi - lo) * 3 >= end - start:
+        return None
+    pad = 0.1 * (hi - lo) or 0.01 * abs(hi) or 1.0  # one value: 1 % of it, or 1 around zero
+    width = (hi - lo) + 2 * pad
+    exponent = 10.0 ** math.floor(math.log10(width / 5))
+    step = next(k * exponent for k in (1, 2, 5, 10) if k * exponent >= width / 5)
+    return math.floor((lo - pad) / step) * step, math.ceil((hi + pad) / step) * step
 
 
 def _pm(value: float, error: float | None) -> str:
@@ -557,21 +579,22 @@ class SessionView:
                                "selected view)"), _table(source=self.health_table, height=300, columns=columns), **GRID)
 
     def _build_trends(self):
-        trend_rate = _trend_figure("trend-rate", "Rate per chamber over the shift (Hz)", "Hz", self.trend, "rate")
-        trend_t0 = _trend_figure("trend-t0", "Time-box t0 per chamber (ns)", "t0 (ns)", self.trend, "t0",
-                                 trend_rate.x_range)
+        x_range = Range1d(0, 1)  # one time axis for the four figures, set by _draw_trends
+        trend_rate = _trend_figure("trend-rate", "Rate per chamber over the shift (Hz)", "Hz", self.trend, "rate",
+                                   x_range)
+        trend_t0 = _trend_figure("trend-t0", "Time-box t0 per chamber (ns)", "t0 (ns)", self.trend, "t0", x_range)
         trend_vd = _trend_figure("trend-vdrift", "Drift velocity per chamber (µm/ns)", "µm/ns", self.trend,
-                                 "vdrift", trend_rate.x_range)
+                                 "vdrift", x_range)
+        self.trend_figures = {"rate": trend_rate, "t0": trend_t0, "vdrift": trend_vd}
         trend_q = _figure("trend-quality", "Quality per chamber (green good, yellow warning, red bad, grey null)",
-                          150, x_axis_type="datetime", x_range=trend_rate.x_range, y_range=(-0.5, N_CHAMBERS - 0.5))
+                          150, x_axis_type="datetime", x_range=x_range, y_range=(-0.5, N_CHAMBERS - 0.5))
         trend_q.rect(x="x", y="y", width="width", height=0.9, source=self.trend_quality, fill_color="colour",
                      line_color=None)
         trend_q.yaxis.ticker = FixedTicker(ticks=list(range(N_CHAMBERS)))
         trend_q.yaxis.major_label_overrides = {c: f"ch {c}" for c in range(N_CHAMBERS)}
         trend_q.add_tools(HoverTool(tooltips=[("time", "@x{%F %T}"), ("chamber", "@y"), ("quality", "@quality")],
                                     formatters={"@x": "datetime"}))
-        trend_q.min_border_right = 110  # the room of the other trends' legends: the time axes line up
-        return column(trend_q, trend_rate, trend_t0, trend_vd, **GRID)
+        return column(Div(text=chamber_key()), trend_q, trend_rate, trend_t0, trend_vd, **GRID)
 
     def _build_events(self):
         timeline = _figure("event-timeline", "Stream events (one marker per event; not alarms)", 170,
@@ -761,8 +784,27 @@ class SessionView:
         self.health_table.data = health_rows(self.snap.flags, self.shown.histograms("occupancy"))
 
     def _draw_trends(self) -> None:
-        self.trend.data = dict(self.snap.trend)
-        self.trend_quality.data = trend_quality_columns(self.snap.trend)
+        trend = self.snap.trend
+        # float arrays go to the page as binary buffers (lists with NaN go as JSON objects, one per NaN)
+        self.trend.data = {k: np.asarray(v, dtype=float) if k != "quality" and not k.startswith("quality_") else v
+                           for k, v in trend.items()}  # fmt: skip
+        strip = trend_quality_columns(trend)
+        self.trend_quality.data = {k: np.asarray(v, dtype=float) if k in ("x", "width", "y") else v
+                                   for k, v in strip.items()}  # fmt: skip
+        starts, ends = trend.get("start_ms", []), trend.get("end_ms", [])
+        if not starts:
+            return
+        x_range = self.trend_figures["rate"].x_range
+        moved = trend_range((x_range.start, x_range.end), starts[0], max(ends[-1], starts[0] + 60_000.0))
+        if moved is not None and (x_range.start > starts[0] or x_range.end < ends[-1] or x_range.end <= 1):
+            x_range.start, x_range.end = moved  # the time axis moves only when the newest bucket passes its end
+        for column, fig in self.trend_figures.items():
+            values = np.concatenate([np.asarray(trend[f"{column}_ch{c}"], dtype=float) for c in range(N_CHAMBERS)])
+            values = values[np.isfinite(values)]
+            if values.size:
+                moved = trend_range((fig.y_range.start, fig.y_range.end), float(values.min()), float(values.max()))
+                if moved is not None:
+                    fig.y_range.start, fig.y_range.end = moved
 
     def _draw_events(self) -> None:
         cols = event_columns(self.snap.events)

@@ -173,3 +173,17 @@ def test_start_offset_replays_history_before_the_end():
     assert start_offset(0, 8, 300) == 0
     assert start_offset(120, 200, 300) == 120
     assert start_offset(-1, -1, 300) == OFFSET_BEGINNING
+
+
+def test_trend_range_moves_only_when_values_leave_it_or_fill_under_a_third():
+    from dashboard.view import trend_range
+
+    start, end = trend_range((0.0, 1.0), 50.0, 54.0)  # drift velocity, µm/ns
+    assert start <= 50.0 - 0.4 and end >= 54.0 + 0.4 and (end - start) < 3 * 4.0
+    assert trend_range((start, end), 50.5, 53.5) is None  # inside and filling over a third: kept
+    assert trend_range((start, end), 50.0, 60.0) is not None  # a value above the end: moved
+    assert trend_range((0.0, 1000.0), 50.0, 54.0) is not None  # filling 0.4 %: shrunk
+    t0 = 1.7e12  # epoch ms: the padding follows the span, not the magnitude
+    start, end = trend_range((0.0, 1.0), t0, t0 + 60_000)
+    assert t0 - 20_000 <= start <= t0 - 6_000 and t0 + 66_000 <= end <= t0 + 80_000
+    assert trend_range((0.0, 1.0), 0.0, 0.0) == (-1.0, 1.0)
