@@ -297,17 +297,26 @@ def run_processor(settings: Settings, reset_checkpoint: bool = False) -> int:
         processor.preflight.PreflightError: Java missing or too old; a checkpoint refused.
         dtmon.kafka.KafkaSetupError: the broker did not answer.
     """
+    steps: list[tuple[str, float]] = [("", time.monotonic())]  # start-up steps, logged once the query runs
+
+    def step(name: str) -> None:
+        steps.append((name, time.monotonic()))
+
     try:
         monitor = QualityMonitor(settings)
     except ValueError as e:  # ChecksConfigError, ReferenceError: one line naming file and key
         log.error("%s", e)
         return 2
+    step("checks")
     check_java()
+    step("java check")
     clients = KafkaClients(settings.kafka)
     reset = check_checkpoint(
         settings.checkpoint_location, settings.raw_topic, clients.log_ends(settings.raw_topic), reset_checkpoint
     )
+    step("kafka + checkpoint")
     spark = spark_session(settings)
+    step("spark session")
     spark.streams.addListener(ProgressLogger())
     publisher = ResultsPublisher(clients, settings.results_topic)
     publisher.grace_s = settings.broker_grace_s
@@ -316,11 +325,13 @@ def run_processor(settings: Settings, reset_checkpoint: bool = False) -> int:
         publisher.record(StreamEvent(kind="checkpoint_reset", time=time.time(), detail=reset))
     publisher.clients.ensure_results_topic(settings.results_topic)  # one partition, before anything is published
     query = start_query(spark, settings, publisher, monitor)
+    step("query start")
     log.info(
         "processor running: %s -> %s, trigger %.1f s, checkpoint %s, Kafka source %s",
         settings.raw_topic, settings.results_topic, settings.trigger_interval_s, settings.checkpoint_location,
         settings.kafka_source,
     )
+    log.info("start-up: %s", ", ".join(f"{name} {t - steps[i][1]:.1f} s" for i, (name, t) in enumerate(steps[1:])))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

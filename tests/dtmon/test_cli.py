@@ -284,3 +284,21 @@ def test_up_rejects_a_missing_source_before_starting_anything(tmp_path):
     assert result.returncode == 2
     assert f"no such file or directory: {tmp_path / 'nope'}" in result.stdout
     assert not any(port_open(int(p)) for p in ports)
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--broker", "kafka"], "--broker is tansu or apache, not 'kafka'"),
+        (["--broker", "apache", "--persist"], "goes with neither --persist nor an external Kafka"),
+        (["--broker", "apache", "--bootstrap-servers", "127.0.0.1:1"], "goes with neither --persist nor an external Kafka"),
+    ],
+)
+def test_up_refuses_a_broker_choice_that_does_not_fit_before_starting_anything(tmp_path, flags, said):
+    ports = [str(free_port()) for _ in range(3)]
+    cmd = [*DTMON, "up", "--workdir", str(tmp_path / "up"), "--broker-port", ports[0], "--s3-port", ports[1],
+           "--dashboard-port", ports[2], *flags]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert said in " ".join(result.stdout.split())
+    assert not any(port_open(int(p)) for p in ports)
