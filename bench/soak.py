@@ -25,7 +25,7 @@ import numpy as np
 
 from bench.inputs import synthetic_dir
 from bench.metrics import stream_stats
-from bench.stack import ResultsReader, Stack
+from bench.stack import ResultsReader, Stack, child_env
 from dtmon.services import free_port, wait_for_port
 from dtmon.supervisor import console_script
 
@@ -122,8 +122,6 @@ def soak(opts) -> dict:
         bootstrap = stack.bootstrap
         env = {"DTMON_RAW_RETENTION_S": f"{opts.soak_retention_s:g}", "DTMON_RAW_SEGMENT_S": f"{opts.soak_segment_s:g}",
                "DTMON_KAFKA_SOURCE": opts.kafka_source}
-        from bench.stack import child_env
-
         cmd = console_script("dtmon") + [
             "up", "--source", str(source), "--bootstrap-servers", bootstrap, "--rate", f"{rate:g}",
             "--trigger-interval-s", f"{trigger_s:g}", "--dashboard-port", str(dashboard_port),
@@ -180,7 +178,8 @@ def soak(opts) -> dict:
             browser.close()
         messages = reader.close() if reader is not None else []
         resources = stack.close()
-    log_text = (up_dir / "logs" / "processor.log").read_text(errors="replace") if (up_dir / "logs" / "processor.log").is_file() else ""
+    processor_log = up_dir / "logs" / "processor.log"
+    log_text = processor_log.read_text(errors="replace") if processor_log.is_file() else ""
     stats = stream_stats(messages, log_text, trigger_s, warmup=2, since=t0, until=t_end)
     slopes = {name: {"whole_mb_h": rss_slope_mb_per_h(s), "second_half_mb_h": rss_slope_mb_per_h(second_half(s)),
                      "first_mb": s[0][1], "last_mb": s[-1][1], "peak_mb": max(v for _, v in s)}

@@ -786,7 +786,7 @@ class SessionView:
     def _draw_trends(self) -> None:
         trend = self.snap.trend
         # float arrays go to the page as binary buffers (lists with NaN go as JSON objects, one per NaN)
-        self.trend.data = {k: np.asarray(v, dtype=float) if k != "quality" and not k.startswith("quality_") else v
+        self.trend.data = {k: v if k.startswith("quality_") else np.asarray(v, dtype=float)
                            for k, v in trend.items()}  # fmt: skip
         strip = trend_quality_columns(trend)
         self.trend_quality.data = {k: np.asarray(v, dtype=float) if k in ("x", "width", "y") else v
