@@ -341,7 +341,8 @@ def trend_range(current: tuple[float, float], lo: float, hi: float) -> tuple[flo
 
     The axis moves when a value leaves it or when the values fill less than a third of it; then it is
     [lo, hi] widened by 10 % of the span on each side (for one value: 1 % of it, or 1 around zero)
-    and rounded outward to a 1-2-5 step of a fifth of that width, so most live updates keep it.
+    and rounded outward to a 1-2-5 step of a fifth of that width, so most live updates keep it. An
+    axis of values that are all ≥ 0 (rates) does not start below 0.
     """
     start, end = current
     if start <= lo and hi <= end and (hi - lo) * 3 >= end - start:
@@ -350,7 +351,8 @@ def trend_range(current: tuple[float, float], lo: float, hi: float) -> tuple[flo
     width = (hi - lo) + 2 * pad
     exponent = 10.0 ** math.floor(math.log10(width / 5))
     step = next(k * exponent for k in (1, 2, 5, 10) if k * exponent >= width / 5)
-    return math.floor((lo - pad) / step) * step, math.ceil((hi + pad) / step) * step
+    start = math.floor((lo - pad) / step) * step
+    return (max(start, 0.0) if lo >= 0 else start), math.ceil((hi + pad) / step) * step  # rates stay above 0
 
 
 def _pm(value: float, error: float | None) -> str:

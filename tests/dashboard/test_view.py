@@ -186,4 +186,6 @@ def test_trend_range_moves_only_when_values_leave_it_or_fill_under_a_third():
     t0 = 1.7e12  # epoch ms: the padding follows the span, not the magnitude
     start, end = trend_range((0.0, 1.0), t0, t0 + 60_000)
     assert t0 - 20_000 <= start <= t0 - 6_000 and t0 + 66_000 <= end <= t0 + 80_000
-    assert trend_range((0.0, 1.0), 0.0, 0.0) == (-1.0, 1.0)
+    assert trend_range((0.0, 1.0), 0.0, 0.0) == (0.0, 1.0)  # non-negative values: the axis starts at 0
+    assert trend_range((0.0, 1.0), 600.0, 22_800.0)[0] == 0.0  # rates in Hz, padding would go below 0
+    assert trend_range((0.0, 1.0), -5.0, 30.0)[0] < -5.0  # a t0 below 0 keeps its padding
