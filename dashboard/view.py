@@ -150,17 +150,40 @@ def occupancy_columns(hists: HistogramSet, status: np.ndarray, log: bool = False
     return data
 
 
-def map_columns(hists: HistogramSet, chamber: int, status: np.ndarray, log: bool = False) -> dict[str, list]:
+MAP_PALETTE = Viridis256
+MAP_LAYOUT_COLUMNS = ("x", "y", "layer", "cell", "channel", "chamber")  # fixed per chamber
+MAP_NAN_COLOUR = "#e0e0e0"  # an empty cell on a log scale
+
+
+def map_colours(values: np.ndarray, high: float, low: float = 0.0) -> list[str]:
+    """Fill colours (hex strings, same shape as ``values``, flattened) of map cells whose drawn
+    values (``display_values``) are ``values``, on the linear ``MAP_PALETTE`` scale [``low``, ``high``]
+    as Bokeh's LinearColorMapper maps it: values at or above ``high`` take the last colour, below
+    ``low`` the first, NaN ``MAP_NAN_COLOUR``. Done here, not by a mapper in the page, because every
+    mapping there re-renders every colour bar on the mapper (Bokeh's ``metrics_change``)."""
+    values = np.asarray(values, dtype=float).ravel()
+    n = len(MAP_PALETTE)
+    span = (high - low) or 1.0
+    with np.errstate(invalid="ignore"):
+        index = np.clip(np.floor((np.nan_to_num(values, nan=low) - low) / span * n), 0, n - 1).astype(int)
+    return [MAP_NAN_COLOUR if v != v else MAP_PALETTE[i] for v, i in zip(values.tolist(), index.tolist())]
+
+
+def map_columns(hists: HistogramSet, chamber: int, status: np.ndarray, log: bool = False,
+                high: float = 1.0) -> dict[str, list]:
     """Rect-glyph columns of one chamber's 2D map, one row per local channel (64,): cell centre
     ``x``/``y`` (mm), ``layer``, ``cell``, ``channel``, ``hits``, ``colour`` (``display_values`` of the
-    hits), ``status`` and outline colour/width."""
+    hits), ``fill`` (``map_colours`` of those on the scale [0, ``high``]), ``status`` and outline
+    colour/width."""
     layout = cell_layout()
     flags = status[chamber].tolist()
+    shown = display_values(hists.counts[chamber], log)
     return {
         **{k: v.tolist() for k, v in layout.items()},
         "chamber": [chamber] * CELLS_PER_CHAMBER,
         "hits": hists.counts[chamber].tolist(),
-        "colour": display_values(hists.counts[chamber], log).tolist(),
+        "colour": shown.tolist(),
+        "fill": map_colours(shown, high),
         "status": [f or "ok" for f in flags],
         "line_color": [STATUS_LINE[f] for f in flags],
         "line_width": [4 if f else 1 for f in flags],
@@ -284,7 +307,7 @@ def _map_figure(chamber: int, source: ColumnDataSource, mapper):
                  min_width=300, x_range=(0, width), y_range=(0, N_LAYERS * LAYER_HEIGHT_MM), tools="save",
                  x_axis_label="x along the layer (mm, chamber frame; not to scale vertically)")
     fig.rect(x="x", y="y", width=CELL_WIDTH_MM, height=LAYER_HEIGHT_MM, source=source,
-                        fill_color={"field": "colour", "transform": mapper}, line_color="line_color",
+                        fill_color="fill", line_color="line_color",
                         line_width="line_width")
     fig.add_tools(HoverTool(tooltips=[("chamber", "@chamber"), ("layer", "@layer"), ("cell", "@cell"),
                                       ("channel", "@channel"), ("hits", "@hits"), ("status", "@status")]))
@@ -359,6 +382,25 @@ def _pm(value: float, error: float | None) -> str:
     return f"{value:.1f}" + (f" ± {error:.1f}" if error is not None else "")
 
 
+def fit_table_html(fits: dict) -> str:
+    """One line per chamber (0..3) with its time-box fit from the results (``TimeBoxFit`` by chamber):
+    t0 and t_max in ns and the drift velocity in µm/ns, each ± its error; "no fit" for a chamber
+    without one. One Div for the four fits, not four plot titles: a title change makes BokehJS lay
+    out its plot again."""
+    cells = []
+    for c in range(N_CHAMBERS):
+        fit = fits.get(c)
+        if fit is None or fit.t0_ns is None or fit.t_max_ns is None:
+            text = "no fit"
+        else:
+            text = f"t0 {_pm(fit.t0_ns, fit.t0_err_ns)} ns · t_max {_pm(fit.t_max_ns, fit.t_max_err_ns)} ns"
+            if fit.v_drift_um_per_ns is not None:
+                text += f" · v {_pm(fit.v_drift_um_per_ns, fit.v_drift_err_um_per_ns)} µm/ns"
+        cells.append(f"<span data-fit='{c}' style='white-space:nowrap'><b style='color:{COLORS[c]}'>chamber {c}"
+                     f"</b>: {html.escape(text)}</span>")
+    return "Time-box fits: " + " &nbsp;|&nbsp; ".join(cells)
+
+
 NOT_LOADED = "reference not loaded"
 _reference_cache: dict[Path, tuple[float, dict[str, HistogramSet]]] = {}
 
@@ -408,7 +450,8 @@ class SessionView:
         self.series = ColumnDataSource({name: [] for name in SERIES_COLUMNS}, name="series-source")
         self.sources = {kind: ColumnDataSource(histogram_columns(None), name=f"{kind}-source") for kind in HIST_LABELS}
         self.maps = [ColumnDataSource(name=f"map-{c}-source") for c in range(N_CHAMBERS)]
-        self.mapper = LinearColorMapper(palette=Viridis256, low=0, high=1, nan_color="#e0e0e0")  # one scale, 4 maps
+        # one scale for the 4 maps; drawn by the colour bars only (cells are coloured by map_colours)
+        self.mapper = LinearColorMapper(palette=MAP_PALETTE, low=0, high=1, nan_color=MAP_NAN_COLOUR)
         self.rates = ColumnDataSource(rate_columns(Totals()), name="rates-source")
         self.health_table = ColumnDataSource(health_rows((), None), name="health-source")
         self.trend = ColumnDataSource(name="trend-source")
@@ -452,6 +495,7 @@ class SessionView:
         self.count_figures: list = []
         self.hist_figures: dict[str, list] = {}
         self.fit_spans: list[tuple[Span, Span]] = []
+        self.fit_text = Div(text="", name="fit-text", sizing_mode="stretch_width", styles={"font-size": "13px"})
         self.map_figures: list = []
         self.timeline = None
         self.count_labels = CustomJSTickFormatter(args={"log": self.log_toggle}, code=LABELS_JS.format(pad="padStart"))
@@ -498,10 +542,8 @@ class SessionView:
         total.yaxis.ticker = BasicTicker(min_interval=1)
         rates = _figure("chamber-rates", "Rate per chamber per micro-batch (Hz)", 230, x_axis_type="datetime",
                         x_range=total.x_range, x_axis_label="batch start (UTC)", y_axis_label="Hz")
-        for c in range(N_CHAMBERS):
-            rates.line("time_ms", f"rate_ch{c}", source=self.series, color=COLORS[c], line_width=2,
-                       legend_label=f"chamber {c}")
-        rates.add_layout(rates.legend[0], "right")  # outside the plot area, lines stay visible
+        for c in range(N_CHAMBERS):  # no Bokeh legend: it is re-rendered on every data change
+            rates.line("time_ms", f"rate_ch{c}", source=self.series, color=COLORS[c], line_width=2)
         fixed = CustomJSTickFormatter(code="return String(Number(tick.toPrecision(6))).padStart(7, '\u2007')")
         for fig in (total, rates):
             fig.yaxis.formatter = fixed
@@ -512,7 +554,8 @@ class SessionView:
             TableColumn(field="rate_hz", title="rate (Hz)", formatter=hz)])
         rates_note = Div(text=f"<b>{RATE_DEFINITION}.</b> Every rate on this page uses it.",
                          sizing_mode="stretch_width", styles={"font-size": "13px"})
-        return column(row(total, rates, **GRID), row(rates_table, rates_note, **GRID), **GRID)
+        return column(row(total, column(Div(text=chamber_key()), rates, **GRID), **GRID),
+                      row(rates_table, rates_note, **GRID), **GRID)
 
     def _build_occupancy(self):
         # One figure per kind, the four chambers side by side (BokehJS spends its update time per
@@ -559,7 +602,7 @@ class SessionView:
                      f"{', '.join(f'{o:g}' for o in SCINT_CHAMBER_OFFSET_NS)} ns); green box 0–390 ns "
                      "expected (21 mm ÷ 53.8 µm/ns); dashed green lines: fitted t0 and t_max when the results "
                      "carry a time-box fit; dashed black: reference."),
-            row(*figs[:2], **GRID), row(*figs[2:], **GRID), **GRID)
+            self.fit_text, row(*figs[:2], **GRID), row(*figs[2:], **GRID), **GRID)
 
     def _build_maps(self):
         self.map_figures = [_map_figure(c, self.maps[c], self.mapper) for c in range(N_CHAMBERS)]
@@ -596,6 +639,11 @@ class SessionView:
         trend_q.yaxis.major_label_overrides = {c: f"ch {c}" for c in range(N_CHAMBERS)}
         trend_q.add_tools(HoverTool(tooltips=[("time", "@x{%F %T}"), ("chamber", "@y"), ("quality", "@quality")],
                                     formatters={"@x": "datetime"}))
+        # one time axis, drawn under the bottom figure only: BokehJS measures every drawn axis's tick
+        # labels on each repaint and re-lays out a figure whose axis moves
+        for fig in (trend_q, trend_rate, trend_t0):
+            fig.xaxis.visible = False
+        trend_vd.xaxis.axis_label = "time (UTC)"
         return column(Div(text=chamber_key()), trend_q, trend_rate, trend_t0, trend_vd, **GRID)
 
     def _build_events(self):
@@ -732,7 +780,8 @@ class SessionView:
         return ref
 
     def _draw_overview(self) -> None:
-        self.series.data = {k: list(v) for k, v in self.snap.series.items()}  # snapshots are shared
+        # float arrays go to the page as binary buffers (snapshots are shared: copies)
+        self.series.data = {k: np.array(v, dtype=float) for k, v in self.snap.series.items()}
         self.rates.data = rate_columns(self.shown)
 
     def _draw_occupancy(self) -> None:
@@ -759,28 +808,34 @@ class SessionView:
             fits = {f.chamber: f for f in last.quality.time_box}
         for c, fig in enumerate(self.hist_figures["drift_time"]):
             fit = fits.get(c)
-            text = f"Chamber {c}"
-            if drift is None:
-                text += " — no data (version-1 results)"
             if fit is not None and fit.t0_ns is not None and fit.t_max_ns is not None:
                 self.fit_spans[c][0].location, self.fit_spans[c][1].location = fit.t0_ns, fit.t_max_ns
-                text += f" · t0 {_pm(fit.t0_ns, fit.t0_err_ns)} ns · t_max {_pm(fit.t_max_ns, fit.t_max_err_ns)} ns"
-                if fit.v_drift_um_per_ns is not None:
-                    text += f" · v {_pm(fit.v_drift_um_per_ns, fit.v_drift_err_um_per_ns)} µm/ns"
             else:
                 self.fit_spans[c][0].location, self.fit_spans[c][1].location = TIME_BOX_NS
+            text = f"Chamber {c}" + (" — no data (version-1 results)" if drift is None else "")
             if fig.title.text != text:
                 fig.title.text = text
+        text = fit_table_html(fits)
+        if self.fit_text.text != text:
+            self.fit_text.text = text
 
     def _draw_maps(self) -> None:
         occupancy = self.shown.histograms("occupancy")
         status = self._status()
+        # like the count axes (y_end): a colour scale that moves only when the data leave it or fill less
+        # than a third of it, so the colour bars are not redrawn on most updates
+        top = y_end(self.mapper.high, max(2.0, float(occupancy.counts.max())), self.log)
+        if top is not None:
+            self.mapper.high = top
         for c in range(N_CHAMBERS):
-            self.maps[c].data = map_columns(occupancy, c, status, self.log)
+            columns = map_columns(occupancy, c, status, self.log, self.mapper.high)
+            if self.maps[c].data.get("x"):  # the cell layout is sent once: update the other columns only
+                self.maps[c].data.update({k: v for k, v in columns.items() if k not in MAP_LAYOUT_COLUMNS})
+            else:
+                self.maps[c].data = columns
             text = f"{map_title(c)} — {self._label()}"
             if self.map_figures[c].title.text != text:
                 self.map_figures[c].title.text = text
-        self.mapper.high = float(display_values(np.array([max(2, int(occupancy.counts.max()))]), self.log)[0])
 
     def _draw_health(self) -> None:
         self.health_table.data = health_rows(self.snap.flags, self.shown.histograms("occupancy"))

@@ -15,6 +15,7 @@ from dashboard.state import ResultsStore, ViewChoice, channel_status, flagged_ch
 from dashboard.view import (
     SessionView,
     histogram_columns,
+    map_colours,
     map_columns,
     occupancy_columns,
     status_html,
@@ -131,23 +132,60 @@ def test_session_widgets_switch_views_and_reset_only_the_cumulative_view():
     assert "Run <b>7</b>" in view.run.text
 
 
-def test_log_scale_draws_log10_of_counts_with_one_colour_scale():
+def _maps_view():
+    """A session showing the Chamber maps tab, with one version-2 batch in its store."""
     store = ResultsStore(history=5)
     b = make_batch(0, seed=5, v2=True)
     store.ingest(b.message)
     view = SessionView("127.0.0.1:9", "res", history=5)
     view.tabs.active = 3  # maps
+    return store, b, view
+
+
+def test_log_scale_draws_log10_of_counts_with_one_colour_scale():
+    store, b, view = _maps_view()
     view.refresh(store.snapshot(), now=0.0)
-    assert view.mapper.high == b.occupancy.max()  # one scale: the highest cell of all four chambers
+    top = b.occupancy.max()  # one scale: from the highest cell of all four chambers
+    assert top <= view.mapper.high <= 2 * top
     assert all(f.right[0].color_mapper is view.mapper for f in view.map_figures)
     view.log_toggle.active = True
-    assert view.mapper.high == pytest.approx(math.log10(b.occupancy.max()))
+    assert math.log10(top) <= view.mapper.high <= math.log10(top) + 1
     cell = int(np.argmax(b.occupancy[2]))
     assert view.maps[2].data["colour"][cell] == pytest.approx(math.log10(b.occupancy[2, cell]))
+    assert view.maps[2].data["fill"][cell] == map_colours(np.array([math.log10(b.occupancy[2, cell])]),
+                                                          view.mapper.high)[0]
     assert view.maps[2].data["hits"][cell] == b.occupancy[2, cell]
     view.tabs.active = 1
     assert view.hist_figures["occupancy"][0].y_range.start < 0
     assert view.sources["occupancy"].data["y0"][cell] == pytest.approx(math.log10(b.occupancy[0, cell]))
+
+
+def test_map_colours_follow_bokehs_linear_colour_mapper():
+    from bokeh.palettes import Viridis256
+
+    from dashboard.view import MAP_NAN_COLOUR
+
+    values = np.array([0.0, 49.9, 50.0, 99.99, 100.0, 250.0, -3.0, np.nan])
+    # LinearColorMapper: index floor((v - low) / (high - low) * 256), clipped to the palette
+    assert map_colours(values, high=100.0) == [Viridis256[0], Viridis256[127], Viridis256[128], Viridis256[255],
+                                               Viridis256[255], Viridis256[255], Viridis256[0], MAP_NAN_COLOUR]
+    assert map_colours(np.zeros((2, 3)), high=0.0) == [Viridis256[0]] * 6  # a zero-width scale does not divide by 0
+
+
+def test_the_shared_colour_scale_moves_only_when_the_data_leave_it_or_fill_less_than_a_third():
+    store, b, view = _maps_view()
+    top = float(b.occupancy.max())
+    view.mapper.high = 1.2 * top  # holds the data: kept (no recolouring of four maps + colour bar)
+    view.refresh(store.snapshot(), now=0.0)
+    assert view.mapper.high == 1.2 * top
+    view.mapper.high = 0.9 * top  # a cell above the scale: grows
+    view.drawn_ingests = -1  # redraw the same data
+    view.refresh(store.snapshot(), now=0.0)
+    assert top <= view.mapper.high <= 2 * top
+    view.mapper.high = 10 * top  # data fill less than a third: shrinks
+    view.drawn_ingests = -1  # redraw the same data
+    view.refresh(store.snapshot(), now=0.0)
+    assert top <= view.mapper.high <= 2 * top
 
 
 def test_stale_banner_run_state_and_red_tile_follow_the_snapshot():
@@ -189,3 +227,14 @@ def test_trend_range_moves_only_when_values_leave_it_or_fill_under_a_third():
     assert trend_range((0.0, 1.0), 0.0, 0.0) == (0.0, 1.0)  # non-negative values: the axis starts at 0
     assert trend_range((0.0, 1.0), 600.0, 22_800.0)[0] == 0.0  # rates in Hz, padding would go below 0
     assert trend_range((0.0, 1.0), -5.0, 30.0)[0] < -5.0  # a t0 below 0 keeps its padding
+
+
+def test_fit_table_names_each_chambers_time_box_fit_or_no_fit():
+    from dashboard.view import fit_table_html
+    from dtmon.schema import TimeBoxFit
+
+    fit = TimeBoxFit(chamber=2, tagged_hits=900, t0_ns=3.25, t0_err_ns=0.4, t_max_ns=391.0, t_max_err_ns=0.6,
+                     v_drift_um_per_ns=54.26, v_drift_err_um_per_ns=0.1)
+    text = fit_table_html({2: fit})
+    assert "chamber 2</b>: t0 3.2 ± 0.4 ns · t_max 391.0 ± 0.6 ns · v 54.3 ± 0.1 µm/ns" in text
+    assert text.count("no fit") == 3
