@@ -180,3 +180,48 @@ def wait_reap(pid: int, timeout_s: float):
         if time.monotonic() > deadline:
             return None
         time.sleep(0.05)
+
+
+def process_kind(pid: int) -> str:
+    """What a browser process is, from its command line: Chromium's ``--type`` (``renderer``,
+    ``gpu-process``, ``utility``, ``zygote``; ``browser`` for Chromium's main process), else the
+    executable's name (``node`` for the Playwright driver); ``gone`` if the process ended."""
+    try:
+        args = (PROC / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").split()
+    except OSError:
+        return "gone"
+    kind = next((a.split("=", 1)[1] for a in args if a.startswith("--type=")), None)
+    if kind is not None:
+        return kind
+    name = Path(args[0]).name if args else ""
+    return "browser" if "chrom" in name else name or "unknown"
+
+
+def pss_bytes(pid: int) -> int | None:
+    """Proportional set size of ``pid`` in bytes (``/proc/<pid>/smaps_rollup``: shared pages divided
+    among the processes sharing them, so a tree's sum counts them once); None if unreadable."""
+    try:
+        text = (PROC / str(pid) / "smaps_rollup").read_text()
+    except OSError:
+        return None
+    return parse_status_kb(text, "Pss") or None
+
+
+def tree_by_kind_mb(root: int) -> dict[str, float]:
+    """RSS and PSS of the tree under ``root`` summed per ``process_kind``, in MB (10⁶ bytes):
+    {``"<kind> rss"``: MB, ``"<kind> pss"``: MB}; empty if ``root`` is gone."""
+    parents = process_parents()
+    if root not in parents:
+        return {}
+    out: dict[str, float] = {}
+    for pid in tree(root, parents):
+        sample = read_process(pid)
+        if sample is None:
+            continue
+        kind = process_kind(pid)
+        out[f"{kind} rss"] = out.get(f"{kind} rss", 0.0) + sample.rss / 1e6
+        pss = pss_bytes(pid)
+        if pss is not None:
+            out[f"{kind} pss"] = out.get(f"{kind} pss", 0.0) + pss / 1e6
+    return out
+

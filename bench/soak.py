@@ -25,6 +25,7 @@ import numpy as np
 
 from bench.inputs import synthetic_dir
 from bench.metrics import stream_stats
+from bench.procstats import tree_by_kind_mb
 from bench.stack import ResultsReader, Stack, child_env
 from dtmon.services import free_port, wait_for_port
 from dtmon.supervisor import console_script
@@ -110,8 +111,10 @@ def soak(opts) -> dict:
     stack = _stack(opts, f"soak-{opts.broker}")
     up_dir = stack.workdir / "up"
     state_file = up_dir / "stack.json"
+    samples_file = stack.workdir / "soak-samples.jsonl"
     dashboard_port = free_port()
     rss: dict[str, list[tuple[float, float]]] = {}
+    browser_mb: dict[str, list[tuple[float, float]]] = {}
     topic: list[dict] = []
     pids: dict[str, int] = {}
     restarts: dict[str, int] = {}
@@ -140,8 +143,9 @@ def soak(opts) -> dict:
         if browser.wait_plotted(300) is None:
             raise RuntimeError(f"the dashboard plotted nothing within 300 s:\n{up.log_text()[-3000:]}")
         driver = playwright_driver_pid()
+        cdp = [page.context.new_cdp_session(page) for page in pages]
         t0 = time.time()
-        opts.log(f"  soak: {rate:,.0f} rows/s, trigger {trigger_s:g} s, {PAGES} pages, {seconds:g} s from now")
+        opts.log(f"  soak: {rate:,.0f} rows/s, trigger {trigger_s:g} s, {PAGES} pages, {seconds:g} s from now; samples: {samples_file}")
         next_report = time.monotonic() + 600
         while time.time() - t0 < seconds:
             if up.process.poll() is not None:
@@ -162,6 +166,16 @@ def soak(opts) -> dict:
                 mb = tree_rss_mb(pid)
                 if mb is not None:
                     rss.setdefault(name, []).append((now, mb))
+            if driver:  # which browser process grows, and whether the pages' JS heaps or DOMs do
+                for kind, mb in tree_by_kind_mb(driver).items():
+                    browser_mb.setdefault(kind, []).append((now, mb))
+                for i, session in enumerate(cdp):
+                    heap, dom = session.send("Runtime.getHeapUsage"), session.send("Memory.getDOMCounters")
+                    browser_mb.setdefault(f"page {i} JS heap used", []).append((now, heap["usedSize"] / 1e6))
+                    browser_mb.setdefault(f"page {i} DOM nodes (k)", []).append((now, dom["nodes"] / 1e3))
+            with samples_file.open("a") as out:  # readable while the soak runs
+                out.write(json.dumps({"t_s": now, "rss_mb": {n: v[-1][1] for n, v in rss.items()},
+                                      "browser": {n: v[-1][1] for n, v in browser_mb.items()}}) + "\n")
             marks = watermarks(bootstrap)
             topic.append({"t_s": now, "low": marks[0] if marks else None, "high": marks[1] if marks else None,
                           "bytes": raw_topic_bytes(stack)})
@@ -205,11 +219,16 @@ def soak(opts) -> dict:
         f"trigger {trigger_s:g} s; {stats.batches} batches, {stats.over_trigger} longer than the trigger "
         f"(max {_fmt(stats.batch_max)} s); oldest-row latency growth {_fmt(stats.lag_growth_s, '+.2f')} s; "
         f"RSS slope MB/h second half (whole run): {slope_text}; pages following the stream at the end: "
-        f"{sum(pages_live)}/{PAGES}; restarts: {restarts}; raw topic: low watermark {lows[-1] if lows else 'n/a'} "
+        f"{sum(pages_live)}/{PAGES}; Chromium by process kind and page, slope per h second half: "
+        + ", ".join(f"{k} {_fmt(rss_slope_mb_per_h(second_half(v)), '+.1f')}" for k, v in sorted(browser_mb.items()))
+        + f"; restarts: {restarts}; raw topic: low watermark {lows[-1] if lows else 'n/a'} "
         f"(retention {opts.soak_retention_s:g} s, segments {opts.soak_segment_s:g} s), "
         + (f"size first/max/last {sizes[0] / 1e6:.0f}/{max(sizes) / 1e6:.0f}/{sizes[-1] / 1e6:.0f} MB" if sizes
            else "size not visible (Tansu keeps every row in memory: see the broker's RSS)")
     )
     row["details"] = {"stream": stats.__dict__, "rss_series_mb": rss, "rss_slopes": slopes, "raw_topic": topic,
+                      "browser_series": browser_mb,
+                      "browser_slopes_per_h": {k: {"whole": rss_slope_mb_per_h(v), "second_half": rss_slope_mb_per_h(
+                          second_half(v))} for k, v in browser_mb.items()},
                       "restarts": restarts, "pages_live": pages_live, "since_epoch": t0, "until_epoch": t_end}
     return row

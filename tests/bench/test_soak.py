@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from bench.soak import dir_bytes, rss_slope_mb_per_h, second_half
@@ -32,3 +34,23 @@ def test_dir_bytes_sums_files_below(tmp_path):
     (tmp_path / "a" / "00.log").write_bytes(b"x" * 1000)
     (tmp_path / "b.index").write_bytes(b"y" * 24)
     assert dir_bytes(tmp_path) == 1024
+
+
+def test_a_process_tree_is_summed_per_kind_of_process():
+    import subprocess
+    import sys
+
+    from bench.procstats import process_kind, tree_by_kind_mb
+
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert process_kind(child.pid) == "sleep"
+        kinds = tree_by_kind_mb(os.getpid())
+        me = process_kind(os.getpid())
+        assert me == os.path.basename(sys.executable) or me.startswith("python")
+        assert kinds[f"{me} rss"] > kinds.get("sleep rss", 0.0) > 0.0  # the child is in the tree, smaller
+        assert 0.0 < kinds[f"{me} pss"] <= kinds[f"{me} rss"] + 1.0
+    finally:
+        child.kill()
+        child.wait()
+    assert process_kind(child.pid) == "gone"
