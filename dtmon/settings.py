@@ -116,6 +116,10 @@ class Settings(BaseSettings):
         None, description="Spark master URL, e.g. local[*] or spark://host:7077; unset: spark-submit's --master, else local[*]"
     )
     shuffle_partitions: int = Field(2, ge=1, description="spark.sql.shuffle.partitions for the per-batch aggregations")
+    single_stage_rows: int = Field(
+        100_000, ge=0, description="a micro-batch that follows one of fewer DAQ rows than this runs as one Spark stage "
+        "without the shuffle (whose fixed cost dominates small batches: lower latency at low rates); 0: always two stages"
+    )
     scint_fpga: int = Field(SCINT_FPGA, ge=0, le=7, description="FPGA of the scintillator (t0) channel (course PDF: 1)")
     scint_channel: int | None = Field(
         None, ge=0, le=511, description="TDC_CHANNEL of the scintillator (course PDF: 128; the genuine rows show 138); "

@@ -207,15 +207,19 @@ def start_query(spark: SparkSession, settings: Settings, publisher: ResultsPubli
     rows = reader.load() if settings.kafka_source == "python" else spark_kafka.read_stream(spark, settings)
     monitor = monitor or QualityMonitor(settings)
     runs = RunTracker()
+    last_rows = [0]  # DAQ rows of the previous batch: the plan of the next (a rate changes slowly)
 
     def process(batch: DataFrame, batch_id: int) -> None:
         if publisher.already_published(batch_id):
             log.info("batch %d was published before the restart: not sent again", batch_id)
             return
         started = time.time()
-        agg = aggregate_batch(batch, monitor.binning_settings())
+        single_stage = 0 < last_rows[0] < settings.single_stage_rows
+        agg = aggregate_batch(batch, monitor.binning_settings(), single_stage)
+        last_rows[0] = agg.rows_read
         if agg.rows_read == 0 and not agg.run_events:
             return
+        aggregated = time.time()
         dq = monitor.update(batch_id, agg)
         message = build_message(
             batch_id,
@@ -229,12 +233,16 @@ def start_query(spark: SparkSession, settings: Settings, publisher: ResultsPubli
             scintillator=dq.scintillator,
             events=[*publisher.take_events(), *dq.events],
         )
+        checked = time.time()
         publisher.publish(batch_id, message.to_json())
+        done = time.time()
         log.info(
-            "batch %d: run %s (%s), %d rows, %d hits, %d malformed, chambers %s, %d scintillator orbits, quality %s (%s), %.2f s",
+            "batch %d: run %s (%s), %d rows, %d hits, %d malformed, chambers %s, %d scintillator orbits, quality %s (%s), "
+            "%.2f s (Spark %s %.2f, checks + message %.2f, publish %.2f)",
             batch_id, message.run, message.run_state, agg.rows_read, agg.hits, agg.malformed_rows,
             message.hits_per_chamber, agg.orbits_with_scintillator, dq.quality.quality, dq.quality.reason,
-            time.time() - started,
+            done - started, "1 stage" if single_stage else "2 stages", aggregated - started, checked - aggregated,
+            done - checked,
         )
 
     writer = (

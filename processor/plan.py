@@ -64,10 +64,25 @@ BUCKETS_PER_PARTITION = 4
 buckets per partition keep the partitions' shares of hits close to even."""
 
 
-def aggregate_batch(messages: DataFrame, settings: Settings | None = None) -> BatchAggregates:
+def decode_reduce_partition(binning: Binning, limits: MessageLimits | None = None):
+    """The one-stage plan's ``mapInArrow`` function: all source record batches of the whole
+    micro-batch (one partition, so whole orbits) -> one ``PARTIAL_SCHEMA`` row: stage 1's
+    decode and split into a single bucket, then stage 2's reduce, in one task."""
+    decode, reduce = decode_partition(binning, 1, limits), reduce_partition(binning)
+
+    def decode_reduce(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        return reduce(decode(batches))
+
+    return decode_reduce
+
+
+def aggregate_batch(messages: DataFrame, settings: Settings | None = None, single_stage: bool = False) -> BatchAggregates:
     """Reduce one micro-batch of raw-topic messages to the task 1-4 outputs and the extras, in Spark.
 
-    One Spark job of two stages (see the module docstring):
+    With ``single_stage`` (a small batch): ``coalesce(1).mapInArrow(decode_reduce_partition)``,
+    one task and no shuffle, whose fixed cost (shuffle files, a second stage of tasks and
+    Python workers) is most of a small batch's time. Otherwise one Spark job of two stages
+    (see the module docstring):
     ``mapInArrow(decode_partition)`` decodes every message to DAQ rows, counts them and
     splits the hits into ``settings.shuffle_partitions`` x ``BUCKETS_PER_PARTITION`` orbit
     buckets; ``repartition(settings.shuffle_partitions, "bucket")`` puts whole orbits in
@@ -80,6 +95,7 @@ def aggregate_batch(messages: DataFrame, settings: Settings | None = None) -> Ba
             per Kafka message).
         settings: scintillator channel, drift-time range and bins, max orbit gap, shuffle
             partitions (default: ``Settings()``).
+        single_stage: run the one-stage plan (same result).
     Returns:
         ``BatchAggregates`` of the whole micro-batch.
     Raises:
@@ -89,6 +105,9 @@ def aggregate_batch(messages: DataFrame, settings: Settings | None = None) -> Ba
     binning = Binning.from_settings(s)
     buckets = s.shuffle_partitions * BUCKETS_PER_PARTITION
     limits = MessageLimits(max_bytes=s.max_message_bytes, max_rows=s.max_message_rows)
+    if single_stage:
+        partials = messages.coalesce(1).mapInArrow(decode_reduce_partition(binning, limits), PARTIAL_SPARK_SCHEMA)
+        return merge_aggregates(from_partial_rows(partials.toArrow(), binning), binning)
     split = messages.mapInArrow(decode_partition(binning, buckets, limits), SPLIT_SPARK_SCHEMA)
     partials = split.repartition(s.shuffle_partitions, "bucket").mapInArrow(reduce_partition(binning), PARTIAL_SPARK_SCHEMA)
     return merge_aggregates(from_partial_rows(partials.toArrow(), binning), binning)
