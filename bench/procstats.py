@@ -197,31 +197,24 @@ def process_kind(pid: int) -> str:
     return "browser" if "chrom" in name else name or "unknown"
 
 
-def pss_bytes(pid: int) -> int | None:
-    """Proportional set size of ``pid`` in bytes (``/proc/<pid>/smaps_rollup``: shared pages divided
-    among the processes sharing them, so a tree's sum counts them once); None if unreadable."""
-    try:
-        text = (PROC / str(pid) / "smaps_rollup").read_text()
-    except OSError:
-        return None
-    return parse_status_kb(text, "Pss") or None
-
-
 def tree_by_kind_mb(root: int) -> dict[str, float]:
-    """RSS and PSS of the tree under ``root`` summed per ``process_kind``, in MB (10⁶ bytes):
-    {``"<kind> rss"``: MB, ``"<kind> pss"``: MB}; empty if ``root`` is gone."""
+    """Memory of the tree under ``root`` summed per ``process_kind``, in MB (10⁶ bytes):
+    ``"<kind> rss"`` (VmRSS), ``"<kind> anon"`` (RssAnon: the process's own heap pages) and
+    ``"<kind> shmem"`` (RssShmem: shared memory, which every process mapping it counts again in
+    its RSS, so a tree's RSS sum overstates it); empty if ``root`` is gone. Not PSS: it divides
+    shared library pages among all processes mapping them, so it moves whenever another Chromium
+    starts or stops on the machine."""
     parents = process_parents()
     if root not in parents:
         return {}
     out: dict[str, float] = {}
     for pid in tree(root, parents):
-        sample = read_process(pid)
-        if sample is None:
+        try:
+            status = (PROC / str(pid) / "status").read_text()
+        except OSError:
             continue
         kind = process_kind(pid)
-        out[f"{kind} rss"] = out.get(f"{kind} rss", 0.0) + sample.rss / 1e6
-        pss = pss_bytes(pid)
-        if pss is not None:
-            out[f"{kind} pss"] = out.get(f"{kind} pss", 0.0) + pss / 1e6
+        for key, label in (("VmRSS", "rss"), ("RssAnon", "anon"), ("RssShmem", "shmem")):
+            name = f"{kind} {label}"
+            out[name] = out.get(name, 0.0) + parse_status_kb(status, key) / 1e6
     return out
-

@@ -166,7 +166,7 @@ def soak(opts) -> dict:
                 mb = tree_rss_mb(pid)
                 if mb is not None:
                     rss.setdefault(name, []).append((now, mb))
-            if driver:  # which browser process grows, and whether the pages' JS heaps or DOMs do
+            if driver:  # which browser process grows (its own heap or shared memory), and the pages' JS heaps and DOMs
                 for kind, mb in tree_by_kind_mb(driver).items():
                     browser_mb.setdefault(kind, []).append((now, mb))
                 for i, session in enumerate(cdp):

@@ -49,7 +49,8 @@ def test_a_process_tree_is_summed_per_kind_of_process():
         me = process_kind(os.getpid())
         assert me == os.path.basename(sys.executable) or me.startswith("python")
         assert kinds[f"{me} rss"] > kinds.get("sleep rss", 0.0) > 0.0  # the child is in the tree, smaller
-        assert 0.0 < kinds[f"{me} pss"] <= kinds[f"{me} rss"] + 1.0
+        assert 0.0 < kinds[f"{me} anon"] <= kinds[f"{me} rss"]
+        assert kinds[f"{me} anon"] + kinds[f"{me} shmem"] <= kinds[f"{me} rss"]
     finally:
         child.kill()
         child.wait()
