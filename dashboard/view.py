@@ -495,7 +495,9 @@ class SessionView:
         self.count_figures: list = []
         self.hist_figures: dict[str, list] = {}
         self.fit_spans: list[tuple[Span, Span]] = []
-        self.fit_text = Div(text="", name="fit-text", sizing_mode="stretch_width", styles={"font-size": "13px"})
+        # a fixed height: new text then changes no size, so BokehJS does not lay the tab out again
+        self.fit_text = Div(text="", name="fit-text", height=40, sizing_mode="stretch_width",
+                            styles={"font-size": "13px", "overflow": "hidden"})
         self.map_figures: list = []
         self.timeline = None
         self.count_labels = CustomJSTickFormatter(args={"log": self.log_toggle}, code=LABELS_JS.format(pad="padStart"))

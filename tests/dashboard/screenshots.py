@@ -32,8 +32,10 @@ def msg(i, started):
     m = b.message
     if dead_ch1:
         chambers = list(m.chambers)
-        z = chambers[1].occupancy.model_copy(update={"bin_counts": [0] * 64})
-        chambers[1] = chambers[1].model_copy(update={"hits": 0, "occupancy": z})
+        dead = {k: h.model_copy(update={"bin_counts": [0] * len(h.bin_counts)})  # a dead chamber: every histogram empty
+                for k in ("occupancy", "multiplicity", "occupancy_scint", "drift_time")
+                if (h := getattr(chambers[1], k)) is not None}
+        chambers[1] = chambers[1].model_copy(update={"hits": 0, **dead})
         m = m.model_copy(update={"chambers": chambers})
     return m
 
