@@ -198,6 +198,8 @@ def soak(opts) -> dict:
     slopes = {name: {"whole_mb_h": rss_slope_mb_per_h(s), "second_half_mb_h": rss_slope_mb_per_h(second_half(s)),
                      "first_mb": s[0][1], "last_mb": s[-1][1], "peak_mb": max(v for _, v in s)}
               for name, s in rss.items() if s}  # fmt: skip
+    browser_slopes = {k: {"whole": rss_slope_mb_per_h(v), "second_half": rss_slope_mb_per_h(second_half(v))}
+                      for k, v in browser_mb.items()}  # fmt: skip
     growing = {n: v["second_half_mb_h"] for n, v in slopes.items()
                if v["second_half_mb_h"] is not None and v["second_half_mb_h"] > opts.soak_rss_slope_mb_h}
     sizes = [s["bytes"] for s in topic if s["bytes"] is not None]
@@ -220,7 +222,7 @@ def soak(opts) -> dict:
         f"(max {_fmt(stats.batch_max)} s); oldest-row latency growth {_fmt(stats.lag_growth_s, '+.2f')} s; "
         f"RSS slope MB/h second half (whole run): {slope_text}; pages following the stream at the end: "
         f"{sum(pages_live)}/{PAGES}; Chromium by process kind and page, slope per h second half: "
-        + ", ".join(f"{k} {_fmt(rss_slope_mb_per_h(second_half(v)), '+.1f')}" for k, v in sorted(browser_mb.items()))
+        + ", ".join(f"{k} {_fmt(v['second_half'], '+.1f')}" for k, v in sorted(browser_slopes.items()))
         + f"; restarts: {restarts}; raw topic: low watermark {lows[-1] if lows else 'n/a'} "
         f"(retention {opts.soak_retention_s:g} s, segments {opts.soak_segment_s:g} s), "
         + (f"size first/max/last {sizes[0] / 1e6:.0f}/{max(sizes) / 1e6:.0f}/{sizes[-1] / 1e6:.0f} MB" if sizes
@@ -228,7 +230,6 @@ def soak(opts) -> dict:
     )
     row["details"] = {"stream": stats.__dict__, "rss_series_mb": rss, "rss_slopes": slopes, "raw_topic": topic,
                       "browser_series": browser_mb,
-                      "browser_slopes_per_h": {k: {"whole": rss_slope_mb_per_h(v), "second_half": rss_slope_mb_per_h(
-                          second_half(v))} for k, v in browser_mb.items()},
+                      "browser_slopes_per_h": browser_slopes,
                       "restarts": restarts, "pages_live": pages_live, "since_epoch": t0, "until_epoch": t_end}
     return row

@@ -103,11 +103,11 @@ def aggregate_batch(messages: DataFrame, settings: Settings | None = None, singl
     """
     s = settings or Settings()
     binning = Binning.from_settings(s)
-    buckets = s.shuffle_partitions * BUCKETS_PER_PARTITION
     limits = MessageLimits(max_bytes=s.max_message_bytes, max_rows=s.max_message_rows)
     if single_stage:
         partials = messages.coalesce(1).mapInArrow(decode_reduce_partition(binning, limits), PARTIAL_SPARK_SCHEMA)
-        return merge_aggregates(from_partial_rows(partials.toArrow(), binning), binning)
-    split = messages.mapInArrow(decode_partition(binning, buckets, limits), SPLIT_SPARK_SCHEMA)
-    partials = split.repartition(s.shuffle_partitions, "bucket").mapInArrow(reduce_partition(binning), PARTIAL_SPARK_SCHEMA)
+    else:
+        buckets = s.shuffle_partitions * BUCKETS_PER_PARTITION
+        split = messages.mapInArrow(decode_partition(binning, buckets, limits), SPLIT_SPARK_SCHEMA)
+        partials = split.repartition(s.shuffle_partitions, "bucket").mapInArrow(reduce_partition(binning), PARTIAL_SPARK_SCHEMA)
     return merge_aggregates(from_partial_rows(partials.toArrow(), binning), binning)
