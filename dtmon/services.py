@@ -85,11 +85,28 @@ def _wait_or_stop(process: subprocess.Popen, host: str, port: int, timeout: floa
         raise
 
 
+_HANDED_OUT: set[int] = set()
+"""Ports ``free_port`` returned before in this process."""
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port on 127.0.0.1 that is free right now and not returned before by this process.
+
+    The kernel may offer a port again as soon as its probe socket closes, so two calls in a row
+    (a broker port, then its controller port) could get the same one and the second server fail
+    to bind; each port is therefore handed out once.
+
+    Raises:
+        RuntimeError: no new free port in 1 000 tries.
+    """
+    for _ in range(1000):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no new free TCP port on 127.0.0.1 in 1 000 tries")
 
 
 def tansu_binary() -> str:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import uuid
 from pathlib import Path
 
 import pytest
 
 from dtmon.daqfiles import SYNTHETIC_MANIFEST, SourceError
+from dtmon import services
 from dtmon.services import plan_uploads, s3_client, seed
 
 
@@ -130,3 +132,40 @@ def test_broker_on_s3_storage_restarted_after_kill_keeps_every_message(tmp_path,
         assert broker.process.pid != old_pid and kept == 300
     finally:
         stack.stop()
+
+
+def test_free_port_never_hands_out_a_port_twice(monkeypatch):
+    """A broker and its controller asked for ports in a row must not get the same one (Apache
+    Kafka then refuses to start), even when the kernel offers the same port again."""
+    import socket
+
+    offered = iter([41001, 41001, 41001, 41002])
+
+    class OneSocket:
+        def __init__(self, *args):
+            self.port = next(offered)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def bind(self, address):
+            pass
+
+        def getsockname(self):
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(services, "_HANDED_OUT", set())
+    monkeypatch.setattr(socket, "socket", OneSocket)
+    assert services.free_port() == 41001
+    assert services.free_port() == 41002
+
+
+def test_free_ports_in_a_row_are_distinct_and_bindable():
+    ports = [services.free_port() for _ in range(20)]
+    assert len(set(ports)) == 20
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
