@@ -150,6 +150,27 @@ def occupancy_columns(hists: HistogramSet, status: np.ndarray, log: bool = False
     return data
 
 
+HISTOGRAM_BIN_COLUMNS = ("left", "right", "centre", "bottom")
+"""Columns of ``histogram_columns`` that change only with the binning or the log toggle."""
+
+
+def set_histogram_columns(source: ColumnDataSource, data: dict[str, list[float]]) -> None:
+    """Put ``histogram_columns`` data into ``source`` as float arrays (binary buffers on the wire;
+    a NaN in a list goes as one JSON object), sending the bin columns only when they changed.
+
+    Every column of ``data`` has the same length n (bins); a new key set or new bin columns
+    replace the whole data, anything else is one update of the count columns.
+    """
+    arrays = {k: np.asarray(v, dtype=float) for k, v in data.items()}
+    old = source.data
+    if set(old) == set(arrays) and all(
+        np.array_equal(np.asarray(old[k], dtype=float), arrays[k]) for k in HISTOGRAM_BIN_COLUMNS if k in arrays
+    ):
+        old.update({k: v for k, v in arrays.items() if k not in HISTOGRAM_BIN_COLUMNS})
+    else:
+        source.data = arrays
+
+
 MAP_PALETTE = Viridis256
 MAP_LAYOUT_COLUMNS = ("x", "y", "layer", "cell", "channel", "chamber")  # fixed per chamber
 MAP_NAN_COLOUR = "#e0e0e0"  # an empty cell on a log scale
@@ -792,18 +813,18 @@ class SessionView:
         data = occupancy_columns(occupancy, self._status(), self.log,
                                  normalised_reference(ref.get("occupancy"), occupancy))
         self._fit_y("occupancy", data)
-        self.sources["occupancy"].data = data
+        set_histogram_columns(self.sources["occupancy"], data)
         for kind in ("occupancy_scint", "multiplicity"):
             data = histogram_columns(self.shown.histograms(kind), self.log)
             self._fit_y(kind, data)
-            self.sources[kind].data = data
+            set_histogram_columns(self.sources[kind], data)
 
     def _draw_time_box(self) -> None:
         drift = self.shown.histograms("drift_time")
         ref = self._reference()
         data = histogram_columns(drift, self.log, normalised_reference(ref.get("drift_time"), drift))
         self._fit_y("drift_time", data)
-        self.sources["drift_time"].data = data
+        set_histogram_columns(self.sources["drift_time"], data)
         fits = {}
         last = self.snap.last
         if last is not None and last.quality is not None:

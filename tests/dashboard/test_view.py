@@ -238,3 +238,31 @@ def test_fit_table_names_each_chambers_time_box_fit_or_no_fit():
     text = fit_table_html({2: fit})
     assert "chamber 2</b>: t0 3.2 ± 0.4 ns · t_max 391.0 ± 0.6 ns · v 54.3 ± 0.1 µm/ns" in text
     assert text.count("no fit") == 3
+
+
+def test_histogram_updates_send_float_buffers_and_the_bins_only_when_they_change():
+    from bokeh.document import Document
+    from bokeh.models import ColumnDataSource
+
+    from dashboard.state import HistogramSet
+    from dashboard.view import HISTOGRAM_BIN_COLUMNS, set_histogram_columns
+
+    def hists(counts, edges):
+        return HistogramSet(edges=list(edges), counts=np.asarray(counts, dtype=np.int64))
+
+    source = ColumnDataSource()
+    doc = Document()
+    doc.add_root(source)
+    sent = []
+    doc.callbacks.on_change(lambda event: sent.append(event))
+    edges = [0.0, 5.0, 10.0]
+    set_histogram_columns(source, histogram_columns(hists(np.ones((4, 2)), edges)))
+    assert all(v.dtype == np.float64 for v in source.data.values())
+    set_histogram_columns(source, histogram_columns(hists(np.full((4, 2), 7), edges)))
+    changed = set(sent[-1].cols)
+    assert changed and not changed & set(HISTOGRAM_BIN_COLUMNS)
+    assert source.data["ch2"].tolist() == [7.0, 7.0] and math.isnan(source.data["ref_ch0"][0])
+    set_histogram_columns(source, histogram_columns(hists(np.full((4, 2), 7), edges), log=True))
+    assert source.data["bottom"].tolist() != [0.0, 0.0]  # the log toggle moves the bars' bottom: sent again
+    set_histogram_columns(source, histogram_columns(hists(np.ones((4, 3)), [0.0, 1.0, 2.0, 3.0])))
+    assert source.data["left"].tolist() == [0.0, 1.0, 2.0]
