@@ -394,7 +394,7 @@ def start_embedded_s3(stack: Stack, port: int, logs: Path, timeout: float) -> Ch
     return stack.start_service(lambda: start_s3("127.0.0.1", port, logs / "s3.log", timeout), logs / "s3.log", restart=True)
 
 
-PERSIST_PACING = {"messages_per_s": 1.0, "producer_commit_interval_s": 2.0}
+PERSIST_PACING = {"messages_per_s": 1.0, "producer_commit_interval_s": 2.0, "producer_commit_when_idle": False}
 """Producer pacing under ``--persist`` unless set: Tansu 0.6's S3 engine answers fetches more slowly with
 every record batch it stores (docs/reliability.md), so the producer writes ~1.5 batches/s instead of ~24."""
 
@@ -403,7 +403,7 @@ def persist_pacing(settings: Settings) -> Settings:
     """``settings`` with ``PERSIST_PACING`` for the fields the operator did not set."""
     update = {k: v for k, v in PERSIST_PACING.items() if k not in settings.model_fields_set}
     if update:
-        console.print("--persist: the producer sends " + ", ".join(f"{k} = {v:g}" for k, v in update.items())
+        console.print("--persist: the producer sends " + ", ".join(f"{k} = {v}" for k, v in update.items())
                       + " (fewer record batches for the broker's S3 storage)")  # fmt: skip
     return settings.model_copy(update=update)
 

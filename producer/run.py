@@ -77,6 +77,9 @@ CACHE_LIMIT_BYTES = 256 * 1024 * 1024
 PREFETCH_LEAD_S = 30.0
 """Start reading the next file when the current one has less than this many s of rows left."""
 
+IDLE_COMMIT_S = 0.01
+"""With ``settings.producer_commit_when_idle``, a pacer sleep at least this long (s) commits first."""
+
 
 @dataclass
 class ProducerStats:
@@ -369,7 +372,12 @@ def run_producer(
     reader = FileReader(src, files, loop=loop, keep_text=wire == "csv-line", first_pass=pos.passes, first_file=first_file)
 
     def commit_if_due(wait: float = 0.0) -> None:
-        if sink.in_transaction and sink.transaction_age() + wait >= settings.producer_commit_interval_s:
+        """Commit the open transaction when it reaches the commit interval, or (``producer_commit_when_idle``)
+        when the pacer is about to sleep ``wait`` >= ``IDLE_COMMIT_S`` s: rows then wait in no open transaction."""
+        if not sink.in_transaction:
+            return
+        idle = settings.producer_commit_when_idle and wait >= IDLE_COMMIT_S
+        if idle or sink.transaction_age() + wait >= settings.producer_commit_interval_s:
             sink.commit(flush_timeout_s)
 
     try:
@@ -405,6 +413,7 @@ def run_producer(
                 wait = pacer.delay()
                 if wait > 0:
                     commit_if_due(wait)  # rows do not wait in an open transaction while the pacer sleeps
+                    wait = pacer.delay()  # the commit took some of the wait
                 if (wait > 0 and sleep(wait)) or stop_event.is_set():
                     stopped = True
                     break

@@ -263,3 +263,44 @@ def test_an_error_ends_the_run_but_a_hard_abort_does_not(genuine_csv, hard):
     assert grouped(sink.producer.order) == ["start:0", "data:0*2"] + ([] if hard else ["end:0"])
     assert end_rows(sink.producer) == ([] if hard else [200])
     assert sink.producer.flushed
+
+
+class TransactionalRecordingProducer(RecordingProducer):
+    """RecordingProducer with the transaction calls; ``commit_times`` records each commit's fake time."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.commit_times: list[float] = []
+
+    def init_transactions(self, timeout=None):
+        pass
+
+    def begin_transaction(self):
+        pass
+
+    def commit_transaction(self, timeout=None):
+        self.commit_times.append(self.clock())
+
+    def abort_transaction(self, timeout=None):
+        pass
+
+
+@pytest.mark.parametrize("when_idle", [True, False])
+def test_a_paced_producer_commits_before_it_sleeps(genuine_csv, when_idle):
+    """At 1 000 rows/s (20 messages/s) the pacer sleeps ~50 ms after each message: with
+    producer_commit_when_idle every message is committed before that sleep, so no row waits for
+    the commit interval; without it the interval (0.25 s, real time) rules and the fast fake-time
+    run commits only at its end."""
+    fake = FakeTime()
+    RecordingProducer.clock = fake
+    sink = KafkaSink("127.0.0.1:1", "t", producer_cls=TransactionalRecordingProducer, partitions=1,
+                     transactional_id="test")  # fmt: skip
+    settings = load_settings(rate=1_000, source=str(genuine_csv), producer_commit_when_idle=when_idle)
+    stats = run_producer(settings, loop=True, duration=5, clock=fake, sleep=fake.sleep, sink=sink)
+    commits = sink.producer.commit_times
+    if when_idle:
+        assert len(commits) >= stats.messages - 1 >= 90
+        sends = [t for t, _, _ in sink.producer.sent]
+        assert all(any(0 <= c - s < 0.01 for c in commits) for s in sends[:-1])  # each send committed at once
+    else:
+        assert len(commits) <= 2
