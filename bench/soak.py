@@ -115,6 +115,7 @@ def soak(opts) -> dict:
     dashboard_port = free_port()
     rss: dict[str, list[tuple[float, float]]] = {}
     browser_mb: dict[str, list[tuple[float, float]]] = {}
+    processor_mb: dict[str, list[tuple[float, float]]] = {}  # the processor tree per executable: java, python
     topic: list[dict] = []
     pids: dict[str, int] = {}
     restarts: dict[str, int] = {}
@@ -166,6 +167,9 @@ def soak(opts) -> dict:
                 mb = tree_rss_mb(pid)
                 if mb is not None:
                     rss.setdefault(name, []).append((now, mb))
+            if "processor" in trees:  # the driver JVM or its Python workers
+                for kind, mb in tree_by_kind_mb(trees["processor"]).items():
+                    processor_mb.setdefault(kind, []).append((now, mb))
             if driver:  # which browser process grows (its own heap or shared memory), and the pages' JS heaps and DOMs
                 for kind, mb in tree_by_kind_mb(driver).items():
                     browser_mb.setdefault(kind, []).append((now, mb))
@@ -175,7 +179,8 @@ def soak(opts) -> dict:
                     browser_mb.setdefault(f"page {i} DOM nodes (k)", []).append((now, dom["nodes"] / 1e3))
             with samples_file.open("a") as out:  # readable while the soak runs
                 out.write(json.dumps({"t_s": now, "rss_mb": {n: v[-1][1] for n, v in rss.items()},
-                                      "browser": {n: v[-1][1] for n, v in browser_mb.items()}}) + "\n")
+                                      "browser": {n: v[-1][1] for n, v in browser_mb.items()},
+                                      "processor": {n: v[-1][1] for n, v in processor_mb.items()}}) + "\n")
             marks = watermarks(bootstrap)
             topic.append({"t_s": now, "low": marks[0] if marks else None, "high": marks[1] if marks else None,
                           "bytes": raw_topic_bytes(stack)})
@@ -200,6 +205,8 @@ def soak(opts) -> dict:
               for name, s in rss.items() if s}  # fmt: skip
     browser_slopes = {k: {"whole": rss_slope_mb_per_h(v), "second_half": rss_slope_mb_per_h(second_half(v))}
                       for k, v in browser_mb.items()}  # fmt: skip
+    processor_slopes = {k: {"whole": rss_slope_mb_per_h(v), "second_half": rss_slope_mb_per_h(second_half(v))}
+                        for k, v in processor_mb.items()}  # fmt: skip
     growing = {n: v["second_half_mb_h"] for n, v in slopes.items()
                if v["second_half_mb_h"] is not None and v["second_half_mb_h"] > opts.soak_rss_slope_mb_h}
     sizes = [s["bytes"] for s in topic if s["bytes"] is not None]
@@ -223,6 +230,8 @@ def soak(opts) -> dict:
         f"RSS slope MB/h second half (whole run): {slope_text}; pages following the stream at the end: "
         f"{sum(pages_live)}/{PAGES}; Chromium by process kind and page, slope per h second half: "
         + ", ".join(f"{k} {_fmt(v['second_half'], '+.1f')}" for k, v in sorted(browser_slopes.items()))
+        + "; processor by executable, slope per h second half: "
+        + ", ".join(f"{k} {_fmt(v['second_half'], '+.1f')}" for k, v in sorted(processor_slopes.items()))
         + f"; restarts: {restarts}; raw topic: low watermark {lows[-1] if lows else 'n/a'} "
         f"(retention {opts.soak_retention_s:g} s, segments {opts.soak_segment_s:g} s), "
         + (f"size first/max/last {sizes[0] / 1e6:.0f}/{max(sizes) / 1e6:.0f}/{sizes[-1] / 1e6:.0f} MB" if sizes
@@ -231,5 +240,6 @@ def soak(opts) -> dict:
     row["details"] = {"stream": stats.__dict__, "rss_series_mb": rss, "rss_slopes": slopes, "raw_topic": topic,
                       "browser_series": browser_mb,
                       "browser_slopes_per_h": browser_slopes,
+                      "processor_series": processor_mb, "processor_slopes_per_h": processor_slopes,
                       "restarts": restarts, "pages_live": pages_live, "since_epoch": t0, "until_epoch": t_end}
     return row
