@@ -89,8 +89,9 @@ _READ_ROLE = {
     "socket.timeout.ms": 10000,
     # a range that ends in transaction markers closes at the end-of-partition event, which comes with the
     # first empty fetch: the broker holds an empty fetch this long (librdkafka's default 500 ms added
-    # ~0.5 s to every micro-batch whose range ended in a commit marker)
-    "fetch.wait.max.ms": 10,
+    # ~0.5 s to every micro-batch whose range ended in a commit marker); 25 ms as in
+    # KafkaClients.end_offsets, which Tansu's S3 engine answers too (it answers no fetch within 5 ms)
+    "fetch.wait.max.ms": 25,
 }
 """librdkafka keys of the source's consumers."""
 
