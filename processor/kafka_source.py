@@ -87,13 +87,24 @@ _READ_ROLE = {
     "fetch.max.bytes": 64 << 20,
     "max.partition.fetch.bytes": 16 << 20,
     "socket.timeout.ms": 10000,
-    # a range that ends in transaction markers closes at the end-of-partition event, which comes with the
-    # first empty fetch: the broker holds an empty fetch this long (librdkafka's default 500 ms added
-    # ~0.5 s to every micro-batch whose range ended in a commit marker); 25 ms as in
-    # KafkaClients.end_offsets, which Tansu's S3 engine answers too (it answers no fetch within 5 ms)
-    "fetch.wait.max.ms": 25,
 }
 """librdkafka keys of the source's consumers."""
+
+SHORT_FETCH_WAIT_MS = 25
+"""``fetch.wait.max.ms`` a reader starts with. A range that ends in transaction markers closes at the
+end-of-partition event, which comes with the first empty fetch, and the broker holds an empty fetch
+this long: librdkafka's default (500 ms) added ~0.5 s to every micro-batch whose range ended in a
+commit marker."""
+
+LONG_FETCH_WAIT_MS = 500
+"""librdkafka's default ``fetch.wait.max.ms``: a reader falls back to it when a short-wait fetch
+brought nothing for ``SHORT_WAIT_STALL_S`` (Tansu's S3 engine answers no fetch that short)."""
+
+SHORT_WAIT_STALL_S = 3.0
+"""s without a message, offsets still missing, before a reader gives up the short fetch wait."""
+
+_fetch_wait_ms: dict[str, int] = {}
+"""bootstrap servers -> the fetch wait this Python worker learned to use for them."""
 
 
 def kafka_options(config: KafkaConfig) -> dict[str, str]:
@@ -176,7 +187,9 @@ def read_range(
     """
     from confluent_kafka import KafkaError, TopicPartition
 
-    consumer = clients.consumer(CONSUMER_GROUP, _READ_ROLE)
+    servers = clients.config.bootstrap_servers
+    wait_ms = _fetch_wait_ms.get(servers, SHORT_FETCH_WAIT_MS)
+    consumer = clients.consumer(CONSUMER_GROUP, {**_READ_ROLE, "fetch.wait.max.ms": wait_ms})
     consumer.assign([TopicPartition(rng.topic, rng.partition, rng.start)])
     columns: dict[str, list] = {name: [] for name in MESSAGE_SCHEMA.names}
     pending_bytes = 0
@@ -228,6 +241,14 @@ def read_range(
                 if pending_bytes >= bytes_per_batch or len(columns["value"]) >= 10_000:
                     yield flush()
                     pending_bytes = 0
+            if wait_ms < LONG_FETCH_WAIT_MS and time.monotonic() - last_progress > SHORT_WAIT_STALL_S:
+                wait_ms = _fetch_wait_ms[servers] = LONG_FETCH_WAIT_MS
+                log.warning("no message for %g s at offset %d of %s with %d-ms fetches: reading %s with "
+                            "librdkafka's default fetch wait (%d ms) from now on", SHORT_WAIT_STALL_S, next_offset, rng,
+                            SHORT_FETCH_WAIT_MS, servers, LONG_FETCH_WAIT_MS)  # fmt: skip
+                consumer.close()
+                consumer = clients.consumer(CONSUMER_GROUP, {**_READ_ROLE, "fetch.wait.max.ms": wait_ms})
+                consumer.assign([TopicPartition(rng.topic, rng.partition, next_offset)])
             if time.monotonic() - last_progress > stall_timeout_s:
                 raise TimeoutError(f"no message for {stall_timeout_s} s at offset {next_offset} of {rng}")
         if columns["value"]:
