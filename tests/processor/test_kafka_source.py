@@ -148,6 +148,26 @@ def test_read_range_raises_on_a_stall_and_on_a_fatal_error():
         list(read_range(fatal, KafkaRange("t", 0, 0, 3)))
 
 
+def test_a_reader_whose_short_fetches_bring_nothing_falls_back_to_the_default_wait(monkeypatch):
+    """Tansu's S3 engine answers no 25-ms fetch: after SHORT_WAIT_STALL_S without a message the
+    reader reads on from the same offset with 500-ms fetches, and later reads of that broker start so."""
+    from processor import kafka_source
+
+    monkeypatch.setattr(kafka_source, "_fetch_wait_ms", {})
+    monkeypatch.setattr(kafka_source, "SHORT_WAIT_STALL_S", 0.0)
+    scripts = iter([{"events": [FakeMessage("t", 0, 3, b"x")]},  # then nothing with short fetches
+                    {"events": [FakeMessage("t", 0, 4, b"y")]},
+                    {"events": [FakeMessage("t", 0, 5, b"z")]}])
+    clients = FakeClients(lambda: next(scripts))
+    table = pa.Table.from_batches(list(read_range(clients, KafkaRange("t", 0, 3, 5))), MESSAGE_SCHEMA)
+    assert table.column("value").to_pylist() == [b"x", b"y"]  # nothing lost, nothing twice
+    first, second = clients.consumers
+    assert first.config["fetch.wait.max.ms"] == kafka_source.SHORT_FETCH_WAIT_MS and first.closed
+    assert second.config["fetch.wait.max.ms"] == kafka_source.LONG_FETCH_WAIT_MS and second.assigned == [("t", 0, 4)]
+    list(read_range(clients, KafkaRange("t", 0, 5, 6)))
+    assert clients.consumers[2].config["fetch.wait.max.ms"] == kafka_source.LONG_FETCH_WAIT_MS
+
+
 def test_max_offsets_per_trigger_caps_the_planned_end(monkeypatch):
     script = lambda: {"partitions": {"t": [0, 1]}, "watermarks": {("t", 0): (0, 300), ("t", 1): (0, 200)},  # noqa: E731
                       "events": [eof("t", 0, 300), eof("t", 1, 200)]}
