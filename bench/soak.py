@@ -203,10 +203,11 @@ def soak(opts) -> dict:
     slopes = {name: {"whole_mb_h": rss_slope_mb_per_h(s), "second_half_mb_h": rss_slope_mb_per_h(second_half(s)),
                      "first_mb": s[0][1], "last_mb": s[-1][1], "peak_mb": max(v for _, v in s)}
               for name, s in rss.items() if s}  # fmt: skip
-    browser_slopes = {k: {"whole": rss_slope_mb_per_h(v), "second_half": rss_slope_mb_per_h(second_half(v))}
-                      for k, v in browser_mb.items()}  # fmt: skip
-    processor_slopes = {k: {"whole": rss_slope_mb_per_h(v), "second_half": rss_slope_mb_per_h(second_half(v))}
-                        for k, v in processor_mb.items()}  # fmt: skip
+    def kind_slopes(series: dict[str, list[tuple[float, float]]]) -> dict[str, dict]:
+        return {k: {"whole": rss_slope_mb_per_h(v), "second_half": rss_slope_mb_per_h(second_half(v))}
+                for k, v in series.items()}  # fmt: skip
+
+    browser_slopes, processor_slopes = kind_slopes(browser_mb), kind_slopes(processor_mb)
     growing = {n: v["second_half_mb_h"] for n, v in slopes.items()
                if v["second_half_mb_h"] is not None and v["second_half_mb_h"] > opts.soak_rss_slope_mb_h}
     sizes = [s["bytes"] for s in topic if s["bytes"] is not None]

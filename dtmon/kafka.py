@@ -231,6 +231,10 @@ def load_kafka_config(config_file: str | Path | None = None, **overrides: Any) -
         _config_file.reset(token)
 
 
+END_PROBE_FETCH_WAIT_MS = 25
+"""``fetch.wait.max.ms`` of the end-offset probe (``KafkaClients.end_offsets``): the broker answers a
+fetch at the log end after this long. Tansu 0.6's S3 engine answered no 5-ms probe."""
+
 _CONNECTION_ERRORS = ("_TRANSPORT", "_ALL_BROKERS_DOWN", "_RESOLVE", "_TIMED_OUT")
 """librdkafka error names that mean the broker cannot be reached (``error_cb``)."""
 
@@ -542,7 +546,7 @@ class KafkaClients:
         # a fetch at the log end is answered after fetch.wait.max.ms (default 500 ms); an offset
         # the broker does not have is reported, never silently replaced. Tansu 0.6 on its S3
         # storage engine answers no fetch within 5 ms (every probe timed out); 25 ms works on both engines.
-        consumer = self.consumer(group_id, enable_partition_eof=True, fetch_wait_max_ms=25, auto_offset_reset="error")
+        consumer = self.consumer(group_id, enable_partition_eof=True, fetch_wait_max_ms=END_PROBE_FETCH_WAIT_MS, auto_offset_reset="error")
         ends: dict[tuple[str, int], int] = {}
         try:
             if not positions:

@@ -34,7 +34,15 @@ import pyarrow as pa
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
 from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMaxRows
 
-from dtmon.kafka import _CONNECTION_ERRORS, KafkaClients, KafkaConfig, KafkaSetupError, _rate_limited, connection_watch
+from dtmon.kafka import (
+    _CONNECTION_ERRORS,
+    END_PROBE_FETCH_WAIT_MS,
+    KafkaClients,
+    KafkaConfig,
+    KafkaSetupError,
+    _rate_limited,
+    connection_watch,
+)
 from dtmon.wire import HEADER_CONTENT_TYPE, HEADER_RUN, HEADER_SYNTHETIC, header_dict, parse_run
 
 log = logging.getLogger(__name__)
@@ -90,8 +98,8 @@ _READ_ROLE = {
 }
 """librdkafka keys of the source's consumers."""
 
-SHORT_FETCH_WAIT_MS = 25
-"""``fetch.wait.max.ms`` a reader starts with. A range that ends in transaction markers closes at the
+SHORT_FETCH_WAIT_MS = END_PROBE_FETCH_WAIT_MS
+"""``fetch.wait.max.ms`` a reader starts with (the end-offset probe's). A range that ends in transaction markers closes at the
 end-of-partition event, which comes with the first empty fetch, and the broker holds an empty fetch
 this long: librdkafka's default (500 ms) added ~0.5 s to every micro-batch whose range ended in a
 commit marker."""
@@ -189,8 +197,13 @@ def read_range(
 
     servers = clients.config.bootstrap_servers
     wait_ms = _fetch_wait_ms.get(servers, SHORT_FETCH_WAIT_MS)
-    consumer = clients.consumer(CONSUMER_GROUP, {**_READ_ROLE, "fetch.wait.max.ms": wait_ms})
-    consumer.assign([TopicPartition(rng.topic, rng.partition, rng.start)])
+
+    def reader_at(offset: int):
+        consumer = clients.consumer(CONSUMER_GROUP, {**_READ_ROLE, "fetch.wait.max.ms": wait_ms})
+        consumer.assign([TopicPartition(rng.topic, rng.partition, offset)])
+        return consumer
+
+    consumer = reader_at(rng.start)
     columns: dict[str, list] = {name: [] for name in MESSAGE_SCHEMA.names}
     pending_bytes = 0
     next_offset = rng.start
@@ -247,8 +260,7 @@ def read_range(
                             "librdkafka's default fetch wait (%d ms) from now on", SHORT_WAIT_STALL_S, next_offset, rng,
                             SHORT_FETCH_WAIT_MS, servers, LONG_FETCH_WAIT_MS)  # fmt: skip
                 consumer.close()
-                consumer = clients.consumer(CONSUMER_GROUP, {**_READ_ROLE, "fetch.wait.max.ms": wait_ms})
-                consumer.assign([TopicPartition(rng.topic, rng.partition, next_offset)])
+                consumer = reader_at(next_offset)
             if time.monotonic() - last_progress > stall_timeout_s:
                 raise TimeoutError(f"no message for {stall_timeout_s} s at offset {next_offset} of {rng}")
         if columns["value"]:

@@ -137,8 +137,6 @@ def test_broker_on_s3_storage_restarted_after_kill_keeps_every_message(tmp_path,
 def test_free_port_never_hands_out_a_port_twice(monkeypatch):
     """A broker and its controller asked for ports in a row must not get the same one (Apache
     Kafka then refuses to start), even when the kernel offers the same port again."""
-    import socket
-
     offered = iter([41001, 41001, 41001, 41002])
 
     class OneSocket:
