@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -44,6 +45,12 @@ def test_a_process_tree_is_summed_per_kind_of_process():
 
     child = subprocess.Popen(["sleep", "30"])
     try:
+        # Popen returns when the exec closes its error pipe, which the kernel does before it
+        # sets up the new program's arguments: /proc/<pid>/cmdline can still be empty
+        # (kind "unknown") for a moment. Give the exec up to 5 s to finish.
+        deadline = time.monotonic() + 5.0
+        while process_kind(child.pid) != "sleep" and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert process_kind(child.pid) == "sleep"
         kinds = tree_by_kind_mb(os.getpid())
         me = process_kind(os.getpid())
