@@ -119,6 +119,10 @@ class Settings(BaseSettings):
     spark_master: str | None = Field(
         None, description="Spark master URL, e.g. local[*] or spark://host:7077; unset: spark-submit's --master, else local[*]"
     )
+    spark_cds: bool = Field(
+        True, description="map the driver JVM's classes from a class-data-sharing archive in the dtmon cache (written by "
+        "the first run of a local processor as its JVM exits; processor.cds): a faster Spark start"
+    )
     shuffle_partitions: int = Field(2, ge=1, description="spark.sql.shuffle.partitions for the per-batch aggregations")
     single_stage_rows: int = Field(
         100_000, ge=0, description="a micro-batch that follows one of fewer DAQ rows than this runs as one Spark stage "

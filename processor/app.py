@@ -9,22 +9,25 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
+from dtmon.apache_kafka import cache_root
 from dtmon.kafka import KafkaClients, KafkaConfig, as_kafka_config, connection_watch
 from dtmon.schema import RESULTS_SCHEMA_ID, RESULTS_VERSION, StreamEvent
 from dtmon.settings import Settings
 from dtmon.wire import CONTENT_TYPE_JSON, HEADER_CONTENT_TYPE, HEADER_QUERY_ID, HEADER_SCHEMA
-from processor import spark_kafka
+from processor import cds, spark_kafka
 from processor.kafka_source import SOURCE_NAME, KafkaDataSource, kafka_options
 from processor.message import build_message
 from processor.plan import aggregate_batch
-from processor.preflight import check_checkpoint, check_java
+from processor.preflight import check_checkpoint, check_java, find_java
 from processor.quality import QualityMonitor
 from processor.state import RunTracker
 
@@ -48,11 +51,12 @@ def spark_master(settings: Settings, environ: dict[str, str] | None = None) -> s
     return "local[*]"
 
 
-def spark_session(settings: Settings, app_name: str = "dtmon-processor") -> SparkSession:
+def spark_session(settings: Settings, app_name: str = "dtmon-processor", driver_java_options: str | None = None) -> SparkSession:
     """Start (or get) the Spark session with the dtmon data source registered.
 
     Python workers run this interpreter (``PYSPARK_PYTHON``), so they see the same
-    installed packages.
+    installed packages. ``driver_java_options`` (``spark.driver.extraJavaOptions``) reach a
+    driver JVM this call launches (e.g. ``processor.cds.java_options``), not one already running.
     """
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
@@ -81,6 +85,8 @@ def spark_session(settings: Settings, app_name: str = "dtmon-processor") -> Spar
             builder = builder.config(key, value)
     if master is not None and master.startswith("local"):  # nothing outside this machine talks to a local driver
         builder = builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
+    if driver_java_options:
+        builder = builder.config("spark.driver.extraJavaOptions", driver_java_options)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     spark.dataSource.register(KafkaDataSource)
@@ -294,6 +300,46 @@ def stop_between_batches(query: StreamingQuery, timeout_s: float = 10.0) -> None
         query.stop()
 
 
+def class_data_archive(settings: Settings, environ: dict[str, str] | None = None) -> Path | None:
+    """The driver JVM's class-data archive (``processor.cds``) if this process launches the JVM
+    (not under spark-submit) on this machine (a local master) and ``settings.spark_cds`` is on."""
+    env = os.environ if environ is None else environ
+    master = spark_master(settings, env)
+    java = find_java(env)
+    if not settings.spark_cds or master is None or not master.startswith("local") or java is None or not Path(java).exists():
+        return None
+    if "PYSPARK_GATEWAY_PORT" in env or "java-options" in env.get("PYSPARK_SUBMIT_ARGS", ""):
+        return None
+    import pyspark
+
+    spark_home = Path(env.get("SPARK_HOME") or Path(pyspark.__file__).parent)
+    return cds.archive_file(cache_root(), java, spark_home / "jars", pyspark.__version__)
+
+
+def stop_driver_jvm(timeout_s: float = 60.0) -> int | None:
+    """End the driver JVM this process launched (after ``spark.stop()``): close the gateway and the
+    JVM's stdin, on which it exits by itself; return its exit code, or None if it did not end within
+    ``timeout_s`` s or was not launched here. Spark starts a new JVM for a later session."""
+    from pyspark import SparkContext
+
+    gateway = SparkContext._gateway
+    proc = getattr(gateway, "proc", None)
+    if gateway is None or proc is None:
+        return None
+    try:
+        gateway.shutdown()
+    except Exception:  # noqa: BLE001 - the JVM may already be gone; its exit code says how it ended
+        pass
+    SparkContext._gateway = None
+    SparkContext._jvm = None
+    if proc.stdin is not None:
+        proc.stdin.close()
+    try:
+        return proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        return None
+
+
 def run_processor(settings: Settings, reset_checkpoint: bool = False) -> int:
     """Run the processor until SIGINT/SIGTERM or a query failure; return an exit code (2: bad checks or reference file).
 
@@ -323,8 +369,10 @@ def run_processor(settings: Settings, reset_checkpoint: bool = False) -> int:
         settings.checkpoint_location, settings.raw_topic, clients.log_ends(settings.raw_topic), reset_checkpoint
     )
     step("kafka + checkpoint")
-    spark = spark_session(settings)
-    step("spark session")
+    archive = class_data_archive(settings)
+    java_options, archive_written = cds.java_options(archive) if archive is not None else (None, None)
+    spark = spark_session(settings, driver_java_options=java_options)
+    step("spark session" + (" (class-data archive mapped)" if archive is not None and archive_written is None else ""))
     spark.streams.addListener(ProgressLogger())
     publisher = ResultsPublisher(clients, settings.results_topic)
     publisher.grace_s = settings.broker_grace_s
@@ -348,6 +396,9 @@ def run_processor(settings: Settings, reset_checkpoint: bool = False) -> int:
     failure = query.exception()
     stop_between_batches(query)
     spark.stop()
+    if archive is not None and archive_written is not None:  # the first run: the JVM writes the archive as it exits
+        if cds.adopt(archive_written, archive, stop_driver_jvm()):
+            log.info("class-data archive of the driver JVM written: %s (later starts map it)", archive)
     if failure is not None:
         log.error("streaming query failed: %s", failure_line(str(failure)))
         log.debug("streaming query failure: %s", failure)
