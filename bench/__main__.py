@@ -70,6 +70,7 @@ def main(
     soak_segment_s: Annotated[float, typer.Option(help="raw-topic segment roll during the soak, s")] = 300.0,
     broker: Annotated[str, typer.Option(help="Kafka broker of every scenario: tansu | apache (Apache Kafka, jars via Maven)")] = "tansu",
     kafka_source: Annotated[str, typer.Option(help="the processor's Kafka source: python | spark (Spark's connector)")] = "python",
+    driver_java_options: Annotated[str, typer.Option(help="the processor's --spark-driver-java-options, e.g. -XX:TieredStopAtLevel=1")] = "",
     workdir: Annotated[Path, typer.Option(help="logs, checkpoints, cached input")] = Path("var/bench"),
     out: Annotated[Path, typer.Option(help="directory for bench-*.json")] = Path("artifacts"),
 ) -> None:
@@ -96,7 +97,7 @@ def main(
         latency_seconds=latency_seconds or (60.0 if long else 30.0), growth_seconds=growth_seconds,
         growth_rates=_floats(growth_rates), growth_partitions=[int(v) for v in _floats(partitions)],
         partitions_rate=partitions_rate, peers_rows=peers_rows, peers_batch_rows=peers_batch_rows,
-        dashboard=dashboard, up_rows=up_rows, seed=seed, broker=broker, kafka_source=kafka_source, log=console.print,
+        dashboard=dashboard, up_rows=up_rows, seed=seed, broker=broker, kafka_source=kafka_source, driver_java_options=driver_java_options, log=console.print,
         soak_rate=soak_rate, soak_seconds=soak_seconds, soak_retention_s=soak_retention_s, soak_segment_s=soak_segment_s,
     )
     rows: list[dict] = []

@@ -6,7 +6,11 @@ producer sends them. Times, in one local Spark session and interleaved (so machi
 hits both alike):
 
 * ``aggregate_batch`` - ``processor.plan.aggregate_batch``: every output, one Spark job;
-* ``count``           - ``batch.count()`` on the cached rows: one trivial job, the floor of any batch.
+* ``aggregate_batch one stage`` - the same with ``single_stage`` (one task, no shuffle);
+* ``count``           - ``batch.count()`` on the cached rows: one trivial job, the floor of any batch;
+
+then, after Spark stopped, the pure functions on one core: ``decode_messages`` (Arrow IPC + zstd)
+and ``reduce_rows`` (every histogram, numpy), the per-core ceiling of a batch's work.
 
 Also counts the Spark jobs each variant runs per batch and checks the result against the
 pure reference ``processor.reduce.reduce_rows`` on the same rows.
@@ -70,7 +74,9 @@ def main(
     batch.count()
 
     tracker = spark.sparkContext.statusTracker()
-    variants = {"aggregate_batch": lambda: aggregate_batch(batch, settings), "count (1 job, floor)": lambda: batch.count()}
+    variants = {"aggregate_batch": lambda: aggregate_batch(batch, settings),
+                "aggregate_batch one stage": lambda: aggregate_batch(batch, settings, single_stage=True),
+                "count (1 job, floor)": lambda: batch.count()}
 
     def tree_cpu() -> float:  # this process + the JVM + Python workers, s
         procs = [read_process(pid) for pid in tree(os.getpid(), process_parents())]
@@ -91,10 +97,21 @@ def main(
             times[name].append(time.perf_counter() - t0)
             cpu[name].append(tree_cpu() - c0)
     spark.stop()
-    reference = reduce_rows(pa.Table.from_batches([decode_messages(messages)]), Binning.from_settings(settings))
-    got = results["aggregate_batch"]
-    same = bool(got.rows_read == reference.rows_read and all(
+    # the pure functions on one core, no Spark: the ceiling of the per-core work of a batch
+    binning = Binning.from_settings(settings)
+    decoded = pa.Table.from_batches([decode_messages(messages)])
+    pure: dict[str, list[float]] = {"decode_messages (Arrow IPC + zstd, one core)": [], "reduce_rows (numpy, one core)": []}
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        decode_messages(messages)
+        t1 = time.perf_counter()
+        reduce_rows(decoded, binning)
+        pure["decode_messages (Arrow IPC + zstd, one core)"].append(t1 - t0)
+        pure["reduce_rows (numpy, one core)"].append(time.perf_counter() - t1)
+    reference = reduce_rows(decoded, binning)
+    same = all(bool(got.rows_read == reference.rows_read and all(
         np.array_equal(getattr(got, k), getattr(reference, k)) for k in ("occupancy", "multiplicity", "occupancy_scint", "drift_time")))
+        for got in (results["aggregate_batch"], results["aggregate_batch one stage"]))
     report = {
         "synthetic_input": True, "rows": table.num_rows, "messages": messages.num_rows, "master": master,
         "shuffle_partitions": shuffle_partitions, "command": "python -m bench.aggregation " + " ".join(sys.argv[1:]),
@@ -103,11 +120,15 @@ def main(
                          "median_cpu_s": float(np.median(cpu[k])), "cpu_runs_s": cpu[k],
                          "spark_jobs": jobs[k]} for k, v in times.items()},
         "matches_reduce_rows": same,
+        "pure_one_core": {k: {"median_s": float(np.median(v)), "runs_s": v, "rows_per_s": table.num_rows / float(np.median(v))}
+                          for k, v in pure.items()},
     }
     for k, v in report["variants"].items():
         print(f"SYNTHETIC {table.num_rows:,} rows in {messages.num_rows} messages  {k:20s} median {v['median_s']:.2f} s wall "
               f"({v['rows_per_s']:,.0f} rows/s), {v['median_cpu_s']:.2f} CPU s (JVM + Python), {v['spark_jobs']} Spark jobs")
-    print(f"aggregate_batch identical to reduce_rows: {same}")
+    for k, v in report["pure_one_core"].items():
+        print(f"SYNTHETIC {table.num_rows:,} rows  {k:44s} median {v['median_s']:.3f} s ({v['rows_per_s']:,.0f} rows/s)")
+    print(f"aggregate_batch (both plans) identical to reduce_rows: {same}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
 

@@ -52,6 +52,7 @@ class Options:
     seed: int = 2026
     broker: str = "tansu"
     kafka_source: str = "python"
+    driver_java_options: str = ""
     soak_rate: float = 10_000
     soak_seconds: float = 3600.0
     soak_trigger_s: float = 2.0
@@ -73,7 +74,7 @@ def new_row(scenario: str, **values) -> dict:
 def _stack(opts: Options, name: str) -> Stack:
     workdir = opts.workdir / name
     workdir.mkdir(parents=True, exist_ok=True)
-    return Stack(workdir, broker_kind=opts.broker, kafka_source=opts.kafka_source)
+    return Stack(workdir, broker_kind=opts.broker, kafka_source=opts.kafka_source, driver_java_options=opts.driver_java_options)
 
 
 # ------------------------------------------------------------------ producer alone

@@ -67,6 +67,8 @@ class Stack:
     """``tansu`` (in-memory Tansu) or ``apache`` (one-node Apache Kafka, ``dtmon.apache_kafka``)."""
     kafka_source: str = "python"
     """The processor's ``--kafka-source``: ``python`` or ``spark``."""
+    driver_java_options: str = ""
+    """The processor's ``--spark-driver-java-options`` (more options for its driver JVM)."""
     services: list[Service] = field(default_factory=list)
 
     # -- starting -------------------------------------------------------------
@@ -152,6 +154,8 @@ class Stack:
             cmd += ["--spark-master", master]
         if max_offsets_per_trigger:
             cmd += ["--max-offsets-per-trigger", str(max_offsets_per_trigger)]
+        if self.driver_java_options:
+            cmd += ["--spark-driver-java-options", self.driver_java_options]
         return self.spawn(name, cmd)
 
     def dashboard(self, results_topic: str) -> tuple[Child, str]:

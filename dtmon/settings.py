@@ -123,6 +123,10 @@ class Settings(BaseSettings):
         True, description="map the driver JVM's classes from a class-data-sharing archive in the dtmon cache (written by "
         "the first run of a local processor as its JVM exits; processor.cds): a faster Spark start"
     )
+    spark_driver_java_options: str = Field(
+        "", description="more options for the driver JVM the processor launches (after the class-data ones), "
+        "e.g. -XX:TieredStopAtLevel=1; under spark-submit use its --driver-java-options"
+    )
     shuffle_partitions: int = Field(2, ge=1, description="spark.sql.shuffle.partitions for the per-batch aggregations")
     single_stage_rows: int = Field(
         100_000, ge=0, description="a micro-batch that follows one of fewer DAQ rows than this runs as one Spark stage "

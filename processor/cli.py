@@ -30,6 +30,7 @@ def main(
     max_offsets_per_trigger: Annotated[Optional[int], setting_option("max_offsets_per_trigger")] = None,
     kafka_source: Annotated[Optional[str], setting_option("kafka_source")] = None,
     shuffle_partitions: Annotated[Optional[int], setting_option("shuffle_partitions")] = None,
+    spark_driver_java_options: Annotated[Optional[str], setting_option("spark_driver_java_options")] = None,
     scint_fpga: Annotated[Optional[int], setting_option("scint_fpga")] = None,
     scint_channel: Annotated[Optional[int], setting_option("scint_channel")] = None,
     broker_grace_s: Annotated[Optional[float], setting_option("broker_grace_s")] = None,

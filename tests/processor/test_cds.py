@@ -76,13 +76,15 @@ def test_only_an_archive_of_a_jvm_that_exited_by_itself_is_adopted(tmp_path):
     assert archive.read_bytes() == b"x" * 10 and not written.exists()
 
 
-def _run_processor_until_running(tmp_path: Path, env: dict[str, str], name: str) -> tuple[str, list[str]]:
-    """Start the processor, wait for its query; return its log and the memory maps of its JVM, after a SIGTERM stop."""
+def _run_processor_until_running(tmp_path: Path, env: dict[str, str], name: str) -> tuple[str, list[str], list[str]]:
+    """Start the processor, wait for its query; return its log, the memory maps and the command line of its JVM,
+    after a SIGTERM stop."""
     err = tmp_path / f"{name}.err"
     with open(err, "w") as out:
         processor = subprocess.Popen(["processor", "--checkpoint-location", str(tmp_path / f"ck-{name}")], stdout=subprocess.DEVNULL,
                                      stderr=out, env=env)
     maps: list[str] = []
+    cmdline: list[str] = []
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and "processor running" not in err.read_text() and processor.poll() is None:
@@ -92,30 +94,35 @@ def _run_processor_until_running(tmp_path: Path, env: dict[str, str], name: str)
             try:
                 if Path(f"/proc/{pid}/comm").read_text().strip() == "java":
                     maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
             except OSError:
                 pass
     finally:
         processor.send_signal(signal.SIGTERM)
         processor.wait(120)
-    return err.read_text(), maps
+    return err.read_text(), maps, cmdline
 
 
 def test_a_processor_writes_the_archive_as_it_stops_and_the_next_one_maps_it(tmp_path):
+    """Also: ``DTMON_SPARK_DRIVER_JAVA_OPTIONS`` reaches the driver JVM next to the archive's options."""
     port = free_port()
     broker = start_broker(port=port, log=tmp_path / "broker.log")
     env = {**os.environ, "DTMON_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}", "DTMON_CACHE_DIR": str(tmp_path / "cache"),
            "DTMON_SPARK_CDS": "true", "DTMON_RAW_TOPIC": "cds-hits", "DTMON_RESULTS_TOPIC": "cds-results"}
     try:
-        first, first_maps = _run_processor_until_running(tmp_path, env, "first")
+        first, first_maps, _ = _run_processor_until_running(tmp_path, env, "first")
         archives = list((tmp_path / "cache" / "cds").glob("*.jsa"))
         assert len(archives) == 1, (list((tmp_path / "cache" / "cds").iterdir()), first[-3000:])
         assert "class-data archive of the driver JVM written" in first
         assert not list((tmp_path / "cache" / "cds").glob("*.tmp"))
         assert first_maps and not any(str(archives[0]) in line for line in first_maps)
-        second, second_maps = _run_processor_until_running(tmp_path, env, "second")
+        # the operator's own driver options go with the archive's
+        env["DTMON_SPARK_DRIVER_JAVA_OPTIONS"] = "-XX:TieredStopAtLevel=1"
+        second, second_maps, second_cmdline = _run_processor_until_running(tmp_path, env, "second")
     finally:
         broker.stop()
     assert "spark session (class-data archive mapped)" in second
+    assert f"-XX:SharedArchiveFile={archives[0]}" in second_cmdline and "-XX:TieredStopAtLevel=1" in second_cmdline
     # the JVM mapped the archive's regions: the file is in its memory maps
     assert any(line.endswith(str(archives[0])) for line in second_maps), [m for m in second_maps if ".jsa" in m]
     print(f"archive {archives[0].stat().st_size / 1e6:.0f} MB; start-up first run: "
