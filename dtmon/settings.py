@@ -92,8 +92,8 @@ class Settings(BaseSettings):
         0.25, gt=0, le=10, description="the transactional producer commits at least this often, s (adds up to this latency)"
     )
     producer_commit_when_idle: bool = Field(
-        True, description="the transactional producer also commits whenever its pacer is about to sleep (no row waits "
-        "in an open transaction while the producer idles; off under --persist)"
+        True, description="the transactional producer also commits whenever its pacer is about to sleep and its last "
+        "commit is >= 50 ms old (no row waits long in an open transaction while the producer idles; off under --persist)"
     )
     max_message_bytes: int = Field(
         64 * 2**20, ge=2**16, description="largest decompressed raw message accepted by readers, bytes (dtmon.validation)"

@@ -14,7 +14,7 @@ from dtmon.settings import load_settings
 from dtmon.wire import decode_message, header_dict
 from producer.kafka import KafkaSink
 from producer.pacing import chunk_rows
-from producer.run import run_producer
+from producer.run import IDLE_COMMIT_MIN_INTERVAL_S, run_producer
 from tests.producer.helpers import is_control, read_csv_independently
 
 
@@ -288,9 +288,9 @@ class TransactionalRecordingProducer(RecordingProducer):
 @pytest.mark.parametrize("when_idle", [True, False])
 def test_a_paced_producer_commits_before_it_sleeps(genuine_csv, when_idle):
     """At 1 000 rows/s (20 messages/s) the pacer sleeps ~50 ms after each message: with
-    producer_commit_when_idle every message is committed before that sleep, so no row waits for
-    the commit interval; without it the interval (0.25 s, real time) rules and the fast fake-time
-    run commits only at its end."""
+    producer_commit_when_idle every message is committed before one of the next sleeps, within two
+    IDLE_COMMIT_MIN_INTERVAL_S of its send, so no row waits for the commit interval; without
+    it the interval (0.25 s, real time) rules and the fast fake-time run commits only at its end."""
     fake = FakeTime()
     RecordingProducer.clock = fake
     sink = KafkaSink("127.0.0.1:1", "t", producer_cls=TransactionalRecordingProducer, partitions=1,
@@ -299,8 +299,25 @@ def test_a_paced_producer_commits_before_it_sleeps(genuine_csv, when_idle):
     stats = run_producer(settings, loop=True, duration=5, clock=fake, sleep=fake.sleep, sink=sink)
     commits = sink.producer.commit_times
     if when_idle:
-        assert len(commits) >= stats.messages - 1 >= 90
+        assert stats.messages >= len(commits) >= (stats.messages - 1) / 2 >= 45
         sends = [t for t, _, _ in sink.producer.sent]
-        assert all(any(0 <= c - s < 0.01 for c in commits) for s in sends[:-1])  # each send committed at once
+        assert all(any(0 <= c - s <= 2 * IDLE_COMMIT_MIN_INTERVAL_S + 0.01 for c in commits) for s in sends[:-1])
     else:
         assert len(commits) <= 2
+
+
+def test_idle_commits_are_bounded_per_second(genuine_csv):
+    """At 40 000 rows/s in 999-row messages (~40 messages/s) the pacer sleeps >= IDLE_COMMIT_S after
+    each message; idle commits still come at most once per IDLE_COMMIT_MIN_INTERVAL_S, so the broker
+    sees at most ~20 transactions per second however the rate falls between the pacer's sleeps."""
+    fake = FakeTime()
+    RecordingProducer.clock = fake
+    sink = KafkaSink("127.0.0.1:1", "t", producer_cls=TransactionalRecordingProducer, partitions=1,
+                     transactional_id="test")  # fmt: skip
+    settings = load_settings(rate=40_000, source=str(genuine_csv), producer_commit_when_idle=True)
+    stats = run_producer(settings, loop=True, duration=5, clock=fake, sleep=fake.sleep, sink=sink)
+    commits = sink.producer.commit_times
+    assert stats.messages >= 150  # one message per file pass, ~25 ms apart
+    assert 5 / 0.25 < len(commits) <= 5 / IDLE_COMMIT_MIN_INTERVAL_S + 2  # idle commits happen, bounded
+    gaps = [b - a for a, b in zip(commits, commits[1:-1])]
+    assert min(gaps) >= IDLE_COMMIT_MIN_INTERVAL_S - 1e-9
