@@ -285,18 +285,23 @@ class TransactionalRecordingProducer(RecordingProducer):
         pass
 
 
+def _paced_transactional_run(genuine_csv, rate: float, when_idle: bool):
+    """5 s of fake time at ``rate`` rows/s into a transactional recording sink: (stats, sink)."""
+    fake = FakeTime()
+    RecordingProducer.clock = fake
+    sink = KafkaSink("127.0.0.1:1", "t", producer_cls=TransactionalRecordingProducer, partitions=1,
+                     transactional_id="test")  # fmt: skip
+    settings = load_settings(rate=rate, source=str(genuine_csv), producer_commit_when_idle=when_idle)
+    return run_producer(settings, loop=True, duration=5, clock=fake, sleep=fake.sleep, sink=sink), sink
+
+
 @pytest.mark.parametrize("when_idle", [True, False])
 def test_a_paced_producer_commits_before_it_sleeps(genuine_csv, when_idle):
     """At 1 000 rows/s (20 messages/s) the pacer sleeps ~50 ms after each message: with
     producer_commit_when_idle every message is committed before one of the next sleeps, within two
     IDLE_COMMIT_MIN_INTERVAL_S of its send, so no row waits for the commit interval; without
     it the interval (0.25 s, real time) rules and the fast fake-time run commits only at its end."""
-    fake = FakeTime()
-    RecordingProducer.clock = fake
-    sink = KafkaSink("127.0.0.1:1", "t", producer_cls=TransactionalRecordingProducer, partitions=1,
-                     transactional_id="test")  # fmt: skip
-    settings = load_settings(rate=1_000, source=str(genuine_csv), producer_commit_when_idle=when_idle)
-    stats = run_producer(settings, loop=True, duration=5, clock=fake, sleep=fake.sleep, sink=sink)
+    stats, sink = _paced_transactional_run(genuine_csv, 1_000, when_idle)
     commits = sink.producer.commit_times
     if when_idle:
         assert stats.messages >= len(commits) >= (stats.messages - 1) / 2 >= 45
@@ -310,12 +315,7 @@ def test_idle_commits_are_bounded_per_second(genuine_csv):
     """At 40 000 rows/s in 999-row messages (~40 messages/s) the pacer sleeps >= IDLE_COMMIT_S after
     each message; idle commits still come at most once per IDLE_COMMIT_MIN_INTERVAL_S, so the broker
     sees at most ~20 transactions per second however the rate falls between the pacer's sleeps."""
-    fake = FakeTime()
-    RecordingProducer.clock = fake
-    sink = KafkaSink("127.0.0.1:1", "t", producer_cls=TransactionalRecordingProducer, partitions=1,
-                     transactional_id="test")  # fmt: skip
-    settings = load_settings(rate=40_000, source=str(genuine_csv), producer_commit_when_idle=True)
-    stats = run_producer(settings, loop=True, duration=5, clock=fake, sleep=fake.sleep, sink=sink)
+    stats, sink = _paced_transactional_run(genuine_csv, 40_000, True)
     commits = sink.producer.commit_times
     assert stats.messages >= 150  # one message per file pass, ~25 ms apart
     assert 5 / 0.25 < len(commits) <= 5 / IDLE_COMMIT_MIN_INTERVAL_S + 2  # idle commits happen, bounded
