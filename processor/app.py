@@ -383,15 +383,15 @@ def run_processor(settings: Settings, reset_checkpoint: bool = False) -> int:
     publisher.clients.ensure_results_topic(settings.results_topic)  # one partition, before anything is published
     query = start_query(spark, settings, publisher, monitor)
     step("query start")
+    stop = threading.Event()  # from here a SIGINT/SIGTERM stops the query between batches
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     log.info(
         "processor running: %s -> %s, trigger %.1f s, checkpoint %s, Kafka source %s",
         settings.raw_topic, settings.results_topic, settings.trigger_interval_s, settings.checkpoint_location,
         settings.kafka_source,
     )
     log.info("start-up: %s", ", ".join(f"{name} {t - steps[i][1]:.1f} s" for i, (name, t) in enumerate(steps[1:])))
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     while not stop.is_set() and query.isActive:
         stop.wait(0.5)
     failure = query.exception()

@@ -87,9 +87,9 @@ def _run_processor_until_running(tmp_path: Path, env: dict[str, str], name: str)
     cmdline: list[str] = []
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and "processor running" not in err.read_text() and processor.poll() is None:
+        while time.monotonic() < deadline and "start-up:" not in err.read_text() and processor.poll() is None:
             time.sleep(0.5)
-        assert "processor running" in err.read_text(), err.read_text()[-3000:]
+        assert "start-up:" in err.read_text(), err.read_text()[-3000:]
         for pid in descendants(processor.pid):
             try:
                 if Path(f"/proc/{pid}/comm").read_text().strip() == "java":
