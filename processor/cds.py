@@ -7,7 +7,7 @@ writes one when its JVM exits (``-XX:ArchiveClassesAtExit``, ~140 MB); later run
 (``-XX:SharedArchiveFile``). A JVM that cannot use the archive (another JDK build, other jars)
 starts as it would without it (``-Xshare:auto``); its CDS log lines are off either way.
 
-Measured on the 2-core machine (docs/performance.md, "Start-up"): ``SparkSession`` 5.9 -> 3.3 s
+Measured on the 2-core machine (docs/performance.md, "Where the time goes now"): ``SparkSession`` 5.9 -> 3.3 s
 and the first Spark job 2.6 -> 1.5 s (5 runs each, alternating).
 """
 
@@ -17,9 +17,10 @@ import hashlib
 import os
 from pathlib import Path
 
+from dtmon.supervisor import running
+
 LOG_OFF = "-Xlog:cds=off -Xlog:cds+dynamic=off"
 """JVM options that keep CDS warnings (classes it skips, an archive it cannot use) out of the log."""
-
 
 
 def archive_file(cache: Path, java: str, spark_jars: Path, spark_version: str) -> Path:
@@ -36,17 +37,6 @@ def archive_file(cache: Path, java: str, spark_jars: Path, spark_version: str) -
     return cache / "cds" / f"spark-{spark_version}-{key}.jsa"
 
 
-def pid_running(pid: int) -> bool:
-    """Whether a process ``pid`` exists (signal 0)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def java_options(archive: Path, pid: int | None = None) -> tuple[str, Path | None]:
     """The driver's ``spark.driver.extraJavaOptions`` for ``archive`` and the file the JVM will write.
 
@@ -60,7 +50,7 @@ def java_options(archive: Path, pid: int | None = None) -> tuple[str, Path | Non
     archive.parent.mkdir(parents=True, exist_ok=True)
     for old in archive.parent.glob(f"{archive.name}.*.tmp"):
         writer = old.name[len(archive.name) + 1 : -len(".tmp")]
-        if not writer.isdigit() or not pid_running(int(writer)):
+        if not writer.isdigit() or not running(int(writer)):
             old.unlink(missing_ok=True)
     written = archive.with_name(f"{archive.name}.{os.getpid() if pid is None else pid}.tmp")
     return f"-XX:ArchiveClassesAtExit={written} {LOG_OFF}", written
