@@ -64,6 +64,7 @@ def main(
     peers_rows: Annotated[int, typer.Option(help="rows through each design in the side-by-side run")] = 1_000_000,
     peers_batch_rows: Annotated[int, typer.Option(help="rows per micro-batch in the side-by-side run")] = 200_000,
     up_rows: Annotated[int, typer.Option(help="rows of the SYNTHETIC file `dtmon up` streams")] = 100_000,
+    up_genuine: Annotated[bool, typer.Option("--up-genuine", help="`dtmon up` on its embedded default (the genuine rows) instead")] = False,
     soak_rate: Annotated[float, typer.Option(help="rows/s of the soak (`dtmon up`, two pages)")] = 10_000,
     soak_seconds: Annotated[float, typer.Option(help="s of the soak (the floor: 3600)")] = 3600.0,
     soak_retention_s: Annotated[float, typer.Option(help="raw-topic retention during the soak, s")] = 900.0,
@@ -97,7 +98,7 @@ def main(
         latency_seconds=latency_seconds or (60.0 if long else 30.0), growth_seconds=growth_seconds,
         growth_rates=_floats(growth_rates), growth_partitions=[int(v) for v in _floats(partitions)],
         partitions_rate=partitions_rate, peers_rows=peers_rows, peers_batch_rows=peers_batch_rows,
-        dashboard=dashboard, up_rows=up_rows, seed=seed, broker=broker, kafka_source=kafka_source, driver_java_options=driver_java_options, log=console.print,
+        dashboard=dashboard, up_rows=up_rows, up_genuine=up_genuine, seed=seed, broker=broker, kafka_source=kafka_source, driver_java_options=driver_java_options, log=console.print,
         soak_rate=soak_rate, soak_seconds=soak_seconds, soak_retention_s=soak_retention_s, soak_segment_s=soak_segment_s,
     )
     rows: list[dict] = []

@@ -21,13 +21,15 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dtmon.supervisor import descendants, process_parents
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROC = Path("/proc")
+RSS_SERIES_S = 5.0
+"""s between two points of a tree's RSS series."""
 
 
 @dataclass(frozen=True)
@@ -79,10 +81,12 @@ def tree(root: int, parents: dict[int, int]) -> list[int]:
 
 @dataclass
 class TreeUsage:
-    """Running totals of one tree: CPU s and peak RSS in bytes."""
+    """Running totals of one tree: CPU s and peak RSS in bytes; ``rss_mb``: (epoch s, tree RSS MB)
+    every ``RSS_SERIES_S`` s, for a slope over a run (``bench.soak.rss_slope_mb_per_h``)."""
 
     cpu_s: float = 0.0
     peak_rss: int = 0
+    rss_mb: list[tuple[float, float]] = field(default_factory=list)
 
 
 class TreeSampler:
@@ -120,6 +124,9 @@ class TreeSampler:
                 usage = self.usage[name]
                 usage.cpu_s = max(usage.cpu_s, sum(p.cpu_s for p in procs))
                 usage.peak_rss = max(usage.peak_rss, sum(p.rss for p in procs), max(p.hwm for p in procs))
+                now = time.time()
+                if not usage.rss_mb or now - usage.rss_mb[-1][0] >= RSS_SERIES_S:
+                    usage.rss_mb.append((now, sum(p.rss for p in procs) / 1e6))
 
     def reap(self, name: str, rusage) -> None:
         """Fold in the kernel's totals from ``os.wait4`` for the root of ``name`` and stop following it."""
@@ -133,6 +140,12 @@ class TreeSampler:
         """Stop following ``name`` (keeps its totals)."""
         with self._lock:
             self.roots.pop(name, None)
+
+    def rss_series(self, name: str, since: float = 0.0, until: float = float("inf")) -> list[tuple[float, float]]:
+        """(epoch s, RSS MB) samples of tree ``name`` taken between ``since`` and ``until`` (epoch s)."""
+        with self._lock:
+            usage = self.usage.get(name)
+            return [s for s in usage.rss_mb if since <= s[0] <= until] if usage else []
 
     def cpu_now(self) -> dict[str, float]:
         """Take a sample now and return CPU seconds so far per tree (to measure a window)."""

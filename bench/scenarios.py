@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bench.inputs import synthetic_dir, upload_to_s3
 from bench.metrics import pacing_stats, stream_stats
+from bench.soak import rss_slope_mb_per_h
 from bench.stack import (
     ResultsReader,
     Stack,
@@ -49,6 +50,7 @@ class Options:
     peers_batch_rows: int = 200_000
     dashboard: bool = False
     up_rows: int = 100_000
+    up_genuine: bool = False
     seed: int = 2026
     broker: str = "tansu"
     kafka_source: str = "python"
@@ -198,6 +200,9 @@ def live(opts: Options, scenario: str, rate: float, trigger_s: float, seconds: f
         resources = stack.close(cpu_since, cpu_until)
         resources.pop("warm-up", None)
         messages = reader.close() if reader is not None else []
+    # RSS slope of every process over the producer's run, MB/h (issue 12 asks for it)
+    slopes = {name: rss_slope_mb_per_h(stack.sampler.rss_series(name, producer_start, producer_end))
+              for name in resources if name != "producer"}
     stats = stream_stats(messages, processor.log_text(), trigger_s, warmup=0, since=producer_start, until=producer_end)
     backlog_s = behind_rows / rate if rate else None
     row = new_row(
@@ -219,6 +224,8 @@ def live(opts: Options, scenario: str, rate: float, trigger_s: float, seconds: f
         f"processor {_fmt(cpu_per_mrow, ',.0f')} CPU s per million rows processed; "
         f"processor start {t_ready:.0f} s, warm-up batch done {t_warm:.0f} s after launch"
         + (f"; dashboard+Chromium running, plotted: {t_plot is not None}" if opts.dashboard else "")
+        + "; RSS slope over the run, MB/h: "
+        + ", ".join(f"{name} {_fmt(slope, '+,.0f')}" for name, slope in slopes.items())
     )
     if check is not None:
         row["floor_met"] = bool(check(stats, backlog_s)) and code == 0 and stats.synthetic
@@ -228,7 +235,7 @@ def live(opts: Options, scenario: str, rate: float, trigger_s: float, seconds: f
         "producer_exit": code, "producer_started_epoch": producer_start, "producer_ended_epoch": producer_end,
         "cpu_window_s": window, "processor_cpu_s_per_million_rows": cpu_per_mrow, "rows_in_window": rows_in_window,
         "loadavg_end": os.getloadavg(), "partitions": partitions, "trigger_s": trigger_s, "dashboard": opts.dashboard,
-        "batches": [_batch(m) for m in messages],
+        "rss_slope_mb_h": slopes, "batches": [_batch(m) for m in messages],
     }
     return row
 
@@ -259,25 +266,28 @@ def _open_dashboard(stack: Stack, opts: Options):
 
 
 def sustained(opts: Options) -> dict:
-    """Floor: processor >= 300 000 rows/s for 5 min at the 2 s trigger, every batch inside the trigger."""
+    """Floor at the run's rate and length: processor rows/s >= 98 % of the input, every batch inside the
+    2 s trigger, oldest-row latency flat (< 2 s growth from the first to the last third). Issue 12's floor
+    is this at 1 000 000 rows/s for 30 min (``--sustained-rate 1000000 --sustained-seconds 1800``)."""
     rate, seconds = opts.sustained_rate, opts.sustained_seconds
 
     def check(stats, backlog_s):
-        return (seconds >= 300 and stats.rows_per_s is not None and stats.rows_per_s >= 300_000 * 0.98
+        return (seconds >= 300 and stats.rows_per_s is not None and stats.rows_per_s >= rate * 0.98
                 and stats.over_trigger == 0 and (stats.lag_growth_s or 0) < 2.0)
 
     row = live(opts, f"processor sustained {rate:,.0f} rows/s", rate, 2.0, seconds,
-               floor=">= 300,000 rows/s for 5 min, every batch < 2 s", check=check)
+               floor=f">= 98 % of {rate:,.0f} rows/s for {seconds / 60:g} min, every batch < 2 s, latency flat",
+               check=check)
     if seconds < 300:
-        row["notes"] += f"; {seconds:g} s run (floor needs 300 s: --long)"
+        row["notes"] += f"; {seconds:g} s run (a floor needs >= 300 s: --long)"
     return row
 
 
 def latency(opts: Options) -> dict:
-    """Floor: at 1 000 rows/s and a 1 s trigger, p95 of (results published - row produced) <= 2.5 s."""
+    """Floor (issue 12): at 1 000 rows/s and a 1 s trigger, p95 of (results published - oldest row produced) <= 1.5 s."""
     return live(opts, "latency 1,000 rows/s, 1 s trigger", 1_000, 1.0, opts.latency_seconds,
-                floor="p95 latency <= 2.5 s",
-                check=lambda stats, _b: stats.latency_oldest_p95 is not None and stats.latency_oldest_p95 <= 2.5)
+                floor="p95 latency <= 1.5 s",
+                check=lambda stats, _b: stats.latency_oldest_p95 is not None and stats.latency_oldest_p95 <= 1.5)
 
 
 def growth_rate(opts: Options) -> list[dict]:
@@ -364,14 +374,19 @@ def peers(opts: Options) -> list[dict]:
 
 
 def up(opts: Options) -> dict:
-    """``dtmon up`` on a small SYNTHETIC directory: s until the first results message and until the page plots it."""
-    source = synthetic_dir(opts.workdir.parent / "input", 1, opts.up_rows, opts.seed)
+    """``dtmon up`` on a small SYNTHETIC directory (or with ``up_genuine`` its embedded default, the genuine
+    rows): s until the first results message and until the page plots it. Floor (issue 12): plotted <= 15 s."""
     stack = _stack(opts, "dtmon-up")
     ports = {"broker": free_port(), "s3": free_port(), "dashboard": free_port()}
     cmd = console_script("dtmon") + [
-        "up", "--source", str(source), "--broker-port", str(ports["broker"]), "--s3-port", str(ports["s3"]),
+        "up", "--broker-port", str(ports["broker"]), "--s3-port", str(ports["s3"]),
         "--dashboard-port", str(ports["dashboard"]), "--workdir", str(stack.workdir / "up"),
     ]  # fmt: skip
+    if opts.up_genuine:
+        what = "genuine (dtmon up's default)"
+    else:
+        cmd += ["--source", str(synthetic_dir(opts.workdir.parent / "input", 1, opts.up_rows, opts.seed))]
+        what = f"SYNTHETIC 1 file x {opts.up_rows:,} rows"
     reader = browser = None
     t_result = t_plot = None
     note = ""
@@ -404,8 +419,8 @@ def up(opts: Options) -> dict:
             reader.close()
         resources = stack.close()
     return new_row(
-        "dtmon up -> first plotted batch", input=f"SYNTHETIC 1 file x {opts.up_rows:,} rows", target_rows_s=1000,
-        floor="<= 30 s", floor_met=t_plot is not None and t_plot <= 30,
+        "dtmon up -> first plotted batch", input=what, target_rows_s=1000,
+        floor="<= 15 s", floor_met=t_plot is not None and t_plot <= 15,
         notes=note + f"first results message published {_fmt(t_result, '.1f')} s after `dtmon up` started; "
               f"dashboard page shows it {_fmt(t_plot, '.1f')} s after start (Chromium via Playwright)",
         resources={"dtmon up (whole stack)": resources.get("dtmon-up", {})},

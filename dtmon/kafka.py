@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import Field, SecretStr
 from pydantic_settings import (
@@ -395,6 +395,20 @@ def watched(conf: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class EndProbe(NamedTuple):
+    """What ``KafkaClients.end_offsets`` found, per (topic, partition)."""
+
+    ends: dict[tuple[str, int], int]
+    """log end offset (offset after the last message, transaction markers included) of the partitions that answered"""
+    unanswered: set[tuple[str, int]]
+    """partitions that gave no end-of-partition answer in time"""
+    tails: dict[tuple[str, int], tuple[int, int]]
+    """(end, offset of the last message a ``read_committed`` reader gets before that end), where the probe read a
+    message before the end-of-partition event: the offsets between the two hold transaction markers only (or
+    aborted records), now and later, so a reader of a range up to ``end`` may stop after that message instead of
+    waiting for the end-of-partition event (``processor.kafka_source.read_range``)"""
+
+
 class KafkaClients:
     """Creates confluent-kafka clients from one ``KafkaConfig``.
 
@@ -518,7 +532,7 @@ class KafkaClients:
                 positions[(topic, p)], highs[p] = max(low, high - 1, 0), max(high, 0)
         finally:
             consumer.close()
-        ends, _ = self.end_offsets(positions, timeout_s)
+        ends = self.end_offsets(positions, timeout_s).ends
         return {p: max(ends.get((topic, p), 0), high) for p, high in highs.items()}
 
     def ensure_topics(self, partitions: dict[str, int], timeout: float = 30.0) -> dict[str, int]:
@@ -530,7 +544,7 @@ class KafkaClients:
         positions: dict[tuple[str, int], int],
         timeout_s: float = 10.0,
         group_id: str = "dtmon-end-probe",
-    ) -> tuple[dict[tuple[str, int], int], set[tuple[str, int]]]:
+    ) -> EndProbe:
         """True log end offset of partitions, read from ``positions`` to the end-of-partition event.
 
         Args:
@@ -538,8 +552,9 @@ class KafkaClients:
                 e.g. the high watermark - 1).
             timeout_s: s to wait for every partition's answer.
         Returns:
-            (ends, unanswered): ends of the partitions that answered (offset after the
-            last message read, or the start), and the partitions that gave no end in time.
+            ``EndProbe``: ends of the partitions that answered (offset after the last
+            message read, or the start), the partitions that gave no end in time, and the
+            last readable message before each end where the probe read one.
         """
         from confluent_kafka import KafkaError, TopicPartition
 
@@ -548,9 +563,11 @@ class KafkaClients:
         # storage engine answers no fetch within 5 ms (every probe timed out); 25 ms works on both engines.
         consumer = self.consumer(group_id, enable_partition_eof=True, fetch_wait_max_ms=END_PROBE_FETCH_WAIT_MS, auto_offset_reset="error")
         ends: dict[tuple[str, int], int] = {}
+        last: dict[tuple[str, int], int] = {}  # last message read before the end-of-partition event
+        tails: dict[tuple[str, int], tuple[int, int]] = {}
         try:
             if not positions:
-                return ends, set()
+                return EndProbe(ends, set(), tails)
             consumer.assign([TopicPartition(t, p, o) for (t, p), o in positions.items()])
             waiting = set(positions)
             deadline = time.monotonic() + timeout_s
@@ -562,14 +579,18 @@ class KafkaClients:
                 err = msg.error()
                 if err is None:
                     ends[key] = max(ends.get(key, 0), msg.offset() + 1)
+                    if key in waiting:
+                        last[key] = msg.offset()
                 elif err.code() == KafkaError._PARTITION_EOF:
                     ends[key] = max(ends.get(key, 0), msg.offset())
+                    if key in waiting and key in last:
+                        tails[key] = (msg.offset(), last[key])
                     waiting.discard(key)
                 elif err.code() in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE) and key in waiting:
                     # the broker has no offset there: nothing was written yet
                     log.warning("end-offset probe: %s at offset %s is out of range (%s)", key, positions[key], err)
                     waiting.discard(key)
-            return ends, waiting
+            return EndProbe(ends, waiting, tails)
         finally:
             consumer.close()
 

@@ -213,7 +213,9 @@ def start_query(spark: SparkSession, settings: Settings, publisher: ResultsPubli
     rows = reader.load() if settings.kafka_source == "python" else spark_kafka.read_stream(spark, settings)
     monitor = monitor or QualityMonitor(settings)
     runs = RunTracker()
-    last_rows = [0]  # DAQ rows of the previous batch: the plan of the next (a rate changes slowly)
+    # DAQ rows of the previous batch: the plan of the next (a rate changes slowly); the first batch is one
+    # stage with dtmon's source, which caps it (kafka_source.FIRST_BATCH_MAX_OFFSETS)
+    last_rows = [1 if settings.kafka_source == "python" else 0]
 
     def process(batch: DataFrame, batch_id: int) -> None:
         if publisher.already_published(batch_id):

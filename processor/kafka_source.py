@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import numpy as np
@@ -77,12 +77,25 @@ Offsets = dict[str, dict[str, int]]
 
 @dataclass(frozen=True)
 class KafkaRange(InputPartition):
-    """Offsets ``[start, end)`` of one topic partition, read by one Spark task."""
+    """Offsets ``[start, end)`` of one topic partition, read by one Spark task.
+
+    ``last_message``: where the end probe saw it, the offset of the last message a
+    ``read_committed`` reader gets before ``end`` (``dtmon.kafka.EndProbe.tails``); the
+    offsets after it are transaction markers, so the reader stops there instead of waiting
+    for the end-of-partition event (which a broker answers only after a fetch wait, longer
+    while the producer's next transaction is open).
+    """
 
     topic: str
     partition: int
     start: int
     end: int
+    last_message: int | None = None
+
+    @property
+    def stop(self) -> int:
+        """Offset after the last one the reader needs: ``end``, or ``last_message + 1``."""
+        return self.end if self.last_message is None else min(self.end, self.last_message + 1)
 
 
 CONSUMER_GROUP = "dtmon-processor"
@@ -97,6 +110,22 @@ _READ_ROLE = {
     "socket.timeout.ms": 10000,
 }
 """librdkafka keys of the source's consumers."""
+
+MIN_SLICE_OFFSETS = 64
+"""``minPartitions`` splits a partition's range only into slices of at least this many offsets:
+each slice costs a Spark task a Python worker round trip (~60 ms measured here), which a small
+micro-batch (run as one task: ``processor.plan``) pays in its latency; 64 messages are up to
+640 000 DAQ rows, enough to share between cores."""
+
+FIRST_BATCH_MAX_OFFSETS = 64
+"""The first micro-batch with data after a (re)start reads at most this many offsets (up to
+640 000 DAQ rows), so it runs as one small Spark task (``processor.app``: one stage) while the
+JVM and the Python workers are still cold, and the first results appear seconds sooner; a
+backlog is read by the next micro-batch."""
+
+TAIL_PROBE_OFFSETS = 2
+"""The end probe reads from this many offsets before the high watermark: a transactional
+producer's last offset is a commit marker, the one before it the last message."""
 
 SHORT_FETCH_WAIT_MS = END_PROBE_FETCH_WAIT_MS
 """``fetch.wait.max.ms`` a reader starts with (the end-offset probe's). A range that ends in transaction markers closes at the
@@ -127,7 +156,7 @@ def config_from_options(options: dict[str, str]) -> KafkaConfig:
     return KafkaConfig(bootstrap_servers=servers, extra=keys)
 
 
-def plan_ranges(start: Offsets, end: Offsets, min_partitions: int = 1) -> list[KafkaRange]:
+def plan_ranges(start: Offsets, end: Offsets, min_partitions: int = 1, min_slice: int = 1) -> list[KafkaRange]:
     """Split the offsets between two stream offsets into Spark input partitions.
 
     One range per topic partition with new data; when there are fewer ranges than
@@ -138,6 +167,7 @@ def plan_ranges(start: Offsets, end: Offsets, min_partitions: int = 1) -> list[K
         start, end: stream offsets ``{topic: {partition: offset}}``; a partition missing
             from ``start`` starts at 0.
         min_partitions: least number of ranges wanted.
+        min_slice: a range is split only into slices of at least this many offsets.
     Returns:
         ranges with ``start < end``, in topic/partition order.
     """
@@ -149,14 +179,24 @@ def plan_ranges(start: Offsets, end: Offsets, min_partitions: int = 1) -> list[K
                 ranges.append(KafkaRange(topic, int(part), first, stop))
     while ranges and len(ranges) < min_partitions:
         biggest = max(ranges, key=lambda r: r.end - r.start)
-        if biggest.end - biggest.start < 2:
+        pieces = min(min_partitions - len(ranges) + 1, (biggest.end - biggest.start) // max(min_slice, 1))
+        if pieces < 2:
             break
-        pieces = min(min_partitions - len(ranges) + 1, biggest.end - biggest.start)
         bounds = np.linspace(biggest.start, biggest.end, pieces + 1).round().astype(int)
         ranges.remove(biggest)
         ranges += [KafkaRange(biggest.topic, biggest.partition, int(a), int(b)) for a, b in zip(bounds, bounds[1:])]
         ranges.sort(key=lambda r: (r.topic, r.partition, r.start))
     return ranges
+
+
+def with_tails(ranges: list[KafkaRange], tails: dict[tuple[str, int], tuple[int, int]]) -> list[KafkaRange]:
+    """``ranges`` with ``last_message`` set on each range that ends where an end probe found the
+    partition's end (``tails``: (topic, partition) -> (end, last message before it))."""
+    out = []
+    for rng in ranges:
+        tail = tails.get((rng.topic, rng.partition))
+        out.append(replace(rng, last_message=tail[1]) if tail is not None and tail[0] == rng.end else rng)
+    return out
 
 
 def cap_offsets(start: Offsets, latest: Offsets, max_messages: int) -> Offsets:
@@ -185,6 +225,9 @@ def read_range(
 ) -> Iterator[pa.RecordBatch]:
     """Read offsets ``[rng.start, rng.end)`` of one partition as record batches of messages (``MESSAGE_SCHEMA``).
 
+    Stops after ``rng.last_message`` when the end probe saw it (the rest are transaction
+    markers), else at the end-of-partition event or the first message at ``rng.end``.
+
     Messages are gathered until about ``bytes_per_batch`` of message values (or 10 000
     messages) are pending, so each yielded batch holds many DAQ rows.
 
@@ -203,6 +246,9 @@ def read_range(
         consumer.assign([TopicPartition(rng.topic, rng.partition, offset)])
         return consumer
 
+    stop = rng.stop
+    if stop <= rng.start:  # transaction markers only
+        return
     consumer = reader_at(rng.start)
     columns: dict[str, list] = {name: [] for name in MESSAGE_SCHEMA.names}
     pending_bytes = 0
@@ -216,14 +262,16 @@ def read_range(
         return batch
 
     try:
-        while next_offset < rng.end:
-            messages = consumer.consume(min(rng.end - next_offset, 1000), timeout=1.0)
+        while next_offset < stop:
+            # what is fetched already, else wait for the next message: consume(n, timeout) returns only
+            # with n messages or at its timeout, and a range's offsets include transaction markers
+            messages = consumer.consume(min(stop - next_offset, 1000), timeout=0) or consumer.consume(1, timeout=1.0)
             for msg in messages:
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        if msg.offset() >= rng.end:  # the range ends in transaction markers: nothing left to read
-                            next_offset = rng.end
+                        if msg.offset() >= stop:  # the range ends in transaction markers: nothing left to read
+                            next_offset = stop
                         continue
                     if err.fatal():
                         raise RuntimeError(f"Kafka error reading {rng}: {err}")
@@ -233,8 +281,8 @@ def read_range(
                         time.sleep(0.5)
                         consumer.assign([TopicPartition(rng.topic, rng.partition, next_offset)])
                     continue
-                if msg.offset() >= rng.end:
-                    next_offset = rng.end
+                if msg.offset() >= stop:
+                    next_offset = stop
                     break
                 if msg.offset() < next_offset:  # never read an offset twice
                     continue
@@ -304,6 +352,8 @@ class KafkaStreamReader(DataSourceStreamReader):
         self.grace_s = float(opts.get("brokergraces", "60"))
         self._probe = None
         self._known_end: dict[tuple[str, int], int] = {}
+        self._tails: dict[tuple[str, int], tuple[int, int]] = {}
+        self._first_batch = True  # the next micro-batch with data is this reader's first (FIRST_BATCH_MAX_OFFSETS)  # (end, last message before it), by the last probe
 
     # -- Kafka look-ups (driver) ------------------------------------------------
     def _consumer(self):
@@ -333,17 +383,20 @@ class KafkaStreamReader(DataSourceStreamReader):
         for topic, parts in self._partitions().items():
             for p in parts:
                 low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
-                positions[(topic, p)] = max(low, high - 1, self._known_end.get((topic, p), 0))
+                # from one before the last message (the last offset is usually a transaction marker), so the
+                # probe also sees the last message before the end (``EndProbe.tails``)
+                positions[(topic, p)] = max(low, high - TAIL_PROBE_OFFSETS, self._known_end.get((topic, p), 0))
                 highs[(topic, p)] = max(high, 0)
         if not positions:
             return {t: {} for t in self.topics}
-        ends, unanswered = self.clients.end_offsets(positions, timeout_s, CONSUMER_GROUP)
+        ends, unanswered, tails = self.clients.end_offsets(positions, timeout_s, CONSUMER_GROUP)
+        self._tails.update(tails)
         # no answer from beyond the high watermark (Tansu stays silent where Kafka says out of range): read the
         # end from the watermark; an end before the one seen earlier means the topic was recreated
         doubtful = {key: max(highs[key] - 1, 0) for key in unanswered if highs[key] < positions[key]}
         doubtful.update({key: max(highs[key] - 1, 0) for key in set(positions) - set(ends) - unanswered})
         if doubtful:
-            rechecked, _ = self.clients.end_offsets(doubtful, min(timeout_s, 3.0), CONSUMER_GROUP)
+            rechecked = self.clients.end_offsets(doubtful, min(timeout_s, 3.0), CONSUMER_GROUP).ends
             for key, end in rechecked.items():
                 if end < positions[key]:
                     raise KafkaSetupError(
@@ -407,14 +460,17 @@ class KafkaStreamReader(DataSourceStreamReader):
             for part, off in start.get(topic, {}).items():
                 latest[topic][part] = max(latest[topic].get(part, off), off)
         if isinstance(limit, ReadMaxRows):
-            return cap_offsets(start, latest, limit.max_rows)
+            latest = cap_offsets(start, latest, limit.max_rows)
+        if self._first_batch and latest != start:  # a short first micro-batch: plotted sooner after a start
+            self._first_batch = False
+            latest = cap_offsets(start, latest, FIRST_BATCH_MAX_OFFSETS)
         return latest
 
     def reportLatestOffset(self) -> dict | None:
         return {t: {str(p): o for (tt, p), o in self._known_end.items() if tt == t} for t in self.topics}
 
     def partitions(self, start: dict, end: dict) -> list[KafkaRange]:
-        return plan_ranges(start, end, self.min_partitions)
+        return with_tails(plan_ranges(start, end, self.min_partitions, MIN_SLICE_OFFSETS), self._tails)
 
     def read(self, partition: KafkaRange) -> Iterator[pa.RecordBatch]:
         return read_range(self.clients, partition, stall_timeout_s=max(60.0, self.grace_s))

@@ -15,7 +15,7 @@ from confluent_kafka.admin import NewTopic
 
 from dtmon.kafka import KafkaClients
 
-from processor.kafka_source import KafkaStreamReader
+from processor.kafka_source import KafkaRange, KafkaStreamReader
 
 pytestmark = pytest.mark.integration
 
@@ -95,3 +95,36 @@ def test_dtmon_creates_the_raw_topic_with_its_retention(kafka_bootstrap, broker_
     assert values["retention.bytes"] == "500000000"
     assert values["segment.ms"] == "600000"
     assert values["cleanup.policy"] == "delete"
+
+
+def test_the_probe_sees_the_last_message_before_the_commit_marker(kafka_bootstrap, broker_kind, topic_name):
+    """A transactional producer ends each transaction with a commit marker (one offset). The end
+    probe reports the true end and the last message before it, so a reader of the last range stops
+    there; that range read with and without the tail gives the same messages, on both brokers."""
+    from processor.kafka_source import plan_ranges, read_range, with_tails
+
+    clients = KafkaClients(kafka_bootstrap)
+    clients.ensure_topic(topic_name, 1)
+    producer = clients.producer({"transactional.id": f"{topic_name}-tx"})
+    producer.init_transactions(30)
+    delivered: list[int] = []
+    for txn in range(3):
+        producer.begin_transaction()
+        for i in range(5):
+            producer.produce(topic_name, value=f"t{txn}m{i}".encode(),
+                             on_delivery=lambda err, msg: delivered.append(msg.offset()) if err is None else None)
+        producer.commit_transaction(30)
+    reader = KafkaStreamReader({"kafka.bootstrap.servers": kafka_bootstrap, "subscribe": topic_name})
+    try:
+        end = reader._end_offsets()
+        ranges = with_tails(plan_ranges({topic_name: {"0": 0}}, end, min_partitions=2), reader._tails)
+    finally:
+        reader.stop()
+    assert end[topic_name]["0"] == max(delivered) + 2  # the last message, then its transaction's commit marker
+    assert reader._tails[(topic_name, 0)] == (max(delivered) + 2, max(delivered))
+    last = ranges[-1]
+    assert last.end == max(delivered) + 2 and last.last_message == max(delivered) and last.stop == last.end - 1
+    with_tail = [m for b in read_range(clients, last) for m in b.column("value").to_pylist()]
+    without = [m for b in read_range(clients, KafkaRange(last.topic, 0, last.start, last.end))
+               for m in b.column("value").to_pylist()]
+    assert with_tail == without and with_tail[-1] == b"t2m4"

@@ -87,6 +87,8 @@ class FakeConsumer:
     assigned: list = field(default_factory=list)
     committed: list = field(default_factory=list)
     closed: bool = False
+    overlong_waits: int = 0
+    """blocking ``consume(n)`` calls with fewer than n messages at hand (librdkafka's waits for n or its timeout)"""
 
     def list_topics(self, topic=None, timeout=None):
         topics = {t: SimpleNamespace(partitions={p: None for p in ps}, error=None) for t, ps in self.partitions.items()}
@@ -102,6 +104,9 @@ class FakeConsumer:
         return self.events.pop(0) if self.events else None
 
     def consume(self, num_messages=1, timeout=None):
+        available = len(self.events) if None not in self.events else self.events.index(None)
+        if timeout and num_messages > max(available, 1):  # librdkafka waits for all n (or the timeout)
+            self.overlong_waits += 1
         out = []
         while self.events and len(out) < num_messages:
             event = self.events.pop(0)

@@ -96,9 +96,10 @@ def test_end_offsets_follow_messages_to_the_end_of_partition_event():
     events = [FakeMessage("t", 0, 41), FakeMessage("t", 0, 42), eof("t", 0, 43), eof("t", 1, 7),
               FakeMessage("t", 2, 5, err=FakeError(KafkaError.OFFSET_OUT_OF_RANGE))]
     clients = FakeClients(lambda: {"events": list(events)})
-    ends, unanswered = clients.end_offsets({("t", 0): 41, ("t", 1): 7, ("t", 2): 5, ("t", 3): 0}, timeout_s=1.0)
+    ends, unanswered, tails = clients.end_offsets({("t", 0): 41, ("t", 1): 7, ("t", 2): 5, ("t", 3): 0}, timeout_s=1.0)
     assert ends == {("t", 0): 43, ("t", 1): 7}  # partition 2: nothing written at 5 yet; partition 3: no answer
     assert unanswered == {("t", 3)}
+    assert tails == {("t", 0): (43, 42)}  # partition 1 answered without a message: no tail
     consumer = clients.consumers[0]
     assert consumer.closed and consumer.config["auto.offset.reset"] == "error" and consumer.config["enable.partition.eof"]
     assert sorted(consumer.assigned) == [("t", 0, 41), ("t", 1, 7), ("t", 2, 5), ("t", 3, 0)]

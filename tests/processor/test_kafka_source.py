@@ -19,6 +19,7 @@ from processor.kafka_source import (
     cap_offsets,
     plan_ranges,
     read_range,
+    with_tails,
 )
 from tests.doubles.kafka import FakeClients, FakeError, FakeMessage, eof
 from tests.processor.conftest import create_topic, produce_table
@@ -28,6 +29,12 @@ def test_plan_ranges_one_per_partition_with_new_data():
     start = {"t": {"0": 5, "1": 7}}
     end = {"t": {"0": 9, "1": 7, "2": 3}}
     assert plan_ranges(start, end) == [KafkaRange("t", 0, 5, 9), KafkaRange("t", 2, 0, 3)]
+
+
+def test_plan_ranges_splits_only_into_slices_of_min_slice_offsets():
+    assert len(plan_ranges({"t": {"0": 0}}, {"t": {"0": 127}}, min_partitions=2, min_slice=64)) == 1
+    assert [(r.start, r.end) for r in plan_ranges({"t": {"0": 0}}, {"t": {"0": 128}}, min_partitions=4, min_slice=64)] \
+        == [(0, 64), (64, 128)]
 
 
 def test_plan_ranges_splits_to_min_partitions_without_gaps():
@@ -138,6 +145,37 @@ def test_read_range_skips_replayed_offsets_and_stops_at_the_range_end():
     assert consumer.assigned == [("t", 0, 3)] and consumer.closed and consumer.config["auto.offset.reset"] == "error"
 
 
+def test_a_range_with_its_last_message_known_stops_there_without_an_end_of_partition_event():
+    """Offsets 6 and 7 are transaction markers (the probe saw message 5, then the end at 8): the reader
+    stops after 5, though no end-of-partition event comes (it would raise after the stall timeout)."""
+    events = [FakeMessage("t", 0, 4, b"a"), FakeMessage("t", 0, 5, b"b")]
+    clients = FakeClients(lambda: {"events": list(events)})
+    table = pa.Table.from_batches(list(read_range(clients, KafkaRange("t", 0, 4, 8, last_message=5), stall_timeout_s=5.0)),
+                                  MESSAGE_SCHEMA)
+    assert table.column("value").to_pylist() == [b"a", b"b"] and clients.consumers[0].closed
+    with pytest.raises(TimeoutError):  # the same range without the probe's tail waits for the end
+        list(read_range(FakeClients(lambda: {"events": list(events)}), KafkaRange("t", 0, 4, 8), stall_timeout_s=0.0))
+    assert list(read_range(clients, KafkaRange("t", 0, 6, 8, last_message=5))) == []  # markers only: nothing read
+    assert len(clients.consumers) == 1
+
+
+def test_a_reader_never_waits_for_more_messages_than_are_there():
+    """A range's offsets include transaction markers, which are never delivered: a reader that asked
+    librdkafka for (end - next offset) messages with a timeout waited out that timeout."""
+    events = [FakeMessage("t", 0, 0, b"a"), FakeMessage("t", 0, 2, b"b"), None, FakeMessage("t", 0, 4, b"c")]
+    clients = FakeClients(lambda: {"events": list(events)})
+    table = pa.Table.from_batches(list(read_range(clients, KafkaRange("t", 0, 0, 6, last_message=4))), MESSAGE_SCHEMA)
+    assert table.column("value").to_pylist() == [b"a", b"b", b"c"]
+    assert clients.consumers[0].overlong_waits == 0
+
+
+def test_with_tails_marks_only_the_ranges_that_end_at_a_probed_end():
+    ranges = plan_ranges({"t": {"0": 0, "1": 0}}, {"t": {"0": 10, "1": 4}}, min_partitions=3)
+    marked = with_tails(ranges, {("t", 0): (10, 8), ("t", 1): (5, 3)})
+    assert [(r.start, r.end, r.last_message) for r in marked] == [(0, 5, None), (5, 10, 8), (0, 4, None)]
+    assert [r.stop for r in marked] == [5, 9, 4]
+
+
 def test_read_range_raises_on_a_stall_and_on_a_fatal_error():
     stalled = FakeClients(lambda: {"events": [FakeMessage("t", 0, 0, b"x")]})
     with pytest.raises(TimeoutError, match="offset 1"):
@@ -169,6 +207,8 @@ def test_a_reader_whose_short_fetches_bring_nothing_falls_back_to_the_default_wa
 
 
 def test_max_offsets_per_trigger_caps_the_planned_end(monkeypatch):
+    from processor import kafka_source
+
     script = lambda: {"partitions": {"t": [0, 1]}, "watermarks": {("t", 0): (0, 300), ("t", 1): (0, 200)},  # noqa: E731
                       "events": [eof("t", 0, 300), eof("t", 1, 200)]}
     monkeypatch.setattr(KafkaStreamReader, "clients_cls", lambda self, config: FakeClients(script, config), raising=False)
@@ -176,6 +216,8 @@ def test_max_offsets_per_trigger_caps_the_planned_end(monkeypatch):
                                 "kafka.security.protocol": "SSL"})
     assert reader.clients.config.as_librdkafka_dict()["security.protocol"] == "SSL"
     limit = reader.getDefaultReadLimit()
+    first = reader.latestOffset({"t": {"0": 0, "1": 100}}, limit)  # the first micro-batch: FIRST_BATCH_MAX_OFFSETS
+    assert first == {"t": {"0": 48, "1": 116}} and kafka_source.FIRST_BATCH_MAX_OFFSETS == 64
     end = reader.latestOffset({"t": {"0": 0, "1": 100}}, limit)
     assert end == {"t": {"0": 75, "1": 125}}
     assert reader.reportLatestOffset() == {"t": {"0": 300, "1": 200}}
