@@ -202,7 +202,7 @@ def live(opts: Options, scenario: str, rate: float, trigger_s: float, seconds: f
         messages = reader.close() if reader is not None else []
     # RSS slope of every process over the producer's run, MB/h (issue 12 asks for it)
     slopes = {name: rss_slope_mb_per_h(stack.sampler.rss_series(name, producer_start, producer_end))
-              for name in resources if name != "producer"}
+              for name in resources}
     stats = stream_stats(messages, processor.log_text(), trigger_s, warmup=0, since=producer_start, until=producer_end)
     backlog_s = behind_rows / rate if rate else None
     row = new_row(
