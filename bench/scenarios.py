@@ -153,13 +153,15 @@ warm-up (Python workers, imports, JIT: 10-30 s here) is not in the numbers."""
 
 
 def live(opts: Options, scenario: str, rate: float, trigger_s: float, seconds: float, *, partitions: int = 1,
-         wire: str = "arrow", floor: str = "", check=None) -> dict:
+         wire: str = "arrow", floor: str = "", check=None, paced_warmup_s: float = 0.0) -> dict:
     """Processor (and dashboard when asked) running and warmed up, then the producer at ``rate`` for ``seconds`` s.
 
     Counted: batches that started while the producer ran (the warm-up batch before is not);
     processor rows/s = their rows / (last one's publish time - producer start). CPU seconds:
     from the producer's start until the processor caught up (or gave up catching up).
-    ``check(stats, backlog_s) -> bool`` decides ``floor_met``.
+    ``check(stats, backlog_s) -> bool`` decides ``floor_met``. ``paced_warmup_s``: after the
+    full-speed warm-up, the producer also runs at ``rate`` for this long (not counted), so the
+    JIT has compiled the code paths of small micro-batches before the clock starts.
     """
     warmup_rows = warmup_rows_for(rate, trigger_s)
     stack = _stack(opts, scenario.replace(" ", "_").replace("/", "-").replace(",", ""))
@@ -177,6 +179,13 @@ def live(opts: Options, scenario: str, rate: float, trigger_s: float, seconds: f
         stack.wait(warm, 300)
         if not reader.wait_rows(warmup_rows, 300, alive=processor):
             raise RuntimeError(f"processor did not process the warm-up rows:\n{processor.log_text()[-3000:]}")
+        if paced_warmup_s:
+            paced = int(rate * paced_warmup_s)
+            warm = stack.producer("warm-up", str(opts.input_dir), RAW, rate, max_rows=paced, partitions=partitions)
+            stack.wait(warm, paced_warmup_s + 300)
+            warmup_rows += paced
+            if not reader.wait_rows(warmup_rows, 300, alive=processor):
+                raise RuntimeError(f"processor did not process the paced warm-up:\n{processor.log_text()[-3000:]}")
         t_warm = time.monotonic() - processor.started
         if opts.dashboard:
             browser = _open_dashboard(stack, opts)
@@ -283,10 +292,15 @@ def sustained(opts: Options) -> dict:
     return row
 
 
+LATENCY_WARMUP_S = 30.0
+"""s the latency scenario's producer runs at 1 000 rows/s before its clock starts: the JIT compiles
+the small-batch code paths in the first ~20 s (the processor JVM uses ~1 core then, ~0.5 later)."""
+
+
 def latency(opts: Options) -> dict:
     """Floor (issue 12): at 1 000 rows/s and a 1 s trigger, p95 of (results published - oldest row produced) <= 1.5 s."""
     return live(opts, "latency 1,000 rows/s, 1 s trigger", 1_000, 1.0, opts.latency_seconds,
-                floor="p95 latency <= 1.5 s",
+                floor="p95 latency <= 1.5 s", paced_warmup_s=LATENCY_WARMUP_S,
                 check=lambda stats, _b: stats.latency_oldest_p95 is not None and stats.latency_oldest_p95 <= 1.5)
 
 
