@@ -352,8 +352,8 @@ class KafkaStreamReader(DataSourceStreamReader):
         self.grace_s = float(opts.get("brokergraces", "60"))
         self._probe = None
         self._known_end: dict[tuple[str, int], int] = {}
-        self._tails: dict[tuple[str, int], tuple[int, int]] = {}
-        self._first_batch = True  # the next micro-batch with data is this reader's first (FIRST_BATCH_MAX_OFFSETS)  # (end, last message before it), by the last probe
+        self._tails: dict[tuple[str, int], tuple[int, int]] = {}  # (end, last message before it), by the last probe
+        self._first_batch = True  # the next micro-batch with data is this reader's first (FIRST_BATCH_MAX_OFFSETS)
 
     # -- Kafka look-ups (driver) ------------------------------------------------
     def _consumer(self):
