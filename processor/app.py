@@ -23,10 +23,10 @@ from dtmon.kafka import KafkaClients, KafkaConfig, as_kafka_config, connection_w
 from dtmon.schema import RESULTS_SCHEMA_ID, RESULTS_VERSION, StreamEvent
 from dtmon.settings import Settings
 from dtmon.wire import CONTENT_TYPE_JSON, HEADER_CONTENT_TYPE, HEADER_QUERY_ID, HEADER_SCHEMA
-from processor import cds, spark_kafka
+from processor import cds, checks, spark_home, spark_kafka
 from processor.kafka_source import SOURCE_NAME, KafkaDataSource, kafka_options
 from processor.message import build_message
-from processor.plan import aggregate_batch
+from processor.plan import aggregate_batch, warm_up
 from processor.preflight import check_checkpoint, check_java, find_java
 from processor.quality import QualityMonitor
 from processor.state import RunTracker
@@ -55,11 +55,12 @@ def spark_session(settings: Settings, app_name: str = "dtmon-processor", driver_
     """Start (or get) the Spark session with the dtmon data source registered.
 
     Python workers run this interpreter (``PYSPARK_PYTHON``), so they see the same
-    installed packages. ``driver_java_options`` (``spark.driver.extraJavaOptions``) reach a
+    installed packages, and import its pyspark (``use_worker_spark_home``). ``driver_java_options`` (``spark.driver.extraJavaOptions``) reach a
     driver JVM this call launches (e.g. ``processor.cds.java_options``), not one already running.
     """
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    use_worker_spark_home()
     master = spark_master(settings)
     builder = SparkSession.builder.appName(app_name)
     if master is not None:
@@ -302,6 +303,42 @@ def stop_between_batches(query: StreamingQuery, timeout_s: float = 10.0) -> None
         query.stop()
 
 
+def launches_driver_jvm(environ: dict[str, str] | None = None) -> bool:
+    """True if this process will launch the driver JVM itself (not run under spark-submit or a gateway)."""
+    env = os.environ if environ is None else environ
+    return "PYSPARK_GATEWAY_PORT" not in env and "java-options" not in env.get("PYSPARK_SUBMIT_ARGS", "")
+
+
+def use_worker_spark_home(environ: dict[str, str] | None = None) -> Path | None:
+    """Point ``SPARK_HOME`` at ``processor.spark_home.spark_home`` (Python workers import the installed
+    pyspark, not the uncompiled zip) unless it is set or the JVM is not launched here; returns the
+    home set, or None. A cache that cannot be written leaves the installed home (logged)."""
+    env = os.environ if environ is None else environ
+    if env.get("SPARK_HOME") or not launches_driver_jvm(env):
+        return None
+    import pyspark
+
+    try:
+        home = spark_home.spark_home(Path(pyspark.__file__).parent, cache_root())
+    except OSError as e:
+        log.warning("Spark home for the Python workers not built (%s): they import pyspark from its zip", e)
+        return None
+    env["SPARK_HOME"] = str(home)
+    return home
+
+
+def warm_up_workers(spark: SparkSession, settings: Settings) -> None:
+    """``processor.plan.warm_up`` while the query starts (a thread): its time is logged, a failure
+    only logged (the first micro-batch then starts the workers itself)."""
+    t = time.monotonic()
+    try:
+        warm_up(spark, settings)
+    except Exception as e:  # noqa: BLE001 - an optimisation: the query runs without it
+        log.warning("warm-up job failed (the first micro-batch starts Spark's Python workers): %s", failure_line(str(e)))
+        return
+    log.info("warm-up job (Python workers, mapInArrow plan): %.1f s", time.monotonic() - t)
+
+
 def class_data_archive(settings: Settings, environ: dict[str, str] | None = None) -> Path | None:
     """The driver JVM's class-data archive (``processor.cds``) if this process launches the JVM
     (not under spark-submit) on this machine (a local master) and ``settings.spark_cds`` is on."""
@@ -310,7 +347,7 @@ def class_data_archive(settings: Settings, environ: dict[str, str] | None = None
     java = find_java(env)
     if not settings.spark_cds or master is None or not master.startswith("local") or java is None or not Path(java).exists():
         return None
-    if "PYSPARK_GATEWAY_PORT" in env or "java-options" in env.get("PYSPARK_SUBMIT_ARGS", ""):
+    if not launches_driver_jvm(env):
         return None
     import pyspark
 
@@ -371,12 +408,15 @@ def run_processor(settings: Settings, reset_checkpoint: bool = False) -> int:
         settings.checkpoint_location, settings.raw_topic, clients.log_ends(settings.raw_topic), reset_checkpoint
     )
     step("kafka + checkpoint")
+    use_worker_spark_home()  # before the archive's name, which holds the jars' path
+    threading.Thread(target=checks.load_scipy, name="load-scipy", daemon=True).start()  # while the JVM starts
     archive = class_data_archive(settings)
     java_options, archive_written = cds.java_options(archive) if archive is not None else ("", None)
     java_options = " ".join(o for o in (java_options, settings.spark_driver_java_options) if o)
     spark = spark_session(settings, driver_java_options=java_options or None)
     step("spark session" + (" (class-data archive mapped)" if archive is not None and archive_written is None else ""))
     spark.streams.addListener(ProgressLogger())
+    threading.Thread(target=warm_up_workers, args=(spark, monitor.binning_settings()), name="warm-up", daemon=True).start()
     publisher = ResultsPublisher(clients, settings.results_topic)
     publisher.grace_s = settings.broker_grace_s
     if reset:

@@ -26,12 +26,13 @@ LOG_OFF = "-Xlog:cds=off -Xlog:cds+dynamic=off"
 def archive_file(cache: Path, java: str, spark_jars: Path, spark_version: str) -> Path:
     """Where the archive of this JDK and these Spark jars lives: ``<cache>/cds/spark-<version>-<key>.jsa``.
 
-    ``key`` hashes the java binary (real path, size, mtime) and the names and sizes of the jars in
-    ``spark_jars``, so a new JDK or another Spark gets an archive of its own.
+    ``key`` hashes the java binary (real path, size, mtime), the path of ``spark_jars`` (the JVM's
+    class path, which the archive records) and the names and sizes of its jars, so a new JDK,
+    another Spark or the same jars reached by another path gets an archive of its own.
     """
     java_path = Path(java).resolve()
     st = java_path.stat()
-    parts = [str(java_path), str(st.st_size), str(st.st_mtime_ns)]
+    parts = [str(java_path), str(st.st_size), str(st.st_mtime_ns), str(spark_jars)]
     parts += [f"{p.name}:{p.stat().st_size}" for p in sorted(spark_jars.glob("*.jar"))]
     key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
     return cache / "cds" / f"spark-{spark_version}-{key}.jsa"

@@ -10,6 +10,7 @@ import pytest
 from dtmon.hits import HIT_SCHEMA
 from dtmon.schema import ResultsMessage
 from processor.message import build_message
+from dtmon.settings import load_settings
 from processor.plan import aggregate_batch
 from processor.reduce import BatchAggregates
 from tests.processor.conftest import expected_outputs, message_frame, with_source_columns
@@ -124,3 +125,11 @@ def test_poisoned_raw_message_is_counted_and_the_rest_of_the_batch_kept(spark, g
     message = build_message(3, agg, trigger_interval_s=2.0, batch_started=1.0, published=2.0)
     assert message.rejected_messages == 1
     assert [e.kind for e in message.events] == ["rejected_message"] and "test/0@9999" in message.events[0].detail
+
+
+def test_the_warm_up_job_reads_no_rows_and_counts_nothing_malformed(spark):
+    from processor.plan import warm_up
+
+    agg = warm_up(spark, load_settings(shuffle_partitions=2))
+    assert agg.rows_read == 0 and agg.malformed_rows == 0 and agg.hits == 0
+    assert not agg.run_events and agg.rejected_messages == 0 and agg.produced_first_ms is None
