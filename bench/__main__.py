@@ -56,6 +56,8 @@ def main(
     pacing_rates: Annotated[str, typer.Option(help="pacing targets, rows/s")] = "1000,10000,100000",
     sustained_rate: Annotated[float, typer.Option(help="producer rate of the sustained run, rows/s")] = 300_000,
     sustained_seconds: Annotated[float | None, typer.Option(help="s of the sustained run [60; --long 300]")] = None,
+    sustained_warmup_s: Annotated[float, typer.Option(help="s the sustained run's producer runs at its rate before "
+                                                      "the clock starts (not counted)")] = 0.0,
     latency_seconds: Annotated[float | None, typer.Option(help="s of the latency run [30; --long 60]")] = None,
     growth_seconds: Annotated[float, typer.Option(help="s per growth run")] = 25.0,
     growth_rates: Annotated[str, typer.Option(help="input rates of the growth runs, rows/s")] = "10000,100000,1000000",
@@ -95,6 +97,7 @@ def main(
         workdir=run_dir, input_dir=input_dir,
         pacing_seconds=pacing_seconds or (60.0 if long else 10.0), pacing_rates=_floats(pacing_rates),
         sustained_rate=sustained_rate, sustained_seconds=sustained_seconds or (300.0 if long else 60.0),
+        sustained_warmup_s=sustained_warmup_s,
         latency_seconds=latency_seconds or (60.0 if long else 30.0), growth_seconds=growth_seconds,
         growth_rates=_floats(growth_rates), growth_partitions=[int(v) for v in _floats(partitions)],
         partitions_rate=partitions_rate, peers_rows=peers_rows, peers_batch_rows=peers_batch_rows,

@@ -59,7 +59,7 @@ def main(
     from dtmon.supervisor import process_parents
     from dtmon.settings import load_settings
     from dtmon.synth import generate
-    from processor.app import spark_session
+    from processor.session import spark_session
     from processor.plan import aggregate_batch
     from processor.reduce import Binning, reduce_rows
     from processor.decode import decode_messages

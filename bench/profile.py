@@ -89,7 +89,7 @@ def profile_batches(bootstrap: str, topic: str, cap_messages: int, batches_wante
     from pyspark.sql.streaming import StreamingQueryListener
 
     from dtmon.settings import load_settings
-    from processor.app import spark_session
+    from processor.session import spark_session
     from processor.plan import aggregate_batch
     from processor.kafka_source import SOURCE_NAME, kafka_options
 

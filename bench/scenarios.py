@@ -41,6 +41,7 @@ class Options:
     pacing_rates: list[float] = field(default_factory=lambda: [1_000, 10_000, 100_000])
     sustained_rate: float = 300_000
     sustained_seconds: float = 60.0
+    sustained_warmup_s: float = 0.0
     latency_seconds: float = 30.0
     growth_seconds: float = 25.0
     growth_rates: list[float] = field(default_factory=lambda: [10_000, 100_000, 1_000_000])
@@ -277,7 +278,10 @@ def _open_dashboard(stack: Stack, opts: Options):
 def sustained(opts: Options) -> dict:
     """Floor at the run's rate and length: processor rows/s >= 98 % of the input, every batch inside the
     2 s trigger, oldest-row latency flat (< 2 s growth from the first to the last third). Issue 12's floor
-    is this at 1 000 000 rows/s for 30 min (``--sustained-rate 1000000 --sustained-seconds 1800``)."""
+    is this at 1 000 000 rows/s for 30 min (``--sustained-rate 1000000 --sustained-seconds 1800``).
+    ``opts.sustained_warmup_s``: the producer first runs that long at the rate, not counted (the JIT
+    compiles the two-stage paths in the first minute; default 0: the clock starts two batches after
+    a cold start)."""
     rate, seconds = opts.sustained_rate, opts.sustained_seconds
 
     def check(stats, backlog_s):
@@ -286,7 +290,9 @@ def sustained(opts: Options) -> dict:
 
     row = live(opts, f"processor sustained {rate:,.0f} rows/s", rate, 2.0, seconds,
                floor=f">= 98 % of {rate:,.0f} rows/s for {seconds / 60:g} min, every batch < 2 s, latency flat",
-               check=check)
+               check=check, paced_warmup_s=opts.sustained_warmup_s)
+    if opts.sustained_warmup_s:
+        row["notes"] += f"; after {opts.sustained_warmup_s:g} s at the same rate, not counted (--sustained-warmup-s)"
     if seconds < 300:
         row["notes"] += f"; {seconds:g} s run (a floor needs >= 300 s: --long)"
     return row

@@ -7,10 +7,7 @@ I/O only; the per-batch computation is ``processor.plan.aggregate_batch``, the m
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,80 +15,19 @@ from pathlib import Path
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
-from dtmon.apache_kafka import cache_root
 from dtmon.kafka import KafkaClients, KafkaConfig, as_kafka_config, connection_watch
 from dtmon.schema import RESULTS_SCHEMA_ID, RESULTS_VERSION, StreamEvent
 from dtmon.settings import Settings
 from dtmon.wire import CONTENT_TYPE_JSON, HEADER_CONTENT_TYPE, HEADER_QUERY_ID, HEADER_SCHEMA
-from processor import cds, checks, spark_home, spark_kafka
-from processor.kafka_source import SOURCE_NAME, KafkaDataSource, kafka_options
+from processor import checks, spark_kafka
+from processor.kafka_source import SOURCE_NAME, kafka_options
 from processor.message import build_message
 from processor.plan import aggregate_batch, warm_up
-from processor.preflight import check_checkpoint, check_java, find_java
 from processor.quality import QualityMonitor
+from processor.session import DriverStart, register_data_source
 from processor.state import RunTracker
 
 log = logging.getLogger("dtmon.processor")
-
-REDACTION_REGEX = r"(?i)secret|password|token|access[.]?key|jaas|keystore[.]key"
-"""``spark.redaction.regex``: Spark's default (``secret|password|token|access[.]?key``) plus the
-Kafka keys that carry a secret without saying so (``sasl.jaas.config``, ``ssl.keystore.key``);
-``spark.sql.redaction.options.regex`` is it plus Spark's default ``url``."""
-
-
-def spark_master(settings: Settings, environ: dict[str, str] | None = None) -> str | None:
-    """The master the session sets: ``settings.spark_master`` if set; else None when a launcher
-    chose one (under spark-submit, whose PythonRunner sets ``PYSPARK_GATEWAY_PORT``, or a
-    ``--master`` in ``PYSPARK_SUBMIT_ARGS``), so its master stays; else ``local[*]``."""
-    env = os.environ if environ is None else environ
-    if settings.spark_master:
-        return settings.spark_master
-    if "PYSPARK_GATEWAY_PORT" in env or "--master" in env.get("PYSPARK_SUBMIT_ARGS", "").split():
-        return None
-    return "local[*]"
-
-
-def spark_session(settings: Settings, app_name: str = "dtmon-processor", driver_java_options: str | None = None) -> SparkSession:
-    """Start (or get) the Spark session with the dtmon data source registered.
-
-    Python workers run this interpreter (``PYSPARK_PYTHON``), so they see the same
-    installed packages, and import its pyspark (``use_worker_spark_home``). ``driver_java_options`` (``spark.driver.extraJavaOptions``) reach a
-    driver JVM this call launches (e.g. ``processor.cds.java_options``), not one already running.
-    """
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    use_worker_spark_home()
-    master = spark_master(settings)
-    builder = SparkSession.builder.appName(app_name)
-    if master is not None:
-        builder = builder.master(master)
-    builder = (
-        builder.config("spark.sql.shuffle.partitions", str(settings.shuffle_partitions))
-        # one Spark job per micro-batch: adaptive execution would run the shuffle as a job of
-        # its own and has nothing to coalesce in a few partitions
-        .config("spark.sql.adaptive.enabled", "false")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.streaming.stopGracefullyOnShutdown", "true")
-        .config("spark.executorEnv.PYSPARK_PYTHON", sys.executable)
-        # each partition's messages cross to the decoding mapInArrow in few, large Arrow batches
-        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "200000")
-        # Kafka secrets reach Spark as source options (kafka.sasl.password, kafka.sasl.jaas.config,
-        # kafka.ssl.keystore.key): hidden in logs, the environment page and explain output
-        .config("spark.redaction.regex", REDACTION_REGEX)
-        .config("spark.sql.redaction.options.regex", REDACTION_REGEX + "|url")
-    )
-    if settings.kafka_source == "spark":  # Spark's own Kafka source: the connector jars via spark.jars.packages
-        for key, value in spark_kafka.session_config().items():
-            builder = builder.config(key, value)
-    if master is not None and master.startswith("local"):  # nothing outside this machine talks to a local driver
-        builder = builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
-    if driver_java_options:
-        builder = builder.config("spark.driver.extraJavaOptions", driver_java_options)
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
-    spark.dataSource.register(KafkaDataSource)
-    return spark
 
 
 def last_published_batch(kafka: KafkaConfig | KafkaClients | str, topic: str, query_id: str, timeout_s: float = 10.0) -> int | None:
@@ -303,30 +239,6 @@ def stop_between_batches(query: StreamingQuery, timeout_s: float = 10.0) -> None
         query.stop()
 
 
-def launches_driver_jvm(environ: dict[str, str] | None = None) -> bool:
-    """True if this process will launch the driver JVM itself (not run under spark-submit or a gateway)."""
-    env = os.environ if environ is None else environ
-    return "PYSPARK_GATEWAY_PORT" not in env and "java-options" not in env.get("PYSPARK_SUBMIT_ARGS", "")
-
-
-def use_worker_spark_home(environ: dict[str, str] | None = None) -> Path | None:
-    """Point ``SPARK_HOME`` at ``processor.spark_home.spark_home`` (Python workers import the installed
-    pyspark, not the uncompiled zip) unless it is set or the JVM is not launched here; returns the
-    home set, or None. A cache that cannot be written leaves the installed home (logged)."""
-    env = os.environ if environ is None else environ
-    if env.get("SPARK_HOME") or not launches_driver_jvm(env):
-        return None
-    import pyspark
-
-    try:
-        home = spark_home.spark_home(Path(pyspark.__file__).parent, cache_root())
-    except OSError as e:
-        log.warning("Spark home for the Python workers not built (%s): they import pyspark from its zip", e)
-        return None
-    env["SPARK_HOME"] = str(home)
-    return home
-
-
 def warm_up_workers(spark: SparkSession, settings: Settings) -> None:
     """``processor.plan.warm_up`` while the query starts (a thread): its time is logged, a failure
     only logged (the first micro-batch then starts the workers itself)."""
@@ -339,109 +251,52 @@ def warm_up_workers(spark: SparkSession, settings: Settings) -> None:
     log.info("warm-up job (Python workers, mapInArrow plan): %.1f s", time.monotonic() - t)
 
 
-def class_data_archive(settings: Settings, environ: dict[str, str] | None = None) -> Path | None:
-    """The driver JVM's class-data archive (``processor.cds``) if this process launches the JVM
-    (not under spark-submit) on this machine (a local master) and ``settings.spark_cds`` is on."""
-    env = os.environ if environ is None else environ
-    master = spark_master(settings, env)
-    java = find_java(env)
-    if not settings.spark_cds or master is None or not master.startswith("local") or java is None or not Path(java).exists():
-        return None
-    if not launches_driver_jvm(env):
-        return None
-    import pyspark
+def run_processor(settings: Settings, driver: DriverStart, monitor: QualityMonitor) -> int:
+    """Run the processor until SIGINT/SIGTERM or a query failure; return an exit code.
 
-    spark_home = Path(env.get("SPARK_HOME") or Path(pyspark.__file__).parent)
-    return cds.archive_file(cache_root(), java, spark_home / "jars", pyspark.__version__)
-
-
-def stop_driver_jvm(timeout_s: float = 60.0) -> int | None:
-    """End the driver JVM this process launched (after ``spark.stop()``): close the gateway and the
-    JVM's stdin, on which it exits by itself; return its exit code, or None if it did not end within
-    ``timeout_s`` s or was not launched here. Spark starts a new JVM for a later session."""
-    from pyspark import SparkContext
-
-    gateway = SparkContext._gateway
-    proc = getattr(gateway, "proc", None)
-    if gateway is None or proc is None:
-        return None
-    try:
-        gateway.shutdown()
-    except Exception:  # noqa: BLE001 - the JVM may already be gone; its exit code says how it ended
-        pass
-    SparkContext._gateway = None
-    SparkContext._jvm = None
-    if proc.stdin is not None:
-        proc.stdin.close()
-    try:
-        return proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        return None
-
-
-def run_processor(settings: Settings, reset_checkpoint: bool = False) -> int:
-    """Run the processor until SIGINT/SIGTERM or a query failure; return an exit code (2: bad checks or reference file).
-
-    Before Spark starts: Java 17+ is there, the broker answers, the checkpoint fits the raw
-    topic (``processor.preflight``; with ``reset_checkpoint`` one that does not is moved aside and
-    the first results message carries a ``checkpoint_reset`` event).
-
-    Raises:
-        processor.preflight.PreflightError: Java missing or too old; a checkpoint refused.
-        dtmon.kafka.KafkaSetupError: the broker did not answer.
+    ``driver``: the checks before Spark (Java, broker, checkpoint; a checkpoint moved aside is
+    reported in the first results message as a ``checkpoint_reset`` event) and the Spark session's
+    start, begun by the caller as early as it could (``processor.cli``); ``monitor``: the
+    data-quality checks, loaded before that. The session is stopped on every way out.
     """
     steps: list[tuple[str, float]] = [("", time.monotonic())]  # start-up steps, logged once the query runs
 
     def step(name: str) -> None:
         steps.append((name, time.monotonic()))
 
-    try:
-        monitor = QualityMonitor(settings)
-    except ValueError as e:  # ChecksConfigError, ReferenceError: one line naming file and key
-        log.error("%s", e)
-        return 2
-    step("checks")
-    check_java()
-    step("java check")
-    clients = KafkaClients(settings.kafka)
-    reset = check_checkpoint(
-        settings.checkpoint_location, settings.raw_topic, clients.log_ends(settings.raw_topic), reset_checkpoint
-    )
-    step("kafka + checkpoint")
-    use_worker_spark_home()  # before the archive's name, which holds the jars' path
     threading.Thread(target=checks.load_scipy, name="load-scipy", daemon=True).start()  # while the JVM starts
-    archive = class_data_archive(settings)
-    java_options, archive_written = cds.java_options(archive) if archive is not None else ("", None)
-    java_options = " ".join(o for o in (java_options, settings.spark_driver_java_options) if o)
-    spark = spark_session(settings, driver_java_options=java_options or None)
-    step("spark session" + (" (class-data archive mapped)" if archive is not None and archive_written is None else ""))
-    spark.streams.addListener(ProgressLogger())
-    threading.Thread(target=warm_up_workers, args=(spark, monitor.binning_settings()), name="warm-up", daemon=True).start()
-    publisher = ResultsPublisher(clients, settings.results_topic)
-    publisher.grace_s = settings.broker_grace_s
-    if reset:
-        log.warning("%s", reset)
-        publisher.record(StreamEvent(kind="checkpoint_reset", time=time.time(), detail=reset))
-    publisher.clients.ensure_results_topic(settings.results_topic)  # one partition, before anything is published
-    query = start_query(spark, settings, publisher, monitor)
-    step("query start")
-    stop = threading.Event()  # from here a SIGINT/SIGTERM stops the query between batches
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    log.info(
-        "processor running: %s -> %s, trigger %.1f s, checkpoint %s, Kafka source %s",
-        settings.raw_topic, settings.results_topic, settings.trigger_interval_s, settings.checkpoint_location,
-        settings.kafka_source,
-    )
-    log.info("start-up: %s", ", ".join(f"{name} {t - steps[i][1]:.1f} s" for i, (name, t) in enumerate(steps[1:])))
-    while not stop.is_set() and query.isActive:
-        stop.wait(0.5)
-    failure = query.exception()
-    stop_between_batches(query)
-    spark.stop()
-    if archive is not None and archive_written is not None:  # the first run: the JVM writes the archive as it exits
-        if cds.adopt(archive_written, archive, stop_driver_jvm()):
-            log.info("class-data archive of the driver JVM written: %s (later starts map it)", archive)
+    try:
+        clients = KafkaClients(settings.kafka)
+        reset = driver.checkpoint_reset
+        spark = driver.session()
+        register_data_source(spark)
+        step("waiting for the spark session + data source")
+        spark.streams.addListener(ProgressLogger())
+        threading.Thread(target=warm_up_workers, args=(spark, monitor.binning_settings()), name="warm-up", daemon=True).start()
+        publisher = ResultsPublisher(clients, settings.results_topic)
+        publisher.grace_s = settings.broker_grace_s
+        if reset:
+            log.warning("%s", reset)
+            publisher.record(StreamEvent(kind="checkpoint_reset", time=time.time(), detail=reset))
+        publisher.clients.ensure_results_topic(settings.results_topic)  # one partition, before anything is published
+        query = start_query(spark, settings, publisher, monitor)
+        step("query start")
+        stop = threading.Event()  # from here a SIGINT/SIGTERM stops the query between batches
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        log.info(
+            "processor running: %s -> %s, trigger %.1f s, checkpoint %s, Kafka source %s",
+            settings.raw_topic, settings.results_topic, settings.trigger_interval_s, settings.checkpoint_location,
+            settings.kafka_source,
+        )
+        session = "spark session" + (" (class-data archive mapped)" if driver.archive_mapped else "") + f" {driver.seconds:.1f} s"
+        log.info("start-up: %s; %s", session, ", ".join(f"{name} {t - steps[i][1]:.1f} s" for i, (name, t) in enumerate(steps[1:])))
+        while not stop.is_set() and query.isActive:
+            stop.wait(0.5)
+        failure = query.exception()
+        stop_between_batches(query)
+    finally:
+        driver.stop()
     if failure is not None:
         log.error("streaming query failed: %s", failure_line(str(failure)))
         log.debug("streaming query failure: %s", failure)

@@ -50,15 +50,26 @@ def main(
     log_level: Annotated[str, typer.Option(help="logging level; DEBUG also shows the traceback of an error")] = "INFO",
     version: Annotated[Optional[bool], version_option()] = None,
 ) -> None:
-    """Read the raw topic, histogram every micro-batch in Spark, publish one results message per batch."""
+    """Read the raw topic, histogram every micro-batch in Spark, publish one results message per batch.
+
+    Exit codes: 0 stopped, 1 a failed start (Java, Kafka, checkpoint) or query, 2 a bad checks or reference file."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_from(locals())
     from dtmon.kafka import KafkaSetupError
-    from processor.app import run_processor
     from processor.preflight import PreflightError
+    from processor.quality import QualityMonitor
+    from processor.session import DriverStart
 
     try:
-        code = run_processor(settings, reset_checkpoint=reset_checkpoint)
+        monitor = QualityMonitor(settings)  # the checks and reference files, before anything starts
+    except ValueError as exc:  # ChecksConfigError, ReferenceError: one line naming file and key
+        logging.getLogger("dtmon.processor").error("%s", exc)
+        raise typer.Exit(2) from None
+    try:
+        driver = DriverStart(settings, reset_checkpoint)  # Java, Kafka, checkpoint; then Spark starts while the rest imports
+        from processor.app import run_processor
+
+        code = run_processor(settings, driver, monitor)
     except (PreflightError, KafkaSetupError) as exc:
         if log_level.upper() == "DEBUG":
             raise

@@ -21,7 +21,7 @@ from processor.kafka_source import MESSAGE_SCHEMA, SPARK_SCHEMA
 def spark(tmp_path_factory):
     """A real local Spark session (2 cores) with both Kafka sources: dtmon's Python data source
     registered and Spark's Kafka connector loaded (``kafka_source="spark"``)."""
-    from processor.app import spark_session
+    from processor.session import spark_session
 
     settings = load_settings(spark_master="local[2]", shuffle_partitions=2, kafka_source="spark")
     session = spark_session(settings, app_name="dtmon-tests")

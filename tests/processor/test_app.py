@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dtmon.settings import load_settings
-from processor.app import spark_master
+from processor.session import spark_master
 
 
 def test_the_master_of_spark_submit_is_kept_unless_one_is_configured():

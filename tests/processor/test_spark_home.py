@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from processor import app
+from processor import session as app
 from processor.spark_home import WORKER_ZIP, spark_home
 
 

@@ -123,7 +123,7 @@ def test_both_sources_give_identical_results(spark, kafka_bootstrap, genuine_tab
 
 def test_kafka_secrets_are_redacted_in_the_plans_of_both_sources(spark, tmp_path):
     """A SASL password and a client key given to either Kafka source never show in Spark's plan strings
-    (``spark.redaction.regex``, ``spark.sql.redaction.options.regex`` of ``processor.app.spark_session``)."""
+    (``spark.redaction.regex``, ``spark.sql.redaction.options.regex`` of ``processor.session.spark_session``)."""
     from dtmon.kafka import KafkaConfig
     from processor import spark_kafka
     from processor.kafka_source import SOURCE_NAME, kafka_options
