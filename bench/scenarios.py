@@ -182,7 +182,8 @@ def live(opts: Options, scenario: str, rate: float, trigger_s: float, seconds: f
             raise RuntimeError(f"processor did not process the warm-up rows:\n{processor.log_text()[-3000:]}")
         if paced_warmup_s:
             paced = int(rate * paced_warmup_s)
-            warm = stack.producer("warm-up", str(opts.input_dir), RAW, rate, max_rows=paced, partitions=partitions)
+            warm = stack.producer("warm-up", str(opts.input_dir), RAW, rate, loop=True, max_rows=paced,
+                                  partitions=partitions)  # looped: the input may hold fewer rows
             stack.wait(warm, paced_warmup_s + 300)
             warmup_rows += paced
             if not reader.wait_rows(warmup_rows, 300, alive=processor):
