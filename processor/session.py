@@ -1,9 +1,8 @@
 """The processor's Spark session: how its driver JVM is launched, and a start in a thread.
 
 ``spark_session`` builds the session (local master, Arrow batch size, redaction of Kafka secrets);
-``DriverStart`` launches it in a thread as soon as the settings are read, so the JVM and Spark start
-(~3-7 s) run while the processor imports the rest of its code and checks the broker and the
-checkpoint. The JVM maps a class-data archive (``processor.cds``) and runs from a Spark home whose
+``DriverStart`` launches it in a thread once Java, the broker and the checkpoint are checked, so the
+JVM and Spark start (~3-7 s) run while the processor imports the rest of its code. The JVM maps a class-data archive (``processor.cds``) and runs from a Spark home whose
 Python workers import the installed pyspark (``processor.spark_home``). This module imports little
 beyond pyspark.sql, so the JVM starts early.
 """
@@ -53,9 +52,10 @@ def spark_session(
 ) -> SparkSession:
     """Start (or get) the Spark session, with the dtmon data source registered (``data_source``).
 
-    Python workers run this interpreter (``PYSPARK_PYTHON``), so they see the same
-    installed packages, and import its pyspark (``use_worker_spark_home``). ``driver_java_options`` (``spark.driver.extraJavaOptions``) reach a
-    driver JVM this call launches (e.g. ``processor.cds.java_options``), not one already running.
+    Python workers run this interpreter (``PYSPARK_PYTHON``), so they see the same installed
+    packages, and import its pyspark (``use_worker_spark_home``). ``driver_java_options``
+    (``spark.driver.extraJavaOptions``) reach a driver JVM this call launches (e.g.
+    ``processor.cds.java_options``), not one already running.
     """
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
