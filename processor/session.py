@@ -183,7 +183,7 @@ class DriverStart:
         dtmon.kafka.KafkaSetupError: the broker did not answer.
     """
 
-    def __init__(self, settings: Settings, reset_checkpoint: bool = False, data_source: bool = False) -> None:
+    def __init__(self, settings: Settings, reset_checkpoint: bool = False) -> None:
         check_java()
         ends = KafkaClients(settings.kafka).log_ends(settings.raw_topic)
         self.checkpoint_reset = check_checkpoint(settings.checkpoint_location, settings.raw_topic, ends, reset_checkpoint)
@@ -194,14 +194,14 @@ class DriverStart:
         self.seconds: float | None = None
         self._spark: SparkSession | None = None
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._start, args=(settings, options or None, data_source),
+        self._thread = threading.Thread(target=self._start, args=(settings, options or None),
                                         name="spark-session", daemon=True)  # fmt: skip
         self._thread.start()
 
-    def _start(self, settings: Settings, java_options: str | None, data_source: bool) -> None:
+    def _start(self, settings: Settings, java_options: str | None) -> None:
         t = time.monotonic()
         try:
-            self._spark = spark_session(settings, driver_java_options=java_options, data_source=data_source)
+            self._spark = spark_session(settings, driver_java_options=java_options, data_source=False)  # registered by the caller
         except BaseException as e:  # noqa: BLE001 - handed to the thread that waits in session()
             self._error = e
         self.seconds = time.monotonic() - t
