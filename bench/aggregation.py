@@ -35,7 +35,7 @@ app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=F
 def message_table(rows: pa.Table, rows_per_message: int, produced_ms: int) -> pa.Table:
     """Source rows (``MESSAGE_SCHEMA``) carrying ``rows`` (``HIT_SCHEMA``) as SYNTHETIC Arrow messages."""
     from dtmon.wire import CONTENT_TYPE_ARROW, encode_arrow
-    from processor.kafka_source import MESSAGE_SCHEMA
+    from processor.message_rows import MESSAGE_SCHEMA
 
     messages = [
         {"topic": "bench", "partition": 0, "offset": i, "produced_ms": produced_ms, "content_type": CONTENT_TYPE_ARROW,
@@ -63,7 +63,7 @@ def main(
     from processor.plan import aggregate_batch
     from processor.reduce import Binning, reduce_rows
     from processor.decode import decode_messages
-    from processor.kafka_source import SPARK_SCHEMA
+    from processor.message_rows import SPARK_SCHEMA
 
     settings = load_settings(spark_master=master, shuffle_partitions=shuffle_partitions)
     spark = spark_session(settings, app_name="dtmon-aggregation")

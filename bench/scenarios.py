@@ -232,7 +232,7 @@ def live(opts: Options, scenario: str, rate: float, trigger_s: float, seconds: f
         f"growth {_fmt(stats.lag_growth_s, '+.2f')} s from first to last third; not yet processed when the producer "
         f"stopped: {behind_rows:,} rows ({_fmt(backlog_s, '.1f')} s of input), "
         f"{'caught up' if caught_up else 'NOT caught up'} {drain_s:.0f} s later; CPU s over those {window:.0f} s, "
-        f"processor {_fmt(cpu_per_mrow, ',.0f')} CPU s per million rows processed; "
+        f"processor {_fmt(cpu_per_mrow, ',.2f')} CPU s per million rows processed; "
         f"processor start {t_ready:.0f} s, warm-up batch done {t_warm:.0f} s after launch"
         + (f"; dashboard+Chromium running, plotted: {t_plot is not None}" if opts.dashboard else "")
         + "; RSS slope over the run, MB/h: "

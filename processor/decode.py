@@ -20,7 +20,7 @@ import pyarrow as pa
 from dtmon.hits import HIT_SCHEMA, DecodeError, decode_csv
 from dtmon.validation import MessageLimits, MessageRejected, sanitize_rows
 from dtmon.wire import CONTENT_TYPE_CONTROL, CONTENT_TYPE_CSV, RunEvent, decode_control, decode_message
-from processor.kafka_source import MESSAGE_SCHEMA
+from processor.message_rows import MESSAGE_SCHEMA
 
 log = logging.getLogger(__name__)
 

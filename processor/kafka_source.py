@@ -44,33 +44,11 @@ from dtmon.kafka import (
     connection_watch,
 )
 from dtmon.wire import HEADER_CONTENT_TYPE, HEADER_RUN, HEADER_SYNTHETIC, header_dict, parse_run
+from processor.message_rows import MESSAGE_SCHEMA, SPARK_SCHEMA
 
 log = logging.getLogger(__name__)
 
 SOURCE_NAME = "dtmon-kafka"
-
-MESSAGE_SCHEMA = pa.schema(
-    [
-        pa.field("topic", pa.string()),
-        pa.field("partition", pa.int32()),
-        pa.field("offset", pa.int64()),
-        pa.field("produced_ms", pa.int64()),
-        pa.field("content_type", pa.string()),
-        pa.field("synthetic", pa.bool_()),
-        pa.field("run", pa.int32()),
-        pa.field("value", pa.binary()),
-    ]
-)
-"""Rows the source yields, one per Kafka message: where it sits, its Kafka timestamp in ms
-since the epoch, its ``content-type`` header, whether it holds synthetic rows
-(``dtmon-synthetic: 1``), its run (``dtmon-run``, null without the header or when it is
-not an integer >= 0) and the value bytes."""
-
-SPARK_SCHEMA = (
-    "topic string, partition int, offset bigint, produced_ms bigint, content_type string, synthetic boolean, "
-    "run int, value binary"
-)
-"""``MESSAGE_SCHEMA`` as a Spark DDL string (the source's schema)."""
 
 Offsets = dict[str, dict[str, int]]
 

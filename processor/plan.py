@@ -33,7 +33,7 @@ from processor.codec import (
     to_partial_row,
 )
 from processor.decode import decode_messages
-from processor.kafka_source import MESSAGE_SCHEMA
+from processor.message_rows import MESSAGE_SCHEMA
 from processor.reduce import BatchAggregates, Binning, merge_aggregates
 
 def decode_partition(binning: Binning, buckets: int, limits: MessageLimits | None = None):
@@ -94,7 +94,7 @@ def aggregate_batch(messages: DataFrame, settings: Settings | None = None, singl
     the whole batch's decoded rows.
 
     Args:
-        messages: source rows, columns of ``processor.kafka_source.SPARK_SCHEMA`` (one row
+        messages: source rows, columns of ``processor.message_rows.SPARK_SCHEMA`` (one row
             per Kafka message).
         settings: scintillator channel, drift-time range and bins, max orbit gap, shuffle
             partitions (default: ``Settings()``).

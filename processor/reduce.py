@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -35,9 +36,11 @@ from dtmon.hits import (
     hit_time_ns,
     local_channel,
 )
-from dtmon.settings import Settings
 from dtmon.wire import RunEvent
 from processor.scint import N_CANDIDATES, STATS, candidate_stats
+
+if TYPE_CHECKING:  # Spark's task workers import this module: not pydantic (docs/performance.md, start-up)
+    from dtmon.settings import Settings
 
 ORBIT_S = BX_PER_ORBIT * BX_NS * 1e-9
 """One orbit in s: 3564 BX x 25 ns = 89.1 us."""

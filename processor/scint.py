@@ -12,10 +12,14 @@ unrelated to muons spreads them over the whole 89 us orbit (a ~1 % chance to lan
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from dtmon.checks_config import ScintillatorConfig
 from dtmon.hits import SCINT_FPGA
+
+if TYPE_CHECKING:  # Spark's task workers import this module: not pydantic
+    from dtmon.checks_config import ScintillatorConfig
 
 FIRST_CANDIDATE = 128
 N_CANDIDATES = 384

@@ -11,7 +11,7 @@
   version is the installed pyspark's, so pyspark must be a version whose connector is
   published.
 
-Both give one row per Kafka message with ``processor.kafka_source.MESSAGE_SCHEMA``, so the
+Both give one row per Kafka message with ``processor.message_rows.MESSAGE_SCHEMA``, so the
 micro-batch computation (``processor.plan.aggregate_batch``) is the same for both:
 ``message_rows`` maps the built-in source's columns (topic, partition, offset, timestamp,
 headers array, value) with Spark SQL expressions. Header semantics follow
@@ -30,7 +30,7 @@ from pyspark.sql import functions as F
 
 from dtmon.kafka import KafkaConfig
 from dtmon.settings import Settings
-from processor.kafka_source import MESSAGE_SCHEMA
+from processor.message_rows import MESSAGE_SCHEMA
 
 CONNECTOR = "org.apache.spark:spark-sql-kafka-0-10_2.13"
 """Maven coordinates (without version) of Spark's Kafka connector for Scala 2.13."""
@@ -69,7 +69,7 @@ def message_rows(kafka: DataFrame) -> DataFrame:
     Columns in: topic string, partition int, offset bigint, timestamp timestamp (the Kafka
     timestamp), headers array<struct<key string, value binary>>, value binary.
     Columns out: topic, partition, offset, produced_ms (ms since the epoch),
-    content_type, synthetic, run, value (``processor.kafka_source.SPARK_SCHEMA``).
+    content_type, synthetic, run, value (``processor.message_rows.SPARK_SCHEMA``).
     """
     run = F.expr("try_cast(trim(run_header) AS INT)")
     return (

@@ -14,7 +14,7 @@ from dtmon.kafka import KafkaClients
 from dtmon.settings import load_settings
 from dtmon.wire import CONTENT_TYPE_ARROW, CONTENT_TYPE_CONTROL, RunEvent, encode_arrow
 from processor.decode import OUTPUT_SCHEMA
-from processor.kafka_source import MESSAGE_SCHEMA, SPARK_SCHEMA
+from processor.message_rows import MESSAGE_SCHEMA, SPARK_SCHEMA
 
 
 @pytest.fixture(scope="session")

@@ -105,7 +105,7 @@ def test_poisoned_raw_message_is_counted_and_the_rest_of_the_batch_kept(spark, g
     message with its topic/partition@offset in the results, one malformed row; every other row counted."""
     from dtmon.settings import Settings
     from dtmon.wire import CONTENT_TYPE_ARROW, encode_arrow
-    from processor.kafka_source import MESSAGE_SCHEMA, SPARK_SCHEMA
+    from processor.message_rows import MESSAGE_SCHEMA, SPARK_SCHEMA
     from tests.processor.conftest import as_messages
 
     good = as_messages(with_source_columns(genuine_table, rows_per_message=100))
@@ -133,3 +133,30 @@ def test_the_warm_up_job_reads_no_rows_and_counts_nothing_malformed(spark):
     agg = warm_up(spark, load_settings(shuffle_partitions=2))
     assert agg.rows_read == 0 and agg.malformed_rows == 0 and agg.hits == 0
     assert not agg.run_events and agg.rejected_messages == 0 and agg.produced_first_ms is None
+
+
+def test_the_task_workers_functions_import_neither_pydantic_nor_the_kafka_client(tmp_path):
+    """Spark pickles each stage's function and every task worker imports what unpickling it
+    needs; the decoding and reducing workers need numpy, pyarrow and dtmon's pure modules only."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pyspark import cloudpickle
+
+    import processor
+
+    from dtmon.settings import Settings
+    from processor.plan import decode_partition, decode_reduce_partition, reduce_partition
+    from processor.reduce import Binning
+
+    binning = Binning.from_settings(Settings())
+    pickled = tmp_path / "functions.pkl"
+    pickled.write_bytes(cloudpickle.dumps([decode_reduce_partition(binning), decode_partition(binning, 4), reduce_partition(binning)]))
+    heavy = ["pydantic", "pydantic_settings", "confluent_kafka", "processor.kafka_source", "pyspark.sql.datasource"]
+    probe = (f"import pickle, sys; functions = pickle.loads(open({str(pickled)!r}, 'rb').read()); "
+             f"print(len(functions), [m for m in {heavy!r} if m in sys.modules])")  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(processor.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env).stdout.strip().split(maxsplit=1)
+    assert out == ["3", "[]"]

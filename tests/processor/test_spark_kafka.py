@@ -11,7 +11,8 @@ import pytest
 from dtmon.schema import ResultsMessage
 from dtmon.settings import load_settings
 from processor.app import ResultsPublisher, start_query
-from processor.kafka_source import MESSAGE_SCHEMA, parse_run
+from dtmon.wire import parse_run
+from processor.message_rows import MESSAGE_SCHEMA
 from processor.spark_kafka import connector_package, message_rows
 from tests.processor.conftest import create_topic
 from tests.processor.test_stream import produce_run, read_until
