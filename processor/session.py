@@ -2,9 +2,10 @@
 
 ``spark_session`` builds the session (local master, Arrow batch size, redaction of Kafka secrets);
 ``DriverStart`` launches it in a thread once Java, the broker and the checkpoint are checked, so the
-JVM and Spark start (~3-7 s) run while the processor imports the rest of its code. The JVM maps a class-data archive (``processor.cds``) and runs from a Spark home whose
-Python workers import the installed pyspark (``processor.spark_home``). This module imports little
-beyond pyspark.sql, so the JVM starts early.
+JVM and Spark start (~3-7 s) run while the processor imports the rest of its code. The JVM maps a
+class-data archive (``processor.cds``) and runs from a Spark home whose Python workers import the
+installed pyspark (``processor.spark_home``). This module imports little beyond pyspark.sql, so the
+JVM starts early.
 """
 
 from __future__ import annotations

@@ -146,7 +146,6 @@ def test_the_task_workers_functions_import_neither_pydantic_nor_the_kafka_client
     from pyspark import cloudpickle
 
     import processor
-
     from dtmon.settings import Settings
     from processor.plan import decode_partition, decode_reduce_partition, reduce_partition
     from processor.reduce import Binning
