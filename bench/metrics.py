@@ -15,7 +15,7 @@ import numpy as np
 from dtmon.schema import ResultsMessage
 
 PROGRESS_LINE = re.compile(r"micro-batch (\d+): (\d+) (?:rows|messages), (\d+) ms")
-"""The processor's per-batch progress line (``processor.app.ProgressLogger``): Spark's own
+"""The processor's per-batch progress line (``processor.app.progress_line``): Spark's own
 ``batchDuration`` (trigger start to batch end, offsets look-up included)."""
 
 

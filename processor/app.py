@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
+from pyspark.sql.streaming import StreamingQuery
 
 from dtmon.kafka import KafkaClients, KafkaConfig, as_kafka_config, connection_watch
 from dtmon.schema import RESULTS_SCHEMA_ID, RESULTS_VERSION, StreamEvent
@@ -109,28 +109,55 @@ class ResultsPublisher:
         self.last_batch = batch_id
 
 
-class ProgressLogger(StreamingQueryListener):
-    """Logs every micro-batch's duration, input Kafka messages and rates (Spark's own progress report;
-    the batch's DAQ rows are in the ``batch N: ...`` line that follows its results message)."""
+PROGRESS_POLL_S = 0.2
+"""s between two looks at the query's last progress report (``ProgressLog.poll``)."""
 
-    def onQueryStarted(self, event) -> None:
-        log.info("query started: id=%s", event.id)
 
-    def onQueryProgress(self, event) -> None:
-        p = event.progress
-        if p.numInputRows:
-            log.info(
-                "micro-batch %d: %d messages, %.0f ms (%s), %.0f messages/s processed",
-                p.batchId, p.numInputRows, p.batchDuration,
-                ", ".join(f"{k} {v}" for k, v in sorted(p.durationMs.items()) if k != "triggerExecution"),
-                p.processedRowsPerSecond or 0.0,
-            )
+def progress_line(progress) -> str | None:
+    """The log line of one micro-batch's progress report (Spark's ``StreamingQueryProgress``, or a
+    dict with its keys), or None for a trigger without input.
 
-    def onQueryIdle(self, event) -> None:
-        pass
+    Format: ``micro-batch N: M messages, T ms (<durationMs parts>), R messages/s processed``;
+    ``bench.metrics.PROGRESS_LINE`` reads it (M counts Kafka messages, not DAQ rows: the
+    batch's rows are in the ``batch N: ...`` line that follows its results message).
+    """
+    if not progress or not progress["numInputRows"]:
+        return None
+    parts = ", ".join(f"{k} {v}" for k, v in sorted(progress["durationMs"].items()) if k != "triggerExecution")
+    return (f"micro-batch {progress['batchId']}: {progress['numInputRows']} messages, {progress['batchDuration']:.0f} ms "
+            f"({parts}), {progress['processedRowsPerSecond'] or 0.0:.0f} messages/s processed")
 
-    def onQueryTerminated(self, event) -> None:
-        log.info("query terminated: %s", event.exception or "stopped")
+
+class ProgressLog:
+    """Logs every micro-batch's Spark progress report (``progress_line``), read from the query.
+
+    Not a ``StreamingQueryListener``: PySpark converts each event of a Python listener field by
+    field through Py4J, whose reflection searched every jar of the class path on each call, ~2 CPU s a
+    minute of the driver JVM at 1 M rows/s (docs/performance.md); ``StreamingQuery.lastProgress``
+    is one call that returns the report as JSON. A report replaced before a poll saw it (micro-batches
+    shorter than ``PROGRESS_POLL_S``) is read from ``recentProgress``.
+    """
+
+    def __init__(self, query: StreamingQuery):
+        self.query = query
+        self.last_seen: tuple[int, str] | None = None  # (batchId, trigger timestamp) of the last report read
+
+    def poll(self) -> None:
+        """Log the progress reports of the micro-batches completed since the last poll.
+
+        A report is known by its batch id and trigger timestamp (a trigger without input reports the
+        id of the micro-batch still to come)."""
+        last = self.query.lastProgress
+        if last is None or (last["batchId"], last["timestamp"]) == self.last_seen:
+            return
+        reports = [last]
+        if self.last_seen is not None and last["batchId"] > self.last_seen[0] + 1:  # reports replaced between polls
+            reports = [p for p in self.query.recentProgress if p["timestamp"] > self.last_seen[1]] or [last]
+        for report in reports:
+            line = progress_line(report)
+            if line is not None:
+                log.info("%s", line)
+        self.last_seen = (last["batchId"], last["timestamp"])
 
 
 def start_query(spark: SparkSession, settings: Settings, publisher: ResultsPublisher,
@@ -271,7 +298,6 @@ def run_processor(settings: Settings, driver: DriverStart, monitor: QualityMonit
         spark = driver.session()
         register_data_source(spark)
         step("waiting for the spark session + data source")
-        spark.streams.addListener(ProgressLogger())
         threading.Thread(target=warm_up_workers, args=(spark, monitor.binning_settings()), name="warm-up", daemon=True).start()
         publisher = ResultsPublisher(clients, settings.results_topic)
         publisher.grace_s = settings.broker_grace_s
@@ -281,6 +307,8 @@ def run_processor(settings: Settings, driver: DriverStart, monitor: QualityMonit
         publisher.clients.ensure_results_topic(settings.results_topic)  # one partition, before anything is published
         query = start_query(spark, settings, publisher, monitor)
         step("query start")
+        log.info("query started: id=%s", query.id)
+        progress = ProgressLog(query)
         stop = threading.Event()  # from here a SIGINT/SIGTERM stops the query between batches
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
@@ -292,9 +320,11 @@ def run_processor(settings: Settings, driver: DriverStart, monitor: QualityMonit
         session = "spark session" + (" (class-data archive mapped)" if driver.archive_mapped else "") + f" {driver.seconds:.1f} s"
         log.info("start-up: %s; %s", session, ", ".join(f"{name} {t - steps[i][1]:.1f} s" for i, (name, t) in enumerate(steps[1:])))
         while not stop.is_set() and query.isActive:
-            stop.wait(0.5)
+            stop.wait(PROGRESS_POLL_S)
+            progress.poll()
         failure = query.exception()
         stop_between_batches(query)
+        progress.poll()
     finally:
         driver.stop()
     if failure is not None:

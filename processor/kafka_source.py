@@ -19,6 +19,11 @@ topic, partition, offset, Kafka timestamp, the ``content-type``, ``dtmon-synthet
 the micro-batch's first Spark stage (``processor.decode``), so the JVM handles one row
 per message, never one per hit. This module holds offsets, partitions and ``read`` only;
 the log end of a partition comes from ``dtmon.kafka.KafkaClients.end_offsets``.
+
+``dtmon.kafka`` (pydantic, pydantic-settings, confluent-kafka: ~0.2 s) is imported where a
+Kafka client is made or an error reported, not with this module: Spark's workers that only
+create the data source or plan its reads import this module on the start-up path and never
+talk to Kafka (docs/performance.md, start-up).
 """
 
 from __future__ import annotations
@@ -27,24 +32,18 @@ import json
 import logging
 import time
 from dataclasses import dataclass, replace
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import pyarrow as pa
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
 from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMaxRows
 
-from dtmon.kafka import (
-    _CONNECTION_ERRORS,
-    END_PROBE_FETCH_WAIT_MS,
-    KafkaClients,
-    KafkaConfig,
-    KafkaSetupError,
-    _rate_limited,
-    connection_watch,
-)
 from dtmon.wire import HEADER_CONTENT_TYPE, HEADER_RUN, HEADER_SYNTHETIC, header_dict, parse_run
 from processor.message_rows import MESSAGE_SCHEMA, SPARK_SCHEMA
+
+if TYPE_CHECKING:  # imported on first use (module docstring)
+    from dtmon.kafka import KafkaClients, KafkaConfig
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +104,11 @@ TAIL_PROBE_OFFSETS = 2
 """The end probe reads from this many offsets before the high watermark: a transactional
 producer's last offset is a commit marker, the one before it the last message."""
 
-SHORT_FETCH_WAIT_MS = END_PROBE_FETCH_WAIT_MS
-"""``fetch.wait.max.ms`` a reader starts with (the end-offset probe's). A range that ends in transaction markers closes at the
-end-of-partition event, which comes with the first empty fetch, and the broker holds an empty fetch
-this long: librdkafka's default (500 ms) added ~0.5 s to every micro-batch whose range ended in a
-commit marker."""
+SHORT_FETCH_WAIT_MS = 25
+"""``fetch.wait.max.ms`` a reader starts with (the end-offset probe's, ``dtmon.kafka.END_PROBE_FETCH_WAIT_MS``).
+A range that ends in transaction markers closes at the end-of-partition event, which comes with the
+first empty fetch, and the broker holds an empty fetch this long: librdkafka's default (500 ms) added
+~0.5 s to every micro-batch whose range ended in a commit marker."""
 
 LONG_FETCH_WAIT_MS = 500
 """librdkafka's default ``fetch.wait.max.ms``: a reader falls back to it when a short-wait fetch
@@ -129,6 +128,8 @@ def kafka_options(config: KafkaConfig) -> dict[str, str]:
 
 def config_from_options(options: dict[str, str]) -> KafkaConfig:
     """The ``KafkaConfig`` given by ``kafka.*`` source options (keys lower-case); servers default to 127.0.0.1:9092."""
+    from dtmon.kafka import KafkaConfig
+
     keys = {k[len("kafka."):]: v for k, v in options.items() if k.startswith("kafka.")}
     servers = keys.pop("bootstrap.servers", None) or "127.0.0.1:9092"
     return KafkaConfig(bootstrap_servers=servers, extra=keys)
@@ -215,6 +216,8 @@ def read_range(
         RuntimeError: a fatal consumer error.
     """
     from confluent_kafka import KafkaError, TopicPartition
+
+    from dtmon.kafka import _rate_limited
 
     servers = clients.config.bootstrap_servers
     wait_ms = _fetch_wait_ms.get(servers, SHORT_FETCH_WAIT_MS)
@@ -306,6 +309,8 @@ def check_not_behind(start: Offsets, latest: Offsets) -> None:
         for part, end in parts.items():
             at = start.get(topic, {}).get(part)
             if at is not None and end < at:
+                from dtmon.kafka import KafkaSetupError
+
                 raise KafkaSetupError(
                     f"raw topic {topic}/{part} now ends at offset {end:,}, before the query's position {at:,} "
                     "(the topic was recreated?): restart the processor with --reset-checkpoint"
@@ -315,12 +320,14 @@ def check_not_behind(start: Offsets, latest: Offsets) -> None:
 class KafkaStreamReader(DataSourceStreamReader):
     """Driver-side planning of micro-batches over Kafka partitions (see module docstring)."""
 
-    clients_cls: type[KafkaClients] = KafkaClients
-    """Makes the Kafka clients; tests put a subclass with doubles here (``tests/doubles``)."""
+    clients_cls: type[KafkaClients] | None = None
+    """Makes the Kafka clients (None: ``dtmon.kafka.KafkaClients``); tests put a subclass with doubles here
+    (``tests/doubles``)."""
 
     def __init__(self, options: dict[str, str]):
         opts = {k.lower(): v for k, v in options.items()}
-        self.clients = self.clients_cls(config_from_options(opts))
+        self._options = opts
+        self._clients: KafkaClients | None = None
         self.topics = [t.strip() for t in opts.get("subscribe", "").split(",") if t.strip()]
         if not self.topics:
             raise ValueError("option 'subscribe' (topic names) is required")
@@ -332,6 +339,22 @@ class KafkaStreamReader(DataSourceStreamReader):
         self._known_end: dict[tuple[str, int], int] = {}
         self._tails: dict[tuple[str, int], tuple[int, int]] = {}  # (end, last message before it), by the last probe
         self._first_batch = True  # the next micro-batch with data is this reader's first (FIRST_BATCH_MAX_OFFSETS)
+
+    @property
+    def clients(self) -> KafkaClients:
+        """The Kafka clients of the ``kafka.*`` options, made on first use (``config_from_options``).
+
+        Raises:
+            pydantic.ValidationError: an option's value is not valid.
+        """
+        if self._clients is None:
+            if self.clients_cls is None:
+                from dtmon.kafka import KafkaClients
+
+                self._clients = KafkaClients(config_from_options(self._options))
+            else:
+                self._clients = self.clients_cls(config_from_options(self._options))
+        return self._clients
 
     # -- Kafka look-ups (driver) ------------------------------------------------
     def _consumer(self):
@@ -377,6 +400,8 @@ class KafkaStreamReader(DataSourceStreamReader):
             rechecked = self.clients.end_offsets(doubtful, min(timeout_s, 3.0), CONSUMER_GROUP).ends
             for key, end in rechecked.items():
                 if end < positions[key]:
+                    from dtmon.kafka import KafkaSetupError
+
                     raise KafkaSetupError(
                         f"raw topic {key[0]}/{key[1]} now ends at offset {end:,}, before offset {positions[key]:,} seen "
                         "earlier (the topic was recreated?): restart the processor with --reset-checkpoint"
@@ -417,6 +442,8 @@ class KafkaStreamReader(DataSourceStreamReader):
 
     def latestOffset(self, start: dict, limit: ReadLimit) -> dict:
         from confluent_kafka import KafkaException
+
+        from dtmon.kafka import _CONNECTION_ERRORS, KafkaSetupError, _rate_limited, connection_watch
 
         try:
             latest = self._end_offsets()

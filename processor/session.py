@@ -48,6 +48,12 @@ def spark_master(settings: Settings, environ: dict[str, str] | None = None) -> s
     return "local[*]"
 
 
+CHECKPOINT_FILE_MANAGER = "org.apache.spark.sql.execution.streaming.checkpointing.FileSystemBasedCheckpointFileManager"
+"""Spark's checkpoint file manager over Hadoop ``FileSystem`` (write a temporary file, rename it):
+atomic on a local disk and on HDFS; the default, over ``FileContext``, runs ``chmod`` and ``readlink``
+as processes for every file on a local disk without Hadoop's native library."""
+
+
 def spark_session(
     settings: Settings, app_name: str = "dtmon-processor", driver_java_options: str | None = None, data_source: bool = True
 ) -> SparkSession:
@@ -70,6 +76,9 @@ def spark_session(
         # one Spark job per micro-batch: adaptive execution would run the shuffle as a job of
         # its own and has nothing to coalesce in a few partitions
         .config("spark.sql.adaptive.enabled", "false")
+        # checkpoint files through Hadoop's FileSystem API: the default FileContext manager started
+        # ~20 chmod/readlink processes per micro-batch from the driver JVM on a local checkpoint
+        .config("spark.sql.streaming.checkpointFileManagerClass", CHECKPOINT_FILE_MANAGER)
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.streaming.stopGracefullyOnShutdown", "true")

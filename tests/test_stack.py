@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -185,6 +186,10 @@ def test_dtmon_up_streams_genuine_rows_to_the_dashboard_and_stops_cleanly(tmp_pa
     assert "all dtmon children stopped" in text
     processor_log = (workdir / "logs" / "processor.log").read_text()
     assert "processor stopped" in processor_log, processor_log[-3000:]  # query and Spark stopped in order, exit 0
+    # Spark's progress report of every micro-batch with input is logged (processor.app.ProgressLog); bench reads it
+    published = {int(b) for b in re.findall(r"(?<!micro-)batch (\d+): run ", processor_log)}
+    reported = {int(b) for b in re.findall(r"micro-batch (\d+): \d+ messages, \d+ ms", processor_log)}
+    assert published and published <= reported, (sorted(published), sorted(reported))
     left = [p for p in pids if alive(p)]
     assert not left, f"still running after dtmon up stopped ({stop_s:.1f} s): {left}"
     assert not any(port_open(p) for p in (broker_port, s3_port, dashboard_port))

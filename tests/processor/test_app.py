@@ -44,3 +44,37 @@ def test_publisher_waits_for_an_away_broker_within_the_grace_period_then_fails()
         publisher.publish(3, b"{}", timeout_s=0.1)  # broker away: waits out the grace period first
     assert 2.0 <= time.monotonic() - t0 < 6  # the grace period counts from the loss, just before t0
     del _watches["fake:9092"]
+
+
+def test_the_progress_log_reports_each_micro_batch_once_including_those_replaced_between_polls(caplog):
+    import logging
+
+    from processor.app import ProgressLog, progress_line
+
+    def report(batch: int, messages: int, second: int) -> dict:
+        return {"batchId": batch, "timestamp": f"2026-12-03T10:00:{second:02d}.000Z", "numInputRows": messages,
+                "batchDuration": 900 + batch, "durationMs": {"addBatch": 800, "triggerExecution": 900, "walCommit": 11},
+                "processedRowsPerSecond": 100.0}
+
+    class Query:  # the two StreamingQuery properties ProgressLog reads
+        lastProgress = None
+        recentProgress: list = []
+
+    assert progress_line(report(3, 0, 0)) is None  # a trigger without input
+    assert progress_line(report(3, 20, 0)) == "micro-batch 3: 20 messages, 903 ms (addBatch 800, walCommit 11), 100 messages/s processed"
+    query = Query()
+    caplog.set_level(logging.INFO, logger="dtmon.processor")
+    progress = ProgressLog(query)
+    progress.poll()  # nothing reported yet
+    query.recentProgress = [report(0, 5, 0)]
+    query.lastProgress = query.recentProgress[-1]
+    progress.poll()
+    progress.poll()  # the same report: not logged again
+    query.recentProgress += [report(1, 0, 2)]  # an idle trigger: no line, and it carries the next batch's id
+    query.lastProgress = query.recentProgress[-1]
+    progress.poll()
+    query.recentProgress += [report(1, 7, 4), report(2, 8, 6), report(3, 9, 8)]  # three batches between two polls
+    query.lastProgress = query.recentProgress[-1]
+    progress.poll()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("micro-batch")]
+    assert [ln.split(":")[0] for ln in lines] == ["micro-batch 0", "micro-batch 1", "micro-batch 2", "micro-batch 3"], lines

@@ -159,3 +159,27 @@ def test_the_task_workers_functions_import_neither_pydantic_nor_the_kafka_client
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(processor.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env).stdout.strip().split(maxsplit=1)
     assert out == ["3", "[]"]
+
+
+def test_the_source_module_and_its_data_source_import_no_kafka_client_until_one_is_used():
+    """Spark's create-data-source and plan-read workers import ``processor.kafka_source`` and make a
+    reader on the start-up path without talking to Kafka: ``dtmon.kafka`` (pydantic, confluent-kafka)
+    waits for the first client."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import processor
+    from dtmon.kafka import END_PROBE_FETCH_WAIT_MS
+    from processor import kafka_source
+
+    assert kafka_source.SHORT_FETCH_WAIT_MS == END_PROBE_FETCH_WAIT_MS
+    heavy = ["pydantic", "confluent_kafka", "dtmon.kafka"]
+    probe = ("import sys; from processor.kafka_source import KafkaDataSource; "
+             "reader = KafkaDataSource({'subscribe': 't', 'kafka.bootstrap.servers': 'h:1'}).streamReader(None); "
+             f"before = [m for m in {heavy!r} if m in sys.modules]; servers = reader.clients.config.bootstrap_servers; "
+             f"print(before, servers, [m for m in {heavy!r} if m in sys.modules])")  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(processor.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env).stdout.strip()
+    assert out.startswith("[] h:1 [") and "'dtmon.kafka'" in out.split(" h:1 ")[1], out  # made on first use
