@@ -129,8 +129,9 @@ class Settings(BaseSettings):
     )
     shuffle_partitions: int = Field(2, ge=1, description="spark.sql.shuffle.partitions for the per-batch aggregations")
     single_stage_rows: int = Field(
-        100_000, ge=0, description="a micro-batch that follows one of fewer DAQ rows than this runs as one Spark stage "
-        "without the shuffle (whose fixed cost dominates small batches: lower latency at low rates); 0: always two stages"
+        3_000_000, ge=0, description="a micro-batch that follows one of fewer DAQ rows than this runs as one Spark stage "
+        "without the shuffle (a third less processor CPU per row at 1 M rows/s, lower latency at low rates; "
+        "docs/performance.md); larger batches in two, over all cores; 0: always two stages"
     )
     scint_fpga: int = Field(SCINT_FPGA, ge=0, le=7, description="FPGA of the scintillator (t0) channel (course PDF: 1)")
     scint_channel: int | None = Field(

@@ -1,4 +1,6 @@
-"""The Spark plan of one micro-batch: one job of two stages over the source's message rows.
+"""The Spark plan of one micro-batch: one job of one stage (batches of up to
+``Settings.single_stage_rows`` DAQ rows, ``decode_reduce_partition``) or of two stages (larger ones,
+over all cores) over the source's message rows.
 
 The source yields one row per Kafka message (~10 000 DAQ rows each), so the JVM never
 handles a row per hit. Stage 1 (``mapInArrow(decode_partition)``) decodes each
@@ -82,9 +84,10 @@ def decode_reduce_partition(binning: Binning, limits: MessageLimits | None = Non
 def aggregate_batch(messages: DataFrame, settings: Settings | None = None, single_stage: bool = False) -> BatchAggregates:
     """Reduce one micro-batch of raw-topic messages to the task 1-4 outputs and the extras, in Spark.
 
-    With ``single_stage`` (a small batch): ``coalesce(1).mapInArrow(decode_reduce_partition)``,
-    one task and no shuffle, whose fixed cost (shuffle files, a second stage of tasks and
-    Python workers) is most of a small batch's time. Otherwise one Spark job of two stages
+    With ``single_stage`` (``processor.app``: after a batch of fewer than ``settings.single_stage_rows``):
+    ``coalesce(1).mapInArrow(decode_reduce_partition)``, one task and no shuffle, whose fixed cost
+    (shuffle files, a second stage of tasks and Python workers) is most of a small batch's time and
+    about a third of the processor's CPU at 1 M rows/s. Otherwise one Spark job of two stages
     (see the module docstring):
     ``mapInArrow(decode_partition)`` decodes every message to DAQ rows, counts them and
     splits the hits into ``settings.shuffle_partitions`` x ``BUCKETS_PER_PARTITION`` orbit
