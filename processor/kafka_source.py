@@ -348,12 +348,10 @@ class KafkaStreamReader(DataSourceStreamReader):
             pydantic.ValidationError: an option's value is not valid.
         """
         if self._clients is None:
-            if self.clients_cls is None:
-                from dtmon.kafka import KafkaClients
-
-                self._clients = KafkaClients(config_from_options(self._options))
-            else:
-                self._clients = self.clients_cls(config_from_options(self._options))
+            make = self.clients_cls
+            if make is None:
+                from dtmon.kafka import KafkaClients as make
+            self._clients = make(config_from_options(self._options))
         return self._clients
 
     # -- Kafka look-ups (driver) ------------------------------------------------
