@@ -75,3 +75,25 @@ def test_spark_python_workers_import_the_installed_pyspark_not_the_zip(spark):
     in_worker = spark.sparkContext.parallelize([0], 1).map(where).collect()[0]
     assert ".zip" not in in_worker
     assert Path(in_worker).resolve() == Path(pyspark.__file__).resolve()
+
+
+def test_the_allocator_settings_fill_only_unset_variables():
+    env = {"MIMALLOC_PURGE_DELAY": "0"}
+    in_effect = app.use_worker_allocator_env(env)
+    assert env["MIMALLOC_PURGE_DELAY"] == "0" == in_effect["MIMALLOC_PURGE_DELAY"]  # the operator's value stays
+    for key, value in app.WORKER_ALLOCATOR_ENV.items():
+        if key != "MIMALLOC_PURGE_DELAY":
+            assert env[key] == value == in_effect[key]
+
+
+def test_spark_python_workers_run_with_the_allocator_settings(spark):
+    """The session sets them before its JVM starts; the task workers inherit them from the JVM."""
+
+    def allocator_env(_):
+        import os as worker_os
+
+        return {key: worker_os.environ.get(key) for key in app.WORKER_ALLOCATOR_ENV}
+
+    in_worker = spark.sparkContext.parallelize([0], 1).map(allocator_env).collect()[0]
+    assert in_worker == {key: os.environ[key] for key in app.WORKER_ALLOCATOR_ENV}
+    assert None not in in_worker.values()
