@@ -55,7 +55,7 @@ as processes for every file on a local disk without Hadoop's native library."""
 
 
 WORKER_ALLOCATOR_ENV = {
-    "MIMALLOC_PURGE_DELAY": "10000",
+    "MIMALLOC_PURGE_DELAY": "-1",
     "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
     "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
     "NUMPY_MADVISE_HUGEPAGE": "0",
@@ -63,9 +63,11 @@ WORKER_ALLOCATOR_ENV = {
 """Memory allocators of the driver JVM and its Python workers (inherited from this process): keep the
 memory a micro-batch freed for the next one instead of handing it back to the kernel.
 
-* ``MIMALLOC_PURGE_DELAY`` (ms): pyarrow's default pool (mimalloc) returns freed pages with
-  ``madvise(MADV_DONTNEED)`` after 10 ms, so each batch's Arrow buffers were faulted in and zeroed again
-  (a task worker purged ~110 MB/s at 1 M rows/s); 10 s outlasts any trigger interval.
+* ``MIMALLOC_PURGE_DELAY=-1``: pyarrow's default pool (mimalloc) returned freed pages with
+  ``madvise(MADV_DONTNEED)`` 10 ms after a free, so each batch's Arrow buffers were faulted in and zeroed
+  again (a task worker purged ~110 MB/s at 1 M rows/s). With a 10-s delay mimalloc still purged about
+  every 10 s and the batch after took ~1 s more (its workers in the kernel); -1 never purges: a worker
+  keeps its largest batch's memory, as a long-running process with a steady load should.
 * ``MALLOC_TRIM_THRESHOLD_`` (bytes, glibc): numpy's arrays come from the brk heap, which glibc shrank
   after every batch; 1 GiB of free top keeps it. ``MALLOC_MMAP_THRESHOLD_``: setting the trim
   threshold turns glibc's adaptive mmap threshold off, so it is set to that adaptive ceiling (32 MiB).
@@ -73,8 +75,9 @@ memory a micro-batch freed for the next one instead of handing it back to the ke
   2 MiB page zeroed on first touch.
 
 Measured at 1 M rows/s for 150 s (2-core VM, Apache Kafka, no dashboard; docs/performance.md): processor
-CPU 108 -> 74 s, the task workers' kernel time 60 % -> 15-30 % of their CPU, peak RSS of the processor
-tree 3.1 -> 2.6 GB. A variable set in the environment wins (``setdefault``)."""
+CPU 108-115 -> 64 s, batch p50 / p95 1.43-1.52 / 2.61-2.96 -> 0.82 / 1.03 s, the task workers' kernel
+time 60 % of their CPU -> ~2 %; peak RSS of the processor tree 3.1 -> 4.3 GB.
+A variable set in the environment wins (``setdefault``)."""
 
 
 def use_worker_allocator_env(environ: dict[str, str] | None = None) -> dict[str, str]:
