@@ -76,7 +76,8 @@ memory a micro-batch freed for the next one instead of handing it back to the ke
 
 Measured at 1 M rows/s for 150 s (2-core VM, Apache Kafka, no dashboard; docs/performance.md): processor
 CPU 108-115 -> 64 s, batch p50 / p95 1.43-1.52 / 2.61-2.96 -> 0.82 / 1.03 s, the task workers' kernel
-time 60 % of their CPU -> ~2 %; peak RSS of the processor tree 3.1 -> 4.3 GB.
+time 60 % of their CPU -> ~2 %; peak RSS of the processor tree 3.1 -> 4.3 GB (8.7 GB at 1.5 M rows/s,
+where most batches run in two stages with more workers).
 A variable set in the environment wins (``setdefault``)."""
 
 
